@@ -1,0 +1,33 @@
+"""cdc: lossy image compression with conditional diffusion models (Yang & Mandt, NeurIPS 2023).
+
+Public API::
+
+    from cdc import load_codec, Coder
+    coder = Coder(load_codec("model/"))
+    encoded = coder.encode(x)            # x: (1, 3, H, W) in [0, 1]
+    x_hat, header = coder.decode(encoded.data)
+
+Attributes are imported lazily so that light commands (``cdc info``) do not load PyTorch.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CDCCodec": "cdc.codec",
+    "Coder": "cdc.coder",
+    "Config": "cdc.config",
+    "load_codec": "cdc.checkpoint",
+    "load_config": "cdc.config",
+    "save_codec": "cdc.checkpoint",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cdc' has no attribute {name!r}")

@@ -1,0 +1,186 @@
+"""The ``.cdc`` container: a versioned, checksummed file around the entropy-coded strings.
+
+Format version 1 (integers are unsigned LEB128 varints unless a width is given)::
+
+    offset  field         size      meaning
+    0       magic         4 bytes   89 43 44 43 ("\\x89CDC"; the high bit catches 7-bit transfers)
+    4       version       1 byte    format version (1)
+    5       fingerprint   6 bytes   first 6 bytes of the model's SHA-256 fingerprint
+    11      flags         1 byte    bits 0-1 prediction (0 sample, 1 epsilon, 2 v),
+                                    bits 2-4 entropy model id (0 hyperprior), bits 5-7 zero
+    12      height        varint    original image height, pixels (>= 1)
+            width         varint    original image width, pixels (>= 1)
+            steps         varint    DDIM decode steps S (>= 1)
+            gamma         2 bytes   big-endian uint16: start-noise scale x 1000
+            seed          varint    start-noise seed
+            latent_h      varint    height of y (padded height / 16)
+            latent_w      varint    width of y
+            n_strings     varint    number of entropy-coded strings (decode order)
+            strings       n x (varint length + bytes)
+    end-4   crc32         4 bytes   big-endian CRC-32 of every preceding byte
+
+A 2-string hyperprior file of a small image spends 31 bytes outside the entropy-coded payload.
+Bits per pixel are always ``8 * len(file) / (height * width)``.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+MAGIC = b"\x89CDC"
+VERSION = 1
+FINGERPRINT_BYTES = 6
+PREDICTION_IDS = {"sample": 0, "epsilon": 1, "v": 2}
+_PREDICTION_NAMES = {v: k for k, v in PREDICTION_IDS.items()}
+
+
+class BitstreamError(ValueError):
+    """A ``.cdc`` file cannot be read: wrong magic, unknown version, CRC mismatch or truncation."""
+
+
+@dataclass(frozen=True)
+class Bitstream:
+    """A parsed (or to-be-written) ``.cdc`` file.
+
+    Attributes:
+        fingerprint: model fingerprint prefix (6 bytes); decoding checks it against the model.
+        prediction: parameterization of the model that wrote it (sample / epsilon / v).
+        entropy_id: entropy model id (0 = mean-scale hyperprior).
+        height, width: original image size in pixels.
+        steps, gamma, seed: DDIM decode parameters (gamma kept to 1e-3).
+        latent_hw: spatial size of y.
+        strings: entropy-coded strings in decode order.
+    """
+
+    fingerprint: bytes
+    prediction: str
+    entropy_id: int
+    height: int
+    width: int
+    steps: int
+    gamma: float
+    seed: int
+    latent_hw: tuple[int, int]
+    strings: list[bytes] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        """Serialise; raises ``ValueError`` for values the format cannot hold."""
+        if len(self.fingerprint) != FINGERPRINT_BYTES:
+            raise ValueError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
+        if not 0 <= self.entropy_id < 8:
+            raise ValueError("entropy_id must be in [0, 8)")
+        gamma_milli = round(self.gamma * 1000)
+        if not 0 <= gamma_milli <= 0xFFFF:
+            raise ValueError(f"gamma {self.gamma} outside [0, 65.535]")
+        if min(self.height, self.width, self.steps) < 1:
+            raise ValueError("height, width and steps must be >= 1")
+        flags = PREDICTION_IDS[self.prediction] | (self.entropy_id << 2)
+        out = bytearray(MAGIC)
+        out += bytes([VERSION]) + self.fingerprint + bytes([flags])
+        for value in (self.height, self.width, self.steps):
+            out += _varint(value)
+        out += struct.pack(">H", gamma_milli)
+        for value in (self.seed, *self.latent_hw, len(self.strings)):
+            out += _varint(value)
+        for s in self.strings:
+            out += _varint(len(s)) + s
+        out += struct.pack(">I", zlib.crc32(out))
+        return bytes(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Bitstream:
+        """Parse and verify a ``.cdc`` file; raises :class:`BitstreamError` with the reason."""
+        if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+            raise BitstreamError("not a CDC bitstream (wrong magic bytes)")
+        reader = _Reader(data, len(MAGIC))
+        version = reader.byte()
+        if version != VERSION:
+            raise BitstreamError(f"unsupported bitstream format version {version} (this build reads {VERSION})")
+        fingerprint = reader.take(FINGERPRINT_BYTES)
+        flags = reader.byte()
+        if flags >> 5 or (flags & 3) not in _PREDICTION_NAMES:
+            raise BitstreamError(f"invalid flags byte 0x{flags:02x}")
+        height, width, steps = reader.varint(), reader.varint(), reader.varint()
+        (gamma_milli,) = struct.unpack(">H", reader.take(2))
+        seed, latent_h, latent_w, n_strings = (reader.varint() for _ in range(4))
+        if n_strings > 64:
+            raise BitstreamError(f"implausible number of strings ({n_strings})")
+        strings = [reader.take(reader.varint()) for _ in range(n_strings)]
+        body_end = reader.pos
+        crc = reader.take(4)
+        if reader.pos != len(data):
+            raise BitstreamError(f"{len(data) - reader.pos} unexpected trailing bytes")
+        if struct.unpack(">I", crc)[0] != zlib.crc32(data[:body_end]):
+            raise BitstreamError("CRC mismatch: the file is corrupt")
+        if min(height, width, steps) < 1:
+            raise BitstreamError("invalid header: zero height, width or steps")
+        return cls(
+            fingerprint=fingerprint,
+            prediction=_PREDICTION_NAMES[flags & 3],
+            entropy_id=(flags >> 2) & 7,
+            height=height,
+            width=width,
+            steps=steps,
+            gamma=gamma_milli / 1000,
+            seed=seed,
+            latent_hw=(latent_h, latent_w),
+            strings=strings,
+        )
+
+    def header_dict(self) -> dict:
+        """JSON-friendly description of the header (what ``cdc info`` prints)."""
+        return {
+            "format_version": VERSION,
+            "fingerprint": self.fingerprint.hex(),
+            "prediction": self.prediction,
+            "entropy_model_id": self.entropy_id,
+            "height": self.height,
+            "width": self.width,
+            "steps": self.steps,
+            "gamma": self.gamma,
+            "seed": self.seed,
+            "latent_hw": list(self.latent_hw),
+            "string_bytes": [len(s) for s in self.strings],
+        }
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("varints are unsigned")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos = data, pos
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise BitstreamError(
+                f"truncated: needs at least {self.pos + n} bytes, the file has {len(self.data)}"
+            )
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return bytes(chunk)
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self) -> int:
+        value = shift = 0
+        while True:
+            byte = self.byte()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise BitstreamError("invalid varint (longer than 64 bits)")

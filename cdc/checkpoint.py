@@ -1,0 +1,108 @@
+"""Codec checkpoints: safetensors weights (CDF tables included) plus a JSON config.
+
+Two layouts, both loadable without any training code:
+
+* a directory ``MODEL/`` holding ``model.safetensors`` and ``config.json``;
+* a single ``MODEL.safetensors`` file whose metadata key ``cdc_config`` holds the same JSON.
+
+The *fingerprint* is the SHA-256 of the canonical codec config and every tensor (name, dtype,
+shape, bytes); bitstreams carry its first 6 bytes so a file is never decoded by the wrong model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cdc.codec import CDCCodec
+from cdc.config import Config, ConfigError, config_from_dict
+from cdc.files import atomic_path, atomic_write
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "cdc-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not match its config."""
+
+
+def fingerprint(codec: CDCCodec) -> str:
+    """Hex SHA-256 over the codec config and all weights/buffers (in name order)."""
+    h = hashlib.sha256(json.dumps(codec.config.codec_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(codec.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_codec(codec: CDCCodec, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``codec`` (after ``update(force=True)``) as a directory or ``.safetensors`` file.
+
+    Writes are atomic (temp name, then rename) so an interrupted save never leaves a half
+    checkpoint behind. ``metadata`` (JSON-serialisable) is stored next to the config.
+    """
+    path = Path(path)
+    codec.update(force=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
+    info = {
+        "format": FORMAT,
+        "config": codec.config.to_dict(),  # full config: training settings are provenance
+        "fingerprint": fingerprint(codec),
+        "parameters": sum(p.numel() for p in codec.parameters()),
+        "metadata": metadata or {},
+    }
+    if path.suffix == ".safetensors":
+        with atomic_path(path) as tmp:
+            save_file(state, tmp, metadata={"cdc_config": json.dumps(info)})
+    else:
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(state, tmp)
+        atomic_write(path / CONFIG_NAME, (json.dumps(info, indent=2) + "\n").encode())
+    return path
+
+
+def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """The JSON info of a checkpoint (config, fingerprint, metadata) without loading weights."""
+    path = Path(path)
+    if path.is_dir():
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise CheckpointError(f"{path}: not a codec checkpoint (needs {WEIGHTS_NAME} and {CONFIG_NAME})")
+        return json.loads(cfg_file.read_text())
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a safetensors file ({exc})") from exc
+    if "cdc_config" not in meta:
+        raise CheckpointError(f"{path}: safetensors file without a cdc_config entry")
+    return json.loads(meta["cdc_config"])
+
+
+def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CDCCodec:
+    """Load a codec checkpoint (directory or ``.safetensors`` file) in eval mode."""
+    path = Path(path)
+    info = read_checkpoint_info(path)
+    try:
+        config: Config = config_from_dict(info["config"])
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: invalid config ({exc})") from exc
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    with safe_open(str(weights), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    codec = CDCCodec(config)
+    try:
+        codec.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the config ({str(exc).splitlines()[0]})") from exc
+    return codec.to(device).eval()

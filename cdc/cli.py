@@ -1,0 +1,226 @@
+"""The ``cdc`` command line (also ``python -m cdc``).
+
+Subcommands::
+
+    cdc init --preset tiny|small|paper -o MODEL        an untrained codec checkpoint
+    cdc compress IMG... -m MODEL -o OUT                 images -> .cdc files
+    cdc decompress FILE.cdc... -m MODEL -o OUT          .cdc files -> PNG
+    cdc info FILE.cdc...                                header as JSON (no model needed)
+
+Every failure prints one line ``cdc: error: <file>: <problem>`` and the exit status is non-zero;
+other files in the same call are still processed, and no partial output file is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CLIError(Exception):
+    """A fatal, user-facing error (printed as one line)."""
+
+
+def _quiet_third_party_warnings() -> None:
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+
+
+def _say(kind: str, message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"cdc: {kind}: {message}", file=sys.stderr)  # does not tear an active progress bar
+
+
+def _load_coder(ref: str):
+    from cdc.checkpoint import CheckpointError, load_codec
+    from cdc.coder import Coder
+
+    try:
+        return Coder(load_codec(resolve_model(ref)))
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def resolve_model(ref: str) -> Path:
+    """A model reference to a local checkpoint path (``models:/`` URIs arrive with the registry)."""
+    path = Path(ref)
+    if not path.exists():
+        raise CLIError(f"{ref}: no such model checkpoint")
+    return path
+
+
+def _outputs(inputs: list[str], out: str, suffix: str) -> list[Path]:
+    """Output paths: OUT itself for one input with the right suffix, else OUT/<stem><suffix>."""
+    target = Path(out)
+    if len(inputs) == 1 and target.suffix == suffix and not target.is_dir():
+        return [target]
+    names = [Path(p).stem + suffix for p in inputs]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise CLIError(f"inputs would overwrite each other in {out}: {', '.join(sorted(duplicates))}")
+    return [target / n for n in names]
+
+
+def _for_each(items: list[str], work: Callable[[int, str], None], label: str) -> int:
+    from tqdm import tqdm
+
+    failed = 0
+    for i, item in enumerate(tqdm(items, desc=label, unit="file", disable=True if len(items) < 2 else None,
+                                file=sys.stderr)):
+        try:
+            work(i, item)
+        except CLIError as exc:
+            _say("error", str(exc))
+            failed += 1
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from cdc.checkpoint import save_codec
+    from cdc.codec import CDCCodec
+    from cdc.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.preset, args.overrides)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    torch.manual_seed(args.seed)
+    codec = CDCCodec(config)
+    path = save_codec(codec, args.output, metadata={"trained": False, "init_seed": args.seed})
+    n_params = sum(p.numel() for p in codec.parameters())
+    print(f"{path}: untrained '{config.preset}' codec, {n_params / 1e6:.2f} M parameters")
+    return EXIT_OK
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cdc.coder import DecodeError
+    from cdc.files import atomic_write
+    from cdc.images import InputError, load_image
+
+    coder = _load_coder(args.model)
+    outputs = _outputs(args.images, args.output, ".cdc")
+
+    def work(i: int, image: str) -> None:
+        try:
+            x, notes = load_image(image)
+            for note in notes:
+                _say("warning", f"{image}: {note}")
+            encoded = coder.encode(x, steps=args.steps, gamma=args.gamma, seed=args.seed)
+        except (InputError, DecodeError) as exc:
+            raise CLIError(str(exc) if isinstance(exc, InputError) else f"{image}: {exc}") from None
+        atomic_write(outputs[i], encoded.data)
+        h, w = x.shape[-2:]
+        tqdm.write(f"{outputs[i]}: {w}x{h}, {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp "
+              f"(estimated {encoded.bpp_estimated:.4f})")
+
+    return _for_each(args.images, work, "compress")
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cdc.coder import DecodeError
+    from cdc.files import atomic_write
+    from cdc.images import encode_png
+
+    coder = _load_coder(args.model)
+    outputs = _outputs(args.files, args.output, ".png")
+
+    def work(i: int, file: str) -> None:
+        try:
+            data = Path(file).read_bytes()
+        except OSError as exc:
+            raise CLIError(f"{file}: cannot read ({exc.strerror or exc})") from None
+        steps = args.steps
+        try:
+            stream = coder.parse(data, steps)
+            total = stream.steps if steps is None else steps
+            with tqdm(total=total, desc=Path(file).name, unit="step", disable=True if len(args.files) > 1 else None,
+                      file=sys.stderr, leave=False) as bar:
+                x_hat, stream = coder.decode(data, steps=steps, precision=args.precision, progress=bar.update)
+        except DecodeError as exc:
+            raise CLIError(f"{file}: {exc}") from None
+        atomic_write(outputs[i], encode_png(x_hat))
+        tqdm.write(f"{outputs[i]}: {stream.width}x{stream.height}, {total} steps, {args.precision}")
+
+    return _for_each(args.files, work, "decompress")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from cdc.bitstream import Bitstream, BitstreamError
+
+    failed = 0
+    for file in args.files:
+        try:
+            data = Path(file).read_bytes()
+            stream = Bitstream.from_bytes(data)
+        except (OSError, BitstreamError) as exc:
+            _say("error", f"{file}: {getattr(exc, 'strerror', None) or exc}")
+            failed += 1
+            continue
+        info = {"file": file, "bytes": len(data), "bpp": 8 * len(data) / (stream.height * stream.width)}
+        info.update(stream.header_dict())
+        print(json.dumps(info, indent=2))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdc", description="Conditional-diffusion image codec.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write an untrained codec checkpoint")
+    p.add_argument("--preset", default="tiny", help="tiny | small | paper | path to a YAML config")
+    p.add_argument("-o", "--output", required=True, help="checkpoint directory or .safetensors file")
+    p.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.unet_dim=32")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("compress", help="compress images to .cdc files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("-m", "--model", required=True, help="codec checkpoint")
+    p.add_argument("-o", "--output", required=True, help="output directory (or .cdc file for one image)")
+    p.add_argument("--steps", type=int, help="DDIM steps recorded for decoding (default: model config)")
+    p.add_argument("--gamma", type=float, help="start-noise scale recorded for decoding; 0 = deterministic")
+    p.add_argument("--seed", type=int, help="start-noise seed recorded for decoding")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="decode .cdc files to PNG")
+    p.add_argument("files", nargs="+")
+    p.add_argument("-m", "--model", required=True, help="codec checkpoint")
+    p.add_argument("-o", "--output", required=True, help="output directory (or .png file for one input)")
+    p.add_argument("--steps", type=int, help="override the DDIM steps stored in the file")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="U-Net precision")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("info", help="print a .cdc header as JSON (no model needed)")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cdc`` console script; returns the exit status."""
+    _quiet_third_party_warnings()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        _say("error", str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _say("error", "interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

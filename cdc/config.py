@@ -1,0 +1,370 @@
+"""Typed, frozen configuration for the CDC codec and its training.
+
+One YAML file per preset (``cdc/presets/{tiny,small,paper}.yaml``) fills a tree of frozen
+dataclasses; ``a.b=value`` overrides are coerced to the declared field type, so a typo or a wrong
+type fails at load time with the offending key in the message.
+
+Naming follows the CDC paper (Yang & Mandt, NeurIPS 2023), not CompressAI: ``lmbda`` weights the
+*rate* (``loss = lmbda * bpp + (1 - rho) * L_diffusion + rho * L_perceptual``), so a larger
+``lmbda`` gives a *lower* bitrate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_DIR = Path(__file__).with_name("presets")
+PRESETS = ("tiny", "small", "paper")
+PREDICTIONS = ("sample", "epsilon", "v")
+SCHEDULES = ("cosine", "linear")
+PERCEPTUAL = ("lpips-vgg", "lpips-alex", "stlpips-vgg", "stlpips-alex")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the codec (cdc-reference §1; the paper preset is the official X-param model).
+
+    Attributes:
+        enc_dim: width of the analysis transform g_a and of the context decoder.
+        enc_mults: width multipliers of g_a's four stride-2 stages (the last is replaced by
+            ``latent_channels``); four stages give the latent at 1/16 resolution.
+        latent_channels: channels of y (256 in the paper).
+        hyper_channels: channels of the hyper-latent z at 1/64 resolution.
+        unet_dim: base width of the conditional U-Net.
+        unet_mults: U-Net width multipliers, one per resolution level (at least 4: the context
+            pyramid is concatenated at the four finest levels).
+        entropy_model: ``hyperprior`` (mean-scale, the official code's choice).
+        scale_bound: lower bound of the Gaussian scales sigma of y (0.1 in the official code).
+        scale_levels: number of log-spaced scales in the Gaussian coder's CDF table; more levels
+            means less real-vs-estimated rate overhead and a larger checkpoint.
+    """
+
+    enc_dim: int = 64
+    enc_mults: tuple[int, ...] = (1, 2, 3, 4)
+    latent_channels: int = 256
+    hyper_channels: int = 256
+    unet_dim: int = 64
+    unet_mults: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    entropy_model: str = "hyperprior"
+    scale_bound: float = 0.1
+    scale_levels: int = 160
+
+    def __post_init__(self) -> None:
+        _check(len(self.enc_mults) == 4, "model.enc_mults must have 4 entries (g_a downsamples by 16)")
+        _check(len(self.unet_mults) >= 4, "model.unet_mults needs at least 4 levels")
+        _check(min(self.enc_dim, self.latent_channels, self.hyper_channels, self.unet_dim) > 0,
+               "model widths must be positive")
+        _check(self.entropy_model in ("hyperprior",), f"model.entropy_model: unknown {self.entropy_model!r}")
+        _check(0 < self.scale_bound < 1, "model.scale_bound must be in (0, 1)")
+        _check(16 <= self.scale_levels <= 1024, "model.scale_levels must be in [16, 1024]")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Forward process and training target of the denoiser (cdc-reference §1.7).
+
+    Attributes:
+        prediction: ``sample`` (x0, the paper's X-parameterization), ``epsilon`` or ``v``.
+        schedule: ``cosine`` (Nichol & Dhariwal 2021, s=0.008) or ``linear`` (DDPM, rescaled to T).
+        timesteps: number of training timesteps T (8193 for X-param, 20000 for epsilon-param).
+        loss: ``l2`` or ``l1`` distance between prediction and target.
+        min_snr_gamma: min-SNR-gamma weighting (Hang et al. 2023); 0 disables weighting.
+    """
+
+    prediction: str = "sample"
+    schedule: str = "cosine"
+    timesteps: int = 8193
+    loss: str = "l2"
+    min_snr_gamma: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check(self.prediction in PREDICTIONS, f"diffusion.prediction must be one of {PREDICTIONS}")
+        _check(self.schedule in SCHEDULES, f"diffusion.schedule must be one of {SCHEDULES}")
+        _check(self.timesteps >= 2, "diffusion.timesteps must be >= 2")
+        _check(self.loss in ("l1", "l2"), "diffusion.loss must be l1 or l2")
+        _check(self.min_snr_gamma >= 0, "diffusion.min_snr_gamma must be >= 0")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Default DDIM decode parameters, written into every bitstream's header.
+
+    Attributes:
+        steps: DDIM steps S in [1, T] (17 in the paper's headline, 65 in the official test script).
+        gamma: start-noise scale: x_N = gamma * N(0, I); 0 gives a deterministic decoder.
+        seed: seed of the start noise (an explicit ``torch.Generator``).
+        clip_x0: clamp each x0 estimate to [-1, 1] (the official X-param decoder does).
+    """
+
+    steps: int = 17
+    gamma: float = 0.8
+    seed: int = 0
+    clip_x0: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "sampler.steps must be >= 1")
+        _check(0 <= self.gamma <= 65.535, "sampler.gamma must be in [0, 65.535]")
+        _check(0 <= self.seed < 2**63, "sampler.seed must be in [0, 2**63)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Rate-distortion-perception objective ``lmbda*bpp + (1-rho)*L_diff + rho*L_perc``.
+
+    Attributes:
+        lmbda: rate weight (CDC's ``beta``); larger means fewer bits. Warm-up uses ~1e-6.
+        rho: perceptual weight in [0, 1] (CDC's ``lpips_weight``): 0 or 0.9 in the paper.
+        perceptual: frozen perceptual network: ``lpips-vgg`` (the paper), ``lpips-alex``,
+            ``stlpips-vgg`` or ``stlpips-alex`` (weights ship in the ``stlpips-pytorch`` wheel).
+        random_backbone: TEST ONLY: use an untrained backbone instead of failing when the
+            pretrained weights are missing. Never set it for a model you report numbers for.
+    """
+
+    lmbda: float = 0.0064
+    rho: float = 0.0
+    perceptual: str = "lpips-vgg"
+    random_backbone: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.lmbda >= 0, "loss.lmbda must be >= 0")
+        _check(0 <= self.rho <= 1, "loss.rho must be in [0, 1]")
+        _check(self.perceptual in PERCEPTUAL, f"loss.perceptual must be one of {PERCEPTUAL}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation recipe (cdc-reference §2.3, §8).
+
+    Attributes:
+        batch_size: images per process per step.
+        crop: side of the random square training crops, pixels (multiple of 64).
+        lr: Adam learning rate.
+        lr_decay: multiplicative decay applied every ``lr_decay_every`` steps ...
+        lr_floor: ... never below ``lr_floor * lr`` (we read the official step decay as
+            "x0.8 every 100k steps, floor 0.2", not its per-iteration drop after 100k).
+        lr_decay_every: steps between decays.
+        warmup_steps: linear learning-rate warm-up from 0, steps.
+        grad_clip: global gradient-norm clip (1.0 for X-param); 0 disables.
+        ema_decay: EMA decay of the weights (0.999); 0 disables EMA.
+        ema_every: EMA update period, steps.
+        ema_start: steps before the EMA starts tracking (it copies the weights until then).
+        max_steps: optimisation steps.
+        seed: global seed (weights init, data order, timesteps, noise).
+        checkpoint_every: steps between ``save_state`` checkpoints.
+        keep_checkpoints: retention limit of training-state checkpoints.
+        log_every: steps between metric logs.
+        sample_every: steps between logged sample reconstructions (0: only at the end).
+        num_workers: data-loader worker processes per rank.
+        shuffle_buffer: WebDataset sample shuffle buffer.
+        mixed_precision: ``auto`` (bf16 on CUDA, none on CPU), ``bf16`` or ``no``.
+    """
+
+    batch_size: int = 4
+    crop: int = 256
+    lr: float = 5e-5
+    lr_decay: float = 0.8
+    lr_floor: float = 0.2
+    lr_decay_every: int = 100_000
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_every: int = 10
+    ema_start: int = 100
+    max_steps: int = 1_000_000
+    seed: int = 0
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    sample_every: int = 5000
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _check(self.crop >= 64 and self.crop % 64 == 0, "train.crop must be a multiple of 64")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(0 < self.lr_decay <= 1 and 0 < self.lr_floor <= 1, "train.lr_decay/lr_floor in (0, 1]")
+        _check(self.lr_decay_every >= 1, "train.lr_decay_every must be >= 1")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
+        _check(self.ema_every >= 1, "train.ema_every must be >= 1")
+        _check(self.max_steps >= 0, "train.max_steps must be >= 0")
+        _check(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1,
+               "train.checkpoint_every and train.keep_checkpoints must be >= 1")
+        _check(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision: auto|bf16|no")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration: codec (model, diffusion, sampler), objective and training."""
+
+    preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.sampler.steps <= self.diffusion.timesteps,
+               "sampler.steps must not exceed diffusion.timesteps")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (tuples become lists): YAML/JSON and MLflow friendly."""
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.unet_dim": 64, ...}``: one entry per leaf, for MLflow params."""
+        out: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{k}": v for k, v in values.items()})
+            else:
+                out[section] = values
+        return out
+
+    def codec_dict(self) -> dict[str, Any]:
+        """The sections a codec checkpoint needs to rebuild the model (no training settings)."""
+        d = self.to_dict()
+        return {k: d[k] for k in ("preset", "model", "diffusion", "sampler")}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the declared field type, or raise naming the key."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    try:
+        if origin is tuple:
+            if isinstance(value, str):
+                value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+            (item_type, _ellipsis) = typing.get_args(hint)
+            return tuple(item_type(v) for v in value)
+        if hint is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                _check(lowered in ("true", "false", "1", "0", "yes", "no"), f"{key}: not a boolean: {value!r}")
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    _check(not unknown, f"unknown config key(s): {', '.join(sorted(prefix + k for k in unknown))}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        hint, key = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(hint):
+            _check(isinstance(data[f.name], dict), f"{key}: expected a mapping")
+            kwargs[f.name] = _build(hint, data[f.name], key + ".")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], hint, key)
+    return cls(**kwargs)
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    _check(bool(sep) and bool(key), f"override {override!r} is not of the form a.b=value")
+    node = data
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        _check(isinstance(node, dict), f"override {key!r}: {part!r} is not a section")
+    node[leaf] = value.strip()
+
+
+def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ()) -> Config:
+    """Build a :class:`Config` from nested dicts plus ``a.b=value`` overrides."""
+    data = _plain(data)
+    for override in overrides:
+        _apply_override(data, override)
+    try:
+        return _build(Config, data)
+    except TypeError as exc:  # dataclass __init__ rejected a value
+        raise ConfigError(str(exc)) from exc
+
+
+def load_config(preset_or_path: str | Path = "paper", overrides: typing.Iterable[str] = ()) -> Config:
+    """Load a preset name (``tiny``/``small``/``paper``) or a YAML file, then apply overrides.
+
+    A YAML file may start from a preset with ``preset: small`` and override any subset of keys.
+    """
+    path = Path(preset_or_path)
+    if str(preset_or_path) in PRESETS:
+        path = PRESETS_DIR / f"{preset_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{preset_or_path}: no such preset ({', '.join(PRESETS)}) or YAML file")
+    data = yaml.safe_load(path.read_text()) or {}
+    _check(isinstance(data, dict), f"{path}: top level must be a mapping")
+    base = data.get("preset")
+    if path.parent != PRESETS_DIR and base in PRESETS:
+        merged = yaml.safe_load((PRESETS_DIR / f"{base}.yaml").read_text())
+        _deep_update(merged, data)
+        data = merged
+    return config_from_dict(data, overrides)
+
+
+def _deep_update(base: dict[str, Any], other: dict[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+def with_updates(config: Config, **sections: dict[str, Any]) -> Config:
+    """Return ``config`` with some fields of some sections replaced (validated again)."""
+    changes = {name: replace(getattr(config, name), **values) for name, values in sections.items()}
+    return replace(config, **changes)
+
+
+__all__ = [
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "DiffusionConfig",
+    "LossConfig",
+    "ModelConfig",
+    "SamplerConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "load_config",
+    "with_updates",
+]

@@ -1,0 +1,146 @@
+"""Entropy models of the latent y: the interface and the mean-scale hyperprior.
+
+The codec talks to its entropy model through :class:`LatentEntropyModel` only, so other models
+(e.g. a transformer hyperprior with a context model) plug in by config without special cases.
+
+Mean-scale hyperprior (Minnen, Ballé & Toderici, NeurIPS 2018), as in the official CDC code
+(cdc-reference §1.3-1.4)::
+
+    y ─ h_a ─► z ─[EntropyBottleneck: factorized prior, medians m]─► ẑ = round(z - m) + m
+                                                                      │
+    y ─[GaussianConditional N(mu, sigma), sigma >= 0.1]◄── mu, sigma ─ h_s
+    └─► ŷ = round(y - mu) + mu      (straight-through in training, mu detached in the offset)
+
+Training uses *mixed quantization*: the rate term sees uniform noise U(-1/2, 1/2) on y and z,
+the decoder path sees the rounded values with a straight-through gradient. Likelihoods are
+always computed in fp32 (fp16 underflows to bpp = inf).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from torch import Tensor, nn
+
+from cdc.config import ModelConfig
+
+ENTROPY_MODEL_IDS = {"hyperprior": 0}
+"""Stable ids written into the bitstream header."""
+
+
+def _ste_round(x: Tensor, offset: Tensor) -> Tensor:
+    """``round(x - offset) + offset`` forward, identity gradient w.r.t. x, none w.r.t. offset."""
+    offset = offset.detach()
+    return x + (torch.round(x - offset) + offset - x).detach()
+
+
+def scale_table(bound: float, levels: int, maximum: float = 256.0) -> Tensor:
+    """``levels`` log-spaced Gaussian scales from ``bound`` to ``maximum`` (the coder's CDF grid)."""
+    return torch.exp(torch.linspace(math.log(bound), math.log(maximum), levels))
+
+
+class LatentEntropyModel(nn.Module, ABC):
+    """Contract of an entropy model of y (B x N x h x w, h and w = 1/16 of the padded image)."""
+
+    name: str
+
+    @abstractmethod
+    def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return (ŷ for the decoder path, likelihoods per latent, each in (0, 1])."""
+
+    @abstractmethod
+    def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
+        """Entropy-code one image's y (B = 1). Returns (strings in decode order, ŷ as decoded)."""
+
+    @abstractmethod
+    def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
+        """Rebuild ŷ (1 x N x h x w) from the strings; bit-exact with :meth:`compress`."""
+
+    @abstractmethod
+    def update(self, force: bool = False) -> bool:
+        """Build the discrete CDF tables the coder needs (call after training)."""
+
+    @property
+    def entropy_id(self) -> int:
+        return ENTROPY_MODEL_IDS[self.name]
+
+
+def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2)
+
+
+def _deconv(c_in: int, c_out: int, k: int = 5) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=k // 2, output_padding=1)
+
+
+class MeanScaleHyperprior(LatentEntropyModel):
+    """Mean-scale hyperprior on compressai's ``EntropyBottleneck`` and ``GaussianConditional``.
+
+    z has ``hyper_channels`` channels at 1/4 of y's resolution (1/64 of the image).
+    """
+
+    name = "hyperprior"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        n, hc = cfg.latent_channels, cfg.hyper_channels
+        act = nn.LeakyReLU(0.2)
+        self.h_a = nn.Sequential(_conv(n, hc, 3), act, _conv(hc, hc, 5, 2), act, _conv(hc, hc, 5, 2))
+        self.h_s = nn.Sequential(_deconv(hc, hc), act, _deconv(hc, hc), act, _conv(hc, 2 * n, 3))
+        self.entropy_bottleneck = EntropyBottleneck(hc)
+        self.gaussian_conditional = GaussianConditional(None, scale_bound=cfg.scale_bound)
+        self._table = scale_table(cfg.scale_bound, cfg.scale_levels)
+
+    def _params(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
+        mean, scale = self.h_s(z_hat).chunk(2, dim=1)
+        return mean, scale
+
+    def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        with torch.autocast(y.device.type, enabled=False):
+            y = y.float()
+            z = self.h_a(y)
+            _, z_likelihoods = self.entropy_bottleneck(z)
+            z_hat = _ste_round(z, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1))
+            mean, scale = self._params(z_hat)
+            _, y_likelihoods = self.gaussian_conditional(y, scale, means=mean)
+            y_hat = _ste_round(y, mean)
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
+
+    @torch.no_grad()
+    def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
+        if y.shape[0] != 1:
+            raise ValueError("compress codes one image at a time (batch size 1)")
+        y = y.float()
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        mean, scale = self._params(z_hat)
+        indexes = self.gaussian_conditional.build_indexes(scale)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means=mean)
+        y_hat = self.gaussian_conditional.quantize(y, "dequantize", mean)
+        return [z_strings[0], y_strings[0]], y_hat
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
+        if len(strings) != 2:
+            raise ValueError(f"the hyperprior expects 2 strings, got {len(strings)}")
+        h, w = latent_hw
+        z_hat = self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
+        mean, scale = self._params(z_hat)
+        indexes = self.gaussian_conditional.build_indexes(scale)
+        return self.gaussian_conditional.decompress([strings[1]], indexes, means=mean)
+
+    def update(self, force: bool = False) -> bool:
+        updated = self.entropy_bottleneck.update(force=force)
+        updated |= self.gaussian_conditional.update_scale_table(self._table, force=force)
+        return updated
+
+
+def build_entropy_model(cfg: ModelConfig) -> LatentEntropyModel:
+    """The entropy model named by ``cfg.entropy_model``."""
+    if cfg.entropy_model == "hyperprior":
+        return MeanScaleHyperprior(cfg)
+    raise ValueError(f"unknown entropy model {cfg.entropy_model!r}")

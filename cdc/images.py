@@ -1,0 +1,62 @@
+"""Image files <-> tensors for the codec.
+
+Tensors are (1, 3, H, W) float32 in [0, 1]; saved images are 8-bit PNGs (rounded, as CompressAI
+evaluates reconstructions).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from shards.images import ImageDecodeError, decode_image
+
+
+class InputError(ValueError):
+    """A user-supplied file cannot be used; the message starts with the file name."""
+
+
+def load_image(path: str | Path) -> tuple[Tensor, list[str]]:
+    """Read an image file as a (1, 3, H, W) tensor in [0, 1] plus the conversions applied.
+
+    Raises:
+        InputError: ``"<path>: <reason>"`` for a missing, unreadable or non-image file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        decoded = decode_image(data)
+    except ImageDecodeError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return pil_to_tensor(decoded.image), decoded.notes
+
+
+def pil_to_tensor(image: Image.Image) -> Tensor:
+    """8-bit RGB Pillow image -> (1, 3, H, W) float32 in [0, 1]."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> H x W x 3 uint8 (rounded, clamped)."""
+    x = x.detach().float().cpu()
+    if x.ndim == 4:
+        x = x[0]
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def encode_png(x: Tensor) -> bytes:
+    """PNG bytes of a (1, 3, H, W) image in [0, 1]."""
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(x)).save(buf, format="PNG")
+    return buf.getvalue()

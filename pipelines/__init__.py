@@ -1,0 +1,1 @@
+"""Prefect flows and deployments around the codec (the only package that imports Prefect)."""

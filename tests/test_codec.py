@@ -1,0 +1,115 @@
+"""The codec end to end on the CPU: exact entropy coding, sizes, determinism, golden bitstream."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import GOLDEN, REGENERATE, photo_tensor, tiny_codec
+
+from cdc.checkpoint import fingerprint, load_codec, save_codec
+from cdc.coder import Coder
+from cdc.config import load_config
+from cdc.losses import RateDistortionPerceptionLoss
+
+
+def test_entropy_coding_is_exact(codec):
+    """The decoder's ŷ (and hence ẑ, which determines it) equals the encoder's bit for bit."""
+    x = photo_tensor(size=(100, 130))
+    enc = codec.compress(x)
+    y_dec = codec.entropy.decompress(enc["strings"], enc["shape"])
+    assert torch.equal(y_dec, enc["y_hat"])
+    eb = codec.entropy.entropy_bottleneck
+    z = codec.entropy.h_a(codec.g_a(torch.nn.functional.pad(x * 2 - 1, (0, 62, 0, 28), mode="replicate")))
+    z_enc = eb.quantize(z, "dequantize", eb._get_medians().reshape(1, -1, 1, 1))
+    z_dec = eb.decompress([enc["strings"][0]], z.shape[-2:])
+    assert torch.equal(z_dec, z_enc)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (33, 65), (333, 500), (64, 64)])
+def test_any_size_round_trips(codec, size):
+    coder = Coder(codec)
+    x = torch.rand(1, 3, *size)
+    enc = coder.encode(x)
+    x_hat, header = coder.decode(enc.data)
+    assert x_hat.shape == x.shape
+    assert (header.height, header.width) == size
+    assert x_hat.min() >= 0 and x_hat.max() <= 1
+    assert enc.bpp == pytest.approx(8 * len(enc.data) / (size[0] * size[1]))
+
+
+def test_decode_is_deterministic_across_runs_and_processes(model_dir, tmp_path):
+    coder = Coder(load_codec(model_dir))
+    data = coder.encode(photo_tensor(size=(64, 96))).data
+    first, _ = coder.decode(data)
+    second, _ = coder.decode(data)
+    assert torch.equal(first, second)
+    (tmp_path / "x.cdc").write_bytes(data)
+    script = (
+        "import sys, torch; from cdc.checkpoint import load_codec; from cdc.coder import Coder;"
+        "c = Coder(load_codec(sys.argv[1])); x, _ = c.decode(open(sys.argv[2], 'rb').read());"
+        "torch.save(x, sys.argv[3])"
+    )
+    subprocess.run([sys.executable, "-c", script, str(model_dir), str(tmp_path / "x.cdc"), str(tmp_path / "x.pt")],
+                   check=True, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "x.pt"), first)
+
+
+def test_gamma_zero_is_deterministic_regardless_of_seed(codec):
+    coder = Coder(codec)
+    x = photo_tensor(size=(64, 64))
+    a, _ = coder.decode(coder.encode(x, gamma=0.0, seed=1).data)
+    b, _ = coder.decode(coder.encode(x, gamma=0.0, seed=2).data)
+    assert torch.equal(a, b)
+
+
+def test_golden_bitstream():
+    """A fixed-seed tiny model and a fixed photo give the same bytes on every run."""
+    coder = Coder(tiny_codec(seed=0))
+    data = coder.encode(photo_tensor(size=(96, 128)), seed=7).data
+    digest = hashlib.sha256(data).hexdigest()
+    golden = GOLDEN / "tiny_bitstream.sha256"
+    if REGENERATE:
+        golden.write_text(digest + "\n")
+    assert digest == golden.read_text().strip(), "bitstream changed (set CDC_REGENERATE_GOLDEN=1 if intended)"
+
+
+def test_checkpoint_round_trip_both_layouts(codec, tmp_path):
+    for target in (tmp_path / "dir", tmp_path / "single.safetensors"):
+        save_codec(codec, target)
+        loaded = load_codec(target)
+        assert fingerprint(loaded) == fingerprint(codec)
+        assert loaded.config == codec.config
+
+
+@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v"])
+def test_loss_terms_are_finite_and_every_parameter_gets_a_gradient(prediction):
+    cfg = load_config("tiny", [f"diffusion.prediction={prediction}", "loss.rho=0.9"])
+    codec = tiny_codec(overrides=(f"diffusion.prediction={prediction}",)).train()
+    loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion)
+    x = photo_tensor(size=(128, 128)).repeat(2, 1, 1, 1)
+    terms = loss_fn(codec(x), num_pixels=128 * 128)
+    assert all(torch.isfinite(v) for v in terms.values()), terms
+    (terms["loss"] + codec.aux_loss()).backward()
+    params = dict(codec.named_parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params.values())
+    nonzero = [n for n, p in params.items() if p.grad.abs().sum() > 0]
+    assert len(nonzero) >= 0.95 * len(params)
+    assert not any(p.requires_grad for p in loss_fn.perceptual.parameters())
+
+
+def test_bf16_decoding_is_close_to_fp32(codec):
+    coder = Coder(codec)
+    data = coder.encode(photo_tensor(size=(64, 64))).data
+    fp32, _ = coder.decode(data)
+    bf16, _ = coder.decode(data, precision="bf16")
+    assert (fp32 - bf16).abs().mean() < 0.02
+
+
+def test_perceptual_network_is_not_in_the_checkpoint(tmp_path):
+    cfg = load_config("tiny", ["loss.rho=0.9"])
+    codec = tiny_codec()
+    RateDistortionPerceptionLoss(cfg.loss, codec.diffusion)
+    save_codec(codec, tmp_path / "m")
+    assert {k.split(".")[0] for k in codec.state_dict()} == {"g_a", "entropy", "context", "unet"}
