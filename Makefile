@@ -2,6 +2,9 @@
 #   make demo    set up and run the main job (see README)
 #   make test    set up and run lint + the whole test suite (what CI runs)
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip on these machines warns once per package about an unused local index; keep logs readable.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,8 +20,8 @@ setup: $(STAMP)
 # do not), then the project itself without dependencies.
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK) $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup
@@ -46,6 +49,7 @@ lock:
 
 bench: setup
 	$(BIN)/python benchmarks/codec.py
+	$(BIN)/python benchmarks/shards.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -37,7 +37,7 @@ def make_corpus(root: Path, size: tuple[int, int] = (96, 128)) -> dict[str, Path
     jpeg = encoded(rgb, "JPEG", quality=90)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    gray16 = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    gray16 = (np.asarray(other.convert("L"), dtype=np.uint16) * 257 + 100).astype(np.uint16)
     cases = {
         "clean.jpg": jpeg,
         "clean.png": encoded(other, "PNG"),

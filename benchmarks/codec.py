@@ -1,0 +1,148 @@
+"""Codec benchmark: real bytes vs estimated bits, encode time, decode time per DDIM step,
+FLOPs per step and the achieved fraction of this machine's measured matrix-multiply peak,
+fp32 vs bf16 (speed and reconstruction difference). One run, one process, 768x512 photo.
+
+Models: ``--model PRESET=CHECKPOINT`` uses a trained checkpoint; otherwise an untrained codec of
+the preset whose *entropy model only* is fitted (rate-only, on the photo's frozen latents) so
+that the real-vs-estimated comparison is made with a model that matches its latents. Untrained
+decoders make noise: the bf16-vs-fp32 quality columns then only measure numeric agreement.
+
+    python benchmarks/codec.py [--presets tiny,small,paper] [--model small=runs/x/model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import matmul_peak, photo, print_table, psnr, timed, write_json
+from torch.utils.flop_counter import FlopCounterMode
+
+from cdc.checkpoint import load_codec
+from cdc.codec import CDCCodec
+from cdc.coder import Coder
+from cdc.config import load_config
+from cdc.losses import bits_per_pixel
+from cdc.perceptual import build_perceptual
+
+
+def fit_entropy_model(codec: CDCCodec, x: torch.Tensor, steps: int) -> None:
+    """Rate-only fit of h_a, h_s and the priors on g_a's frozen latents (plus the quantile loss)."""
+    with torch.no_grad():
+        y = codec.g_a(x * 2 - 1)
+    entropy = codec.entropy.train()
+    opt = torch.optim.Adam(entropy.parameters(), lr=2e-3)
+    for _ in range(steps):
+        _, likelihoods = entropy(y)
+        loss = bits_per_pixel(likelihoods, x.shape[-2] * x.shape[-1]).mean() + codec.aux_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    codec.eval().update(force=True)
+
+
+def step_flops(codec: CDCCodec, shape: tuple[int, ...]) -> int:
+    """Counted FLOPs of one U-Net evaluation (one DDIM step) at ``shape``."""
+    b, _, h, w = shape
+    y = torch.zeros(b, codec.config.model.latent_channels, h // 16, w // 16)
+    pyramid = codec.context(y)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        codec.unet(torch.zeros(shape), torch.zeros(b), pyramid)
+    return counter.get_total_flops()
+
+
+def step_time(codec: CDCCodec, shape: tuple[int, ...], precision: str, repeat: int) -> float:
+    """Median seconds of one denoising step as the decoder runs it (dtype, channels-last)."""
+    from cdc.codec import PRECISIONS
+
+    dtype = PRECISIONS[precision]
+    b, _, h, w = shape
+    unet = codec._unet_for(dtype)
+    with torch.no_grad():
+        pyramid = [c.to(dtype).contiguous(memory_format=torch.channels_last)
+                   for c in codec.context(torch.zeros(b, codec.config.model.latent_channels, h // 16, w // 16))]
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+        tau = torch.full((b,), 0.5)
+        return timed(lambda: unet(x, tau, pyramid), repeat=repeat)
+
+
+def run(preset: str, checkpoint: str | None, x: torch.Tensor, peaks: dict, stlpips) -> dict:
+    if checkpoint:
+        codec, trained = load_codec(checkpoint), True
+    else:
+        torch.manual_seed(0)
+        codec, trained = CDCCodec(load_config(preset)).eval(), False
+        fit_entropy_model(codec, x, steps={"tiny": 300, "small": 300, "paper": 150}[preset])
+    coder = Coder(codec)
+    start = time.perf_counter()
+    enc = coder.encode(x)
+    encode_s = time.perf_counter() - start
+    payload = sum(len(s) for s in coder.parse(enc.data).strings)
+    est_bytes = enc.bpp_estimated * x.shape[-1] * x.shape[-2] / 8
+    shape = (1, 3, x.shape[-2], x.shape[-1])
+    flops = step_flops(codec, shape)
+    repeat = 2 if preset == "paper" else 5
+    t32 = step_time(codec, shape, "fp32", repeat)
+    t16 = step_time(codec, shape, "bf16", repeat)
+    rec32, header = coder.decode(enc.data)
+    rec16, _ = coder.decode(enc.data, precision="bf16")
+    with torch.no_grad():
+        lp32 = stlpips(rec32 * 2 - 1, x * 2 - 1).item()
+        lp16 = stlpips(rec16 * 2 - 1, x * 2 - 1).item()
+    return {
+        "preset": preset,
+        "trained": trained,
+        "params_M": sum(p.numel() for p in codec.parameters()) / 1e6,
+        "file_bytes": len(enc.data),
+        "payload_bytes": payload,
+        "container_bytes": len(enc.data) - payload,
+        "estimated_bytes": est_bytes,
+        "payload_overhead_pct": 100 * (payload / est_bytes - 1),
+        "bpp": enc.bpp,
+        "bpp_estimated": enc.bpp_estimated,
+        "encode_s": encode_s,
+        "gflop_per_step": flops / 1e9,
+        "step_fp32_s": t32,
+        "step_bf16_s": t16,
+        "bf16_speedup": t32 / t16,
+        "fp32_pct_of_peak": 100 * flops / t32 / peaks["fp32"],
+        "bf16_pct_of_peak": 100 * flops / t16 / peaks["bf16"],
+        "fp32_vs_floor": t32 / (flops / peaks["fp32"]),
+        "decode_steps": header.steps,
+        "psnr_fp32": psnr(rec32, x),
+        "psnr_bf16": psnr(rec16, x),
+        "delta_psnr_db": psnr(rec32, x) - psnr(rec16, x),
+        "psnr_bf16_vs_fp32": psnr(rec16, rec32),
+        "stlpips_fp32": lp32,
+        "stlpips_bf16": lp16,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="tiny,small,paper")
+    parser.add_argument("--model", action="append", default=[], help="PRESET=CHECKPOINT (trained model)")
+    args = parser.parse_args()
+    checkpoints = dict(m.split("=", 1) for m in args.model)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
+          f"({torch.get_num_threads()} threads)")
+    x = photo(768, 512)
+    stlpips = build_perceptual("stlpips-alex")
+    rows = [run(p, checkpoints.get(p), x, peaks, stlpips) for p in args.presets.split(",")]
+    table = print_table(rows, [
+        ("preset", "preset"), ("trained", "trained"), ("params_M", "params (M)"), ("file_bytes", "file B"),
+        ("estimated_bytes", "estimated B"), ("payload_overhead_pct", "payload overhead %"),
+        ("container_bytes", "container B"), ("encode_s", "encode s"), ("gflop_per_step", "GFLOP/step"),
+        ("step_fp32_s", "step fp32 s"), ("fp32_pct_of_peak", "fp32 % peak"), ("fp32_vs_floor", "fp32 / floor"),
+        ("step_bf16_s", "step bf16 s"), ("bf16_speedup", "bf16 speed-up"), ("delta_psnr_db", "ΔPSNR dB"),
+        ("psnr_bf16_vs_fp32", "PSNR bf16 vs fp32"), ("stlpips_fp32", "ST-LPIPS fp32"),
+        ("stlpips_bf16", "ST-LPIPS bf16"),
+    ])
+    write_json("codec", {"peaks_flops": peaks, "image": "sklearn china.jpg resized to 768x512", "rows": rows,
+                         "table": table})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Helpers shared by the benchmark scripts: timing, peak FLOP/s, tables, JSON, test photos."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, device: str = "cpu") -> float:
+    """Measured dense matrix-multiply throughput in FLOP/s for ``dtype`` on this machine."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+
+    def run() -> None:
+        torch.mm(a, b)
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    return 2 * n**3 / timed(run, repeat=5, warmup=2)
+
+
+def photo(width: int = 768, height: int = 512) -> torch.Tensor:
+    """A real photo (scikit-learn's bundled ``china.jpg``) resized to width x height, (1,3,H,W) in [0,1]."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    img = Image.fromarray(load_sample_image("china.jpg")).resize((width, height), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB between two images in [0, 1], measured on 8-bit rounded values."""
+    a8, b8 = (a.clamp(0, 1) * 255).round(), (b.clamp(0, 1) * 255).round()
+    mse = torch.mean((a8 - b8) ** 2).item()
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Print and return a markdown table of ``rows`` with (key, header) ``columns``."""
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,136 @@
+"""Shard benchmark: reader throughput vs a folder DataLoader vs pure decode, and build throughput.
+
+One run, the same images for everything: ~256 px JPEG crops of the real photos shipped in
+scikit-image's and scikit-learn's wheels. All loaders use the same decode + random-crop function
+and the same number of worker processes.
+
+    python benchmarks/shards.py [--images 600] [--workers 2] [--crop 128] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+# This file is named like the `shards` package: import the package before this folder is on the path.
+_HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+from shards.build import build, process_pool_map  # noqa: E402
+from shards.process import BuildConfig  # noqa: E402
+from shards.reader import decode_crop, train_loader  # noqa: E402
+
+sys.path.append(str(_HERE))
+from common import print_table, write_json  # noqa: E402
+
+SOURCES = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
+
+
+def make_images(root: Path, n: int, side: int = 256) -> list[Path]:
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    photos = [getattr(data, name)() for name in SOURCES] + [load_sample_image(f) for f in ("china.jpg", "flower.jpg")]
+    rng = random.Random(0)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        top, left = rng.randint(0, img.shape[0] - side), rng.randint(0, img.shape[1] - side)
+        path = root / f"{i:05d}.jpg"
+        Image.fromarray(img[top : top + side, left : left + side]).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+class FolderDataset(Dataset):
+    """The baseline: one file per sample, read and decoded in ``__getitem__``."""
+
+    def __init__(self, paths: list[Path], crop: int) -> None:
+        self.paths, self.crop = paths, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return decode_crop({"jpg": self.paths[i].read_bytes()}, self.crop, random.Random(i))
+
+
+def _decode_file(path: Path) -> int:
+    return np.asarray(Image.open(path).convert("RGB")).shape[0]
+
+
+def rate(loader, n_images: int, batch: int) -> float:
+    """Images per second over ``n_images`` after one warm-up batch."""
+    it = iter(loader)
+    next(it)
+    start = time.perf_counter()
+    seen = 0
+    while seen < n_images:
+        seen += next(it).shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_images(tmp / "images", args.images)
+        # build throughput, one core
+        start = time.perf_counter()
+        build([str(tmp / "images")], tmp / "shards1", BuildConfig(max_count=200), mapper=process_pool_map(1))
+        build_1 = args.images / (time.perf_counter() - start)
+        start = time.perf_counter()
+        build([str(tmp / "images")], tmp / "shards", BuildConfig(max_count=200), mapper=process_pool_map(args.workers))
+        build_n = args.images / (time.perf_counter() - start)
+        # pure decode, 1 process and `workers` processes
+        start = time.perf_counter()
+        for p in paths:
+            _decode_file(p)
+        decode_1 = len(paths) / (time.perf_counter() - start)
+        with ProcessPoolExecutor(args.workers) as pool:
+            list(pool.map(_decode_file, paths[:32]))
+            start = time.perf_counter()
+            list(pool.map(_decode_file, paths, chunksize=16))
+            decode_n = len(paths) / (time.perf_counter() - start)
+        n = 2 * args.images
+        folder = DataLoader(FolderDataset(paths, args.crop), batch_size=args.batch,
+                            num_workers=args.workers, persistent_workers=True, prefetch_factor=4,
+                            sampler=torch.utils.data.RandomSampler(paths, replacement=True, num_samples=10**9))
+        folder_rate = rate(folder, n, args.batch)
+        reader = train_loader(tmp / "shards", args.batch, args.crop, num_workers=args.workers, shuffle_buffer=200)
+        reader_rate = rate(reader, n, args.batch)
+    rows = [
+        {"what": "pure decode, 1 process", "images_s": decode_1},
+        {"what": f"pure decode, {args.workers} processes", "images_s": decode_n},
+        {"what": f"folder DataLoader, {args.workers} workers", "images_s": folder_rate,
+         "vs_decode": folder_rate / decode_n},
+        {"what": f"shard reader, {args.workers} workers", "images_s": reader_rate, "vs_decode": reader_rate / decode_n,
+         "vs_folder": reader_rate / folder_rate},
+        {"what": "build, 1 process (per core)", "images_s": build_1},
+        {"what": f"build, {args.workers} processes", "images_s": build_n},
+    ]
+    table = print_table(rows, [("what", "measurement"), ("images_s", "images/s"), ("vs_decode", "vs pure decode"),
+                               ("vs_folder", "vs folder loader")])
+    write_json("shards", {"args": vars(args), "cpus": os.cpu_count(), "rows": rows, "table": table,
+                          "goals": {"reader_vs_folder": 3.0, "reader_vs_decode": 0.8, "build_per_core": 100}})
+
+
+if __name__ == "__main__":
+    main()

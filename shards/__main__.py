@@ -1,0 +1,78 @@
+"""``python -m shards build|verify|stats``: the shard builder without Prefect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from shards.build import build, process_pool_map
+from shards.manifest import Manifest
+from shards.process import POLICIES, BuildConfig
+from shards.sources import SourceError
+from shards.verify import verify
+
+
+def _size(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    text = text.strip().lower().rstrip("b")
+    return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shards", description="Image corpora to WebDataset shards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build or resume shards from directories, globs, list files or URLs")
+    b.add_argument("sources", nargs="+")
+    b.add_argument("-o", "--output", required=True, help="output directory (shards + manifest.json)")
+    b.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    b.add_argument("--max-bytes", type=_size, default=512 * 2**20, help="bytes per shard, e.g. 512M")
+    b.add_argument("--split-val", type=float, default=0.0, help="fraction of images for the val split")
+    b.add_argument("--min-side", type=int, default=64, help="quarantine images with a shorter side")
+    b.add_argument("--max-pixels", type=int, default=16384 * 16384, help="decompression-bomb guard")
+    b.add_argument("--policy", choices=POLICIES, default="keep", help="how sample images are stored")
+    b.add_argument("--resize-shorter", type=int, help="resize so the shorter side has this many pixels")
+    b.add_argument("--patch-size", type=int, help="cut non-overlapping square patches")
+    b.add_argument("--chunk-size", type=int, default=256, help="inputs per processing task")
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    b.add_argument("--keep-staging", action="store_true", help="keep .staging/ after a successful build")
+    v = sub.add_parser("verify", help="re-hash every shard and decode every sample")
+    v.add_argument("manifest")
+    s = sub.add_parser("stats", help="print a manifest's totals")
+    s.add_argument("manifest")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "build":
+            cfg = BuildConfig(max_count=args.max_count, max_bytes=args.max_bytes, split_val=args.split_val,
+                              min_side=args.min_side, max_pixels=args.max_pixels, policy=args.policy,
+                              resize_shorter=args.resize_shorter, patch_size=args.patch_size,
+                              chunk_size=args.chunk_size)
+            manifest = build(args.sources, args.output, cfg, mapper=process_pool_map(args.workers), progress=True,
+                             keep_staging=args.keep_staging)
+            print(json.dumps(manifest.totals()))
+            for q in manifest.quarantine:
+                print(f"quarantined: {q['source']}: {q['reason']}", file=sys.stderr)
+            return 0
+        if args.command == "verify":
+            from tqdm import tqdm
+
+            manifest = Manifest.load(args.manifest)
+            with tqdm(total=len(manifest.shards), desc="verify", unit="shard") as bar:
+                problems = verify(args.manifest, progress=bar.update)
+            for p in problems:
+                print(f"shards: error: {p}", file=sys.stderr)
+            print(f"{len(manifest.shards)} shards, {manifest.samples()} samples: "
+                  f"{'OK' if not problems else f'{len(problems)} problem(s)'}")
+            return 1 if problems else 0
+        manifest = Manifest.load(args.manifest)
+        print(json.dumps({"fingerprint": manifest.fingerprint, **manifest.totals()}, indent=2))
+        return 0
+    except (SourceError, ValueError) as exc:
+        print(f"shards: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

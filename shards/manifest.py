@@ -1,0 +1,115 @@
+"""The shard manifest: what a build produced and what happened to every input.
+
+``manifest.json`` (format ``cdc-shards/1``) lists every shard with its split, sample count, bytes
+and SHA-256; totals; the quarantine list (source, reason) and the duplicate list (source,
+duplicate_of); the build config; a digest of the input locations and a *corpus fingerprint*
+(SHA-256 of every written sample's split and key, in shard order). It holds no timestamps, so
+a resumed build writes the same bytes as an uninterrupted one.
+
+Invariant, checked on load: ``written + quarantined + duplicates == scanned``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "cdc-shards/1"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    split: str
+    count: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """A parsed ``manifest.json``; shard names are relative to the manifest's directory."""
+
+    config: dict
+    sources: list[str]
+    inputs_digest: str
+    fingerprint: str
+    shards: list[ShardInfo]
+    quarantine: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    scanned: int = 0
+    written: int = 0
+    duplicate_samples: int = 0
+
+    def samples(self, split: str | None = None) -> int:
+        return sum(s.count for s in self.shards if split in (None, s.split))
+
+    def totals(self) -> dict:
+        return {
+            "scanned": self.scanned,
+            "written": self.written,
+            "quarantined": len(self.quarantine),
+            "duplicates": len(self.duplicates),
+            "duplicate_samples": self.duplicate_samples,
+            "samples": {split: self.samples(split) for split in ("train", "val")},
+            "shards": {split: sum(s.split == split for s in self.shards) for split in ("train", "val")},
+            "bytes": sum(s.bytes for s in self.shards),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "totals": self.totals(),
+            "config": self.config,
+            "sources": self.sources,
+            "inputs_digest": self.inputs_digest,
+            "shards": [asdict(s) for s in self.shards],
+            "quarantine": self.quarantine,
+            "duplicates": self.duplicates,
+        }
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        """Parse a manifest; raises ``ValueError`` if it is not one or its accounting is off."""
+        path = Path(path)
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable manifest ({exc})") from None
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} manifest")
+        totals = data["totals"]
+        manifest = cls(
+            config=data["config"], sources=data["sources"], inputs_digest=data["inputs_digest"],
+            fingerprint=data["fingerprint"], shards=[ShardInfo(**s) for s in data["shards"]],
+            quarantine=data["quarantine"], duplicates=data["duplicates"], scanned=totals["scanned"],
+            written=totals["written"], duplicate_samples=totals.get("duplicate_samples", 0),
+        )
+        if manifest.written + len(manifest.quarantine) + len(manifest.duplicates) != manifest.scanned:
+            raise ValueError(f"{path}: accounting mismatch (written + quarantined + duplicates != scanned)")
+        return manifest
+
+
+def shard_urls(manifest_path: str | Path, split: str = "train") -> list[str]:
+    """Paths of a manifest's shards of ``split`` (resolved next to the manifest)."""
+    manifest_path = Path(manifest_path)
+    manifest = Manifest.load(manifest_path)
+    return [str(manifest_path.parent / s.name) for s in manifest.shards if s.split == split]

@@ -1,0 +1,161 @@
+"""Turn one input image into shard samples: decode, hash, split, optional resize/patches, encode.
+
+Every input ends as exactly one :class:`Record`: ``ok`` with its samples, or ``quarantined``
+with a one-line reason. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+from PIL import Image
+
+from shards.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageDecodeError, decode_image
+from shards.sources import read_bytes
+
+POLICIES = ("keep", "png", "jpeg-q95", "webp-lossless")
+_KEEPABLE = {"JPEG": "jpg", "PNG": "png"}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How a corpus becomes shards.
+
+    Attributes:
+        max_count: samples per shard (upper bound).
+        max_bytes: bytes of sample data per shard (upper bound; one oversized sample gets its own).
+        split_val: fraction in [0, 1) of images (by content hash) assigned to the ``val`` split.
+        min_side: images with a shorter side below this many pixels are quarantined.
+        max_pixels: images whose header claims more pixels are quarantined before decoding.
+        policy: ``keep`` (clean RGB JPEG/PNG kept byte for byte, others -> PNG), ``png``,
+            ``jpeg-q95`` (clean JPEGs kept) or ``webp-lossless``.
+        resize_shorter: if set, resize (Lanczos) so the shorter side is this many pixels.
+        patch_size: if set, cut non-overlapping patch_size x patch_size patches (one sample each).
+        chunk_size: inputs per processing task (the unit of parallelism and of resume).
+    """
+
+    max_count: int = 1000
+    max_bytes: int = 512 * 2**20
+    split_val: float = 0.0
+    min_side: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    policy: str = "keep"
+    resize_shorter: int | None = None
+    patch_size: int | None = None
+    chunk_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_count < 1 or self.max_bytes < 1 or self.chunk_size < 1:
+            raise ValueError("max_count, max_bytes and chunk_size must be >= 1")
+        if not 0 <= self.split_val < 1:
+            raise ValueError("split_val must be in [0, 1)")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}")
+        if self.patch_size is not None and self.patch_size < 1:
+            raise ValueError("patch_size must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Sample:
+    """One shard sample: ``{key}.{ext}`` image bytes plus a ``{key}.json`` record."""
+
+    key: str
+    ext: str
+    data: bytes
+    meta: dict
+
+    def members(self) -> list[tuple[str, bytes]]:
+        return [(f"{self.key}.{self.ext}", self.data),
+                (f"{self.key}.json", json.dumps(self.meta, sort_keys=True).encode())]
+
+
+@dataclass
+class Record:
+    """What happened to one input."""
+
+    source: str
+    status: str  # "ok" | "quarantined"
+    reason: str = ""
+    image_hash: str = ""
+    split: str = ""
+    samples: list[Sample] = field(default_factory=list)
+
+
+def content_hash(image: Image.Image) -> str:
+    """SHA-256 of the decoded RGB pixels and size: equal for byte-different encodings of one image."""
+    h = hashlib.sha256(f"{image.width}x{image.height}|".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def split_of(image_hash: str, split_val: float) -> str:
+    """Deterministic split by hash: the first 32 bits, read as a fraction, below ``split_val`` is val."""
+    return "val" if int(image_hash[:8], 16) / 2**32 < split_val else "train"
+
+
+def _encode(image: Image.Image, policy: str) -> tuple[str, bytes]:
+    buf = io.BytesIO()
+    if policy == "jpeg-q95":
+        image.save(buf, format="JPEG", quality=95, subsampling=0)
+        return "jpg", buf.getvalue()
+    if policy == "webp-lossless":
+        image.save(buf, format="WEBP", lossless=True)
+        return "webp", buf.getvalue()
+    image.save(buf, format="PNG", compress_level=6)
+    return "png", buf.getvalue()
+
+
+def _keep_original(decoded: DecodedImage, policy: str) -> str | None:
+    ext = _KEEPABLE.get(decoded.format) if decoded.clean else None
+    if policy == "keep" or (policy == "png" and ext == "png") or (policy == "jpeg-q95" and ext == "jpg"):
+        return ext
+    return None
+
+
+def _pieces(image: Image.Image, cfg: BuildConfig) -> list[tuple[tuple[int, int] | None, Image.Image]]:
+    if cfg.resize_shorter:
+        scale = cfg.resize_shorter / min(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    if not cfg.patch_size:
+        return [(None, image)]
+    p = cfg.patch_size
+    return [((r, c), image.crop((c * p, r * p, (c + 1) * p, (r + 1) * p)))
+            for r in range(image.height // p) for c in range(image.width // p)]
+
+
+def process_image(source: str, cfg: BuildConfig) -> Record:
+    """Read and convert one input (never raises for bad data: it is quarantined with a reason)."""
+    try:
+        data = read_bytes(source)
+    except OSError as exc:
+        return Record(source, "quarantined", f"cannot read: {exc.strerror or exc.__class__.__name__}")
+    try:
+        decoded = decode_image(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side)
+    except ImageDecodeError as exc:
+        return Record(source, "quarantined", str(exc))
+    image_hash = content_hash(decoded.image)
+    record = Record(source, "ok", image_hash=image_hash, split=split_of(image_hash, cfg.split_val))
+    keep = None if cfg.resize_shorter or cfg.patch_size else _keep_original(decoded, cfg.policy)
+    pieces = _pieces(decoded.image, cfg)
+    if not pieces:
+        return Record(source, "quarantined", f"{decoded.image.width}x{decoded.image.height} yields no "
+                      f"{cfg.patch_size}x{cfg.patch_size} patch")
+    for patch, image in pieces:
+        if keep:
+            ext, payload = keep, data
+        else:
+            ext, payload = _encode(image, "png" if cfg.policy == "keep" else cfg.policy)
+        key = image_hash[:32] if patch is None and not cfg.resize_shorter else content_hash(image)[:32]
+        meta = {"source": source, "width": image.width, "height": image.height, "image_hash": image_hash,
+                "format": decoded.format, "mode": decoded.mode, "notes": decoded.notes}
+        if patch is not None:
+            meta["patch"] = list(patch)
+        record.samples.append(Sample(key, ext, payload, meta))
+    return record

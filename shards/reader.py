@@ -1,0 +1,196 @@
+"""Read shards back for training: a deterministic, resumable WebDataset stream of image batches.
+
+``train_loader(source, ...)`` is the one function training uses. ``source`` is a manifest (or a
+directory holding ``manifest.json``), or shard URLs / brace patterns (``s3://b/train-{000000..000099}.tar``);
+local paths and any fsspec URL work alike.
+
+How batches are made (per rank)::
+
+    rank's shards (split_by_node: disjoint when #shards >= world size)
+      └─ lane ℓ = one DataLoader worker (split_by_worker): shards drawn with replacement
+         (resampled) from rng(seed, rank, ℓ, epoch) ─► tar samples (webdataset) ─► shuffle buffer
+         ─► skip already-consumed samples ─► decode ─► random crop (rng per sample) ─► batch
+      every lane epoch is ``epoch_batches`` batches long (webdataset's ``with_epoch`` counts per
+      worker, so this is per lane)
+
+The DataLoader takes batches from its workers round-robin, so global batch b comes from lane
+``b % W`` at local index ``b // W``. After a restart at batch s, worker w serves lane
+``(s + w) % W`` from local index ``(s + w) // W``: with the same seed, world size and worker count
+the stream continues exactly where it stopped, which makes ``--resume`` bit-exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import random
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shards.manifest import MANIFEST_NAME, Manifest, shard_urls
+from shards.tarfiles import iter_tar
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+class ShardError(ValueError):
+    """The shard source is missing, empty or unusable."""
+
+
+def resolve_shards(source: str | Path | list[str], split: str = "train") -> list[str]:
+    """Shard URLs from a manifest, a directory with a manifest, or URLs/brace patterns.
+
+    Raises:
+        ShardError: nothing to read (missing manifest, no shards of ``split``).
+    """
+    items = [str(s) for s in source] if isinstance(source, list | tuple) else [str(source)]
+    urls: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        if path.name.endswith(".json"):
+            if not path.is_file():
+                raise ShardError(f"{path}: no such shard manifest")
+            try:
+                urls += shard_urls(path, split)
+            except ValueError as exc:
+                raise ShardError(str(exc)) from None
+        else:
+            urls += wds.shardlists.expand_urls(item)
+    if not urls:
+        raise ShardError(f"{', '.join(items)}: no {split} shards")
+    return urls
+
+
+def shards_for_rank(urls: list[str], rank: int, world_size: int) -> list[str]:
+    """split_by_node: rank r gets urls[r::world]; disjoint across ranks, union is everything.
+
+    With fewer shards than ranks every rank reads all shards (their random streams still differ).
+    """
+    if len(urls) < world_size:
+        return list(urls)
+    return urls[rank::world_size]
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def _tar_files(urls: Iterable[str]) -> Iterator[dict]:
+    """Members of each shard as webdataset file dicts, an end-of-shard marker after each shard."""
+    for url in urls:
+        try:
+            with fsspec.open(url, "rb") as stream:
+                for name, data in iter_tar(stream):
+                    yield {"fname": name, "data": data, "__url__": url}
+        except (OSError, ValueError) as exc:  # a damaged shard must not stop a long training run
+            warnings.warn(f"{url}: {exc}; skipping the rest of this shard", stacklevel=2)
+        yield {}
+
+
+def decode_crop(sample: dict, crop: int, rng: random.Random) -> torch.Tensor:
+    """Decode a sample's image, upscale it if a side is below ``crop``, take a random crop.
+
+    Returns a (3, crop, crop) float tensor in [0, 1].
+    """
+    ext = next(e for e in IMAGE_EXTS if e in sample)
+    image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
+    w, h = image.size
+    if min(w, h) < crop:
+        scale = crop / min(w, h)
+        image = image.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.Resampling.BICUBIC)
+        w, h = image.size
+    left, top = rng.randint(0, w - crop), rng.randint(0, h - crop)
+    arr = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
+
+
+class ShardStream(IterableDataset):
+    """Endless, resumable stream of (B, 3, crop, crop) batches in [0, 1] for one rank.
+
+    Args:
+        urls: shard URLs (all ranks pass the same list).
+        batch_size: images per batch.
+        crop: square crop side, pixels.
+        rank, world_size: this process's place in the job (split_by_node).
+        seed: base seed; the stream is a pure function of (seed, rank, world_size, workers).
+        shuffle_buffer: samples in the shuffle buffer of each lane.
+        epoch_batches: batches per lane epoch (bounds the work to skip on resume).
+        start_batch: index of the first batch to produce (batches already consumed).
+        num_workers: DataLoader workers that will iterate this dataset (0 = main process).
+    """
+
+    def __init__(self, urls: list[str], batch_size: int, crop: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle_buffer: int = 1000, epoch_batches: int = 1000, start_batch: int = 0,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        self.urls = shards_for_rank(list(urls), rank, world_size)
+        self.batch_size, self.crop = batch_size, crop
+        self.rank, self.seed = rank, seed
+        self.shuffle_buffer, self.epoch_batches = shuffle_buffer, epoch_batches
+        self.start_batch, self.lanes = start_batch, max(1, num_workers)
+
+    def _lane_samples(self, lane: int, epoch: int) -> Iterator[dict]:
+        rng = random.Random(_seed(self.seed, self.rank, lane, epoch))
+        urls = (rng.choice(self.urls) for _ in itertools.count())  # resampled: with replacement
+        samples = wds.tariterators.group_by_keys(_tar_files(urls), handler=wds.warn_and_continue)
+        initial = min(self.shuffle_buffer, 100)
+        return wds.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
+
+    def lane_batches(self, lane: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Batches of one lane from its local index ``start`` on (deterministic)."""
+        per_epoch = self.epoch_batches * self.batch_size
+        first_epoch = start // self.epoch_batches
+        for epoch in itertools.count(first_epoch):
+            skip = (start - epoch * self.epoch_batches) * self.batch_size if epoch == first_epoch else 0
+            stream = itertools.islice(self._lane_samples(lane, epoch), skip, per_epoch)
+            batch = []
+            for index, sample in enumerate(stream, start=skip):
+                rng = random.Random(_seed(self.seed, self.rank, lane, epoch, index))
+                batch.append(decode_crop(sample, self.crop, rng))
+                if len(batch) == self.batch_size:
+                    yield torch.stack(batch)
+                    batch = []
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if workers != self.lanes:
+            raise ShardError(f"ShardStream built for {self.lanes} workers, iterated by {workers}")
+        position = self.start_batch + worker
+        yield from self.lane_batches(position % self.lanes, position // self.lanes)
+
+
+def train_loader(source: str | Path | list[str], batch_size: int, crop: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, num_workers: int = 0, shuffle_buffer: int = 1000, epoch_batches: int = 1000,
+                 start_batch: int = 0, split: str = "train") -> DataLoader:
+    """The training data: a DataLoader over a :class:`ShardStream` (batching happens in the workers)."""
+    stream = ShardStream(resolve_shards(source, split), batch_size, crop, rank=rank, world_size=world_size,
+                         seed=seed, shuffle_buffer=shuffle_buffer, epoch_batches=epoch_batches,
+                         start_batch=start_batch, num_workers=num_workers)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+                      prefetch_factor=4 if num_workers else None)
+
+
+def iterate_images(source: str | Path | list[str], split: str = "val") -> Iterator[tuple[str, bytes, dict]]:
+    """Every sample of a split once, in shard order: (key, image bytes, json record); for evaluation."""
+    import json
+
+    for url in resolve_shards(source, split):
+        for sample in wds.tariterators.group_by_keys(_tar_files([url])):
+            ext = next(e for e in IMAGE_EXTS if e in sample)
+            yield sample["__key__"], sample[ext], json.loads(sample.get("json", b"{}"))
+
+
+__all__ = ["Manifest", "ShardError", "ShardStream", "iterate_images", "resolve_shards", "shards_for_rank",
+           "train_loader"]

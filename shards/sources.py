@@ -1,0 +1,102 @@
+"""Enumerate the images of a corpus from directories, globs, list files and fsspec URLs.
+
+A *source* argument may be:
+
+* a local directory or fsspec URL of one (``s3://bucket/div2k/``): searched recursively;
+* a glob (``data/**/*.png``, ``gs://b/kodak/*.png``);
+* a text file (``.txt``/``.lst``) listing one path or URL per line (``#`` comments allowed);
+* a single image path or URL.
+
+Known layouts (DIV2K, Kodak, Vimeo-90k ``sequences/*/*/im*.png``, CLIC) are plain folders of images
+and need no flags. The result is sorted and de-duplicated by location, so builds are
+deterministic; a missing source directory is an error, an unreadable file is left to the builder
+to quarantine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import fsspec
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif",
+                  ".heic", ".jxl", ".jp2"}
+LIST_SUFFIXES = {".txt", ".lst", ".list"}
+GLOB_CHARS = set("*?[")
+
+
+class SourceError(ValueError):
+    """A source argument that cannot be enumerated (missing directory, unknown URL scheme, ...)."""
+
+
+def _is_image(name: str) -> bool:
+    return Path(name.split("?", 1)[0]).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """fsspec lists paths without the protocol; put it back for non-local filesystems."""
+    return fs.unstrip_protocol(path) if _protocol(fs) != "file" else path
+
+
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    proto = fs.protocol
+    return proto[0] if isinstance(proto, (tuple, list)) else proto
+
+
+def _expand_one(source: str) -> list[str]:
+    try:
+        fs, path = fsspec.core.url_to_fs(source)
+    except (ValueError, ImportError) as exc:
+        raise SourceError(f"{source}: unsupported location ({exc})") from None
+    if GLOB_CHARS & set(path):
+        return [_unstrip(fs, p) for p in fs.glob(path) if _is_image(p)]
+    try:
+        is_dir = fs.isdir(path)
+    except OSError as exc:
+        raise SourceError(f"{source}: cannot access ({exc})") from None
+    if is_dir:
+        return [_unstrip(fs, p) for p in fs.find(path) if _is_image(p)]
+    if Path(path).suffix.lower() in LIST_SUFFIXES:
+        if not fs.exists(path):
+            raise SourceError(f"{source}: no such list file")
+        text = fs.cat_file(path).decode()
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if _is_image(path):
+        # A listed single file is kept even if missing: the builder quarantines it with its reason.
+        return [source]
+    if not fs.exists(path):
+        raise SourceError(f"{source}: no such file or directory")
+    raise SourceError(f"{source}: not a directory, glob, list file or image")
+
+
+def expand_sources(sources: list[str]) -> list[str]:
+    """All image locations of ``sources``, sorted and unique.
+
+    Raises:
+        SourceError: for a source that does not exist or cannot be listed.
+    """
+    found: set[str] = set()
+    for source in sources:
+        found.update(_expand_one(str(source)))
+    return sorted(found)
+
+
+def read_bytes(location: str, retries: int = 3, backoff: float = 0.5) -> bytes:
+    """Read a local path or URL; transient errors of remote reads are retried with backoff.
+
+    Raises:
+        OSError: the location cannot be read (after the retries for remote locations).
+    """
+    fs, path = fsspec.core.url_to_fs(location)
+    attempts = 1 if _protocol(fs) == "file" else retries
+    for attempt in range(attempts):
+        try:
+            return fs.cat_file(path)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(backoff * 2**attempt)
+    raise AssertionError("unreachable")

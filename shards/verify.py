@@ -1,0 +1,59 @@
+"""Check a build: re-hash every shard against the manifest and decode every sample."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from shards.images import ImageDecodeError, decode_image
+from shards.manifest import Manifest, file_sha256
+from shards.tarfiles import read_tar
+
+
+def verify(manifest_path: str | Path, progress: Callable[[int], None] | None = None) -> list[str]:
+    """Return the problems found (empty when the build is intact).
+
+    Checks, per shard: present, size and SHA-256 as recorded, readable tar, sample count, every
+    sample has an image and a JSON record, and every image decodes.
+    """
+    manifest_path = Path(manifest_path)
+    manifest = Manifest.load(manifest_path)
+    problems = []
+    for info in manifest.shards:
+        path = manifest_path.parent / info.name
+        problems.extend(f"{info.name}: {p}" for p in _check_shard(path, info.count, info.bytes, info.sha256))
+        if progress:
+            progress(1)
+    return problems
+
+
+def _check_shard(path: Path, count: int, size: int, sha256: str) -> list[str]:
+    if not path.exists():
+        return ["missing"]
+    problems = []
+    if path.stat().st_size != size:
+        problems.append(f"size {path.stat().st_size} != manifest {size}")
+    if file_sha256(path) != sha256:
+        problems.append("SHA-256 differs from the manifest")
+    try:
+        members = read_tar(path)
+    except Exception as exc:  # tarfile raises several types for damage
+        return [*problems, f"unreadable tar ({exc})"]
+    samples: dict[str, dict[str, bytes]] = {}
+    for name, data in members:
+        key, _, ext = name.partition(".")
+        samples.setdefault(key, {})[ext] = data
+    if len(samples) != count:
+        problems.append(f"{len(samples)} samples, manifest says {count}")
+    for key, parts in samples.items():
+        images = [ext for ext in parts if ext != "json"]
+        if len(images) != 1 or "json" not in parts:
+            problems.append(f"sample {key}: expected one image and one json, got {sorted(parts)}")
+            continue
+        try:
+            json.loads(parts["json"])
+            decode_image(parts[images[0]])
+        except (ValueError, ImageDecodeError) as exc:
+            problems.append(f"sample {key}: {exc}")
+    return problems
