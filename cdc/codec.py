@@ -71,7 +71,8 @@ class CDCCodec(CompressionModel):
         Returns:
             ``x_hat``: one-step x0 estimate in [0, 1] (unclamped); ``likelihoods``: {"y", "z"};
             ``output``/``target``: the network output and its regression target; ``t``;
-            ``x0``/``x0_pred``: the clean image and the estimate in [-1, 1].
+            ``x0``/``x0_pred``: the clean image and the estimate in [-1, 1]; ``aux_loss``: the
+            prior's quantile loss (returned here so DDP/DeepSpeed see every parameter used in forward).
         """
         if x.shape[-1] % self.downsampling_factor or x.shape[-2] % self.downsampling_factor:
             raise ValueError(f"training inputs must be multiples of {self.downsampling_factor}, got {tuple(x.shape)}")
@@ -94,6 +95,7 @@ class CDCCodec(CompressionModel):
             "t": t,
             "x0": x0,
             "x0_pred": x0_pred,
+            "aux_loss": self.aux_loss(),
         }
 
     def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:

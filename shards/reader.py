@@ -178,8 +178,10 @@ def train_loader(source: str | Path | list[str], batch_size: int, crop: int, *, 
     stream = ShardStream(resolve_shards(source, split), batch_size, crop, rank=rank, world_size=world_size,
                          seed=seed, shuffle_buffer=shuffle_buffer, epoch_batches=epoch_batches,
                          start_batch=start_batch, num_workers=num_workers)
+    # A private generator: creating the iterator must not consume the global torch RNG, or a
+    # resumed run (iterator created after the RNG state is restored) would diverge.
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers else None)
+                      prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(seed))
 
 
 def iterate_images(source: str | Path | list[str], split: str = "val") -> Iterator[tuple[str, bytes, dict]]:

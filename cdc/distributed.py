@@ -1,0 +1,129 @@
+"""Process-group set-up for training with accelerate: DDP or DeepSpeed, CPU (gloo) or GPU (NCCL).
+
+Facts this module encodes (measured on the CPU dev machines):
+
+* ``accelerate launch --cpu --num_processes 2`` starts ONE process (the simple launcher); the
+  multi-GPU launcher with ``Accelerator(cpu=True)`` gives real gloo ranks. Our CPU config files
+  use ``distributed_type: MULTI_GPU``, and :func:`check_world_size` refuses a run whose world size
+  differs from what the launch asked for.
+* accelerate's DeepSpeed path on a machine without CUDA needs ``DS_ACCELERATOR=cpu`` and an
+  explicit gloo backend; DeepSpeed's first CPU ``init_distributed`` JIT-compiles a shared-memory
+  all-reduce op (~25 s, needs a compiler), which gloo makes unnecessary at our sizes, so it is
+  skipped unless ``CDC_DS_SHM=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import torch
+import yaml
+
+
+class LaunchError(RuntimeError):
+    """The launch does not match what was asked for."""
+
+
+def using_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def prepare_environment() -> None:
+    """Call before importing accelerate/deepspeed."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def make_accelerator(mixed_precision: str, output_dir: Path, micro_batch: int, grad_clip: float):
+    """An ``Accelerator`` for this machine (CPU -> gloo, GPU -> NCCL; bf16 autocast on GPU only)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
+
+    cuda = torch.cuda.is_available()
+    handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    deepspeed = using_deepspeed()
+    if deepspeed and not cuda:
+        if os.environ.get("CDC_DS_SHM") != "1":
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__ = {}  # no JIT-compiled shm op: plain gloo collectives
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(
+        cpu=not cuda and not deepspeed,
+        mixed_precision=mixed_precision,
+        project_config=ProjectConfiguration(project_dir=str(output_dir)),
+        # our schedule counts optimizer steps; accelerate would otherwise step it once per process
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=handlers,
+    )
+    if deepspeed:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        # We shard data ourselves (no prepared DataLoader), so fill the batch fields accelerate would infer.
+        ds["train_micro_batch_size_per_gpu"] = micro_batch
+        ds["gradient_accumulation_steps"] = 1
+        ds["train_batch_size"] = micro_batch * accelerator.num_processes
+        if ds.get("gradient_clipping") == "auto":
+            ds["gradient_clipping"] = grad_clip
+    return accelerator
+
+
+def requested_world_size() -> int | None:
+    """How many processes the launching ``accelerate launch`` asked for, if it can be told.
+
+    ``CDC_EXPECTED_WORLD_SIZE`` wins; otherwise the parent process's command line is read
+    (``--num_processes`` or the ``num_processes`` of its ``--config_file``). None when the script
+    was not started by ``accelerate launch``.
+    """
+    if os.environ.get("CDC_EXPECTED_WORLD_SIZE"):
+        return int(os.environ["CDC_EXPECTED_WORLD_SIZE"])
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if not any(a.endswith("accelerate") for a in argv[:2]) or "launch" not in argv:
+        return None
+    opts = _options(argv)
+    if "num_processes" in opts:
+        return int(opts["num_processes"])
+    config = opts.get("config_file") or os.path.expanduser("~/.cache/huggingface/accelerate/default_config.yaml")
+    try:
+        return int(yaml.safe_load(Path(config).read_text()).get("num_processes", 1))
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def _options(argv: list[str]) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq and i + 1 < len(argv):
+                value = argv[i + 1]
+            opts.setdefault(key.replace("-", "_"), value)
+        if arg.endswith(".py"):
+            break  # the training script's own arguments follow
+    return opts
+
+
+def check_world_size(actual: int) -> None:
+    """Raise :class:`LaunchError` if the launch asked for a different number of processes."""
+    wanted = requested_world_size()
+    if wanted is not None and wanted != actual:
+        raise LaunchError(
+            f"the launch asked for {wanted} processes but this run has {actual} "
+            f"(accelerate's --cpu launcher starts only one process: use "
+            f"{shlex.quote('--config_file infra/accelerate/cpu.yaml')} or --multi_gpu with ACCELERATE_USE_CPU=true)"
+        )
+
+
+def replica_checksums(accelerator, model: torch.nn.Module) -> list[float]:
+    """A float64 checksum of the weights on every rank (equal when replicas are in sync)."""
+    with torch.no_grad():
+        total = sum(p.detach().double().abs().sum() + p.detach().double().sum() * 1e-3 for p in model.parameters())
+    local = torch.tensor([float(total)], dtype=torch.float64, device=accelerator.device)
+    return [float(v) for v in accelerator.gather(local).cpu()]

@@ -1,0 +1,51 @@
+"""Exponential moving average of model weights (the official X-param recipe: 0.999 every 10 steps).
+
+Before ``start`` steps the average simply copies the weights (early weights are noise);
+afterwards every ``every`` steps ``ema = decay * ema + (1 - decay) * weights``. Buffers (e.g. the
+entropy coder's tables) are copied, not averaged. It implements ``state_dict`` /
+``load_state_dict`` so ``accelerator.register_for_checkpointing`` saves and restores it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Shadow copy of a model's weights.
+
+    Args:
+        model: the (unwrapped) model to track; the shadow is a deep copy in eval mode.
+        decay: in [0, 1); 0 makes the shadow a plain copy.
+        every: update period, steps.
+        start: steps during which the shadow copies the weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, every: int = 10, start: int = 100) -> None:
+        self.decay, self.every, self.start = decay, every, start
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Call after the optimizer step ``step`` (1-based count of steps taken)."""
+        if step <= self.start or self.decay == 0:
+            self.shadow.load_state_dict(model.state_dict())
+            return
+        if step % self.every:
+            return
+        params = dict(model.named_parameters())
+        for name, p in self.shadow.named_parameters():
+            p.lerp_(params[name].detach().to(p.dtype), 1 - self.decay)
+        buffers = dict(model.named_buffers())
+        for name, b in self.shadow.named_buffers():
+            if buffers[name].shape == b.shape:
+                b.copy_(buffers[name])
+
+    def state_dict(self) -> dict:
+        return self.shadow.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow.load_state_dict(state)

@@ -1,0 +1,112 @@
+"""MLflow tracking for training runs (the only place training talks to MLflow).
+
+With ``MLFLOW_TRACKING_URI`` unset, runs go to a local SQLite store ``$CDC_HOME/mlflow.db`` with
+artifacts under ``$CDC_HOME/mlartifacts`` (``CDC_HOME`` defaults to ``./.cdc``); set the variable
+to use a server (``http://mlflow:5000``) or another store. Only the main process logs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_EXPERIMENT = "cdc-train"
+
+
+def cdc_home() -> Path:
+    return Path(os.environ.get("CDC_HOME", ".cdc")).resolve()
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or the local SQLite default."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = cdc_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def setup_mlflow(experiment: str = DEFAULT_EXPERIMENT):
+    """Point MLflow at :func:`tracking_uri` and select (creating if needed) ``experiment``."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = None
+        if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+            artifacts = (cdc_home() / "mlartifacts").as_uri()
+        try:
+            mlflow.create_experiment(experiment, artifact_location=artifacts)
+        except mlflow.exceptions.MlflowException:
+            pass  # created concurrently by another process
+    mlflow.set_experiment(experiment)
+    return mlflow
+
+
+class RunTracker:
+    """A training run's MLflow run; every method is a no-op when ``enabled`` is False.
+
+    Args:
+        enabled: True on the main process only.
+        experiment: MLflow experiment name.
+        run_name: display name of the run.
+        run_id: resume this run (training resumed from a checkpoint) instead of starting one.
+        tags: run tags (e.g. ``cdc.role=warmup``).
+    """
+
+    def __init__(self, enabled: bool, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+                 run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
+        self.enabled = enabled
+        self.run_id: str | None = None
+        if not enabled:
+            return
+        self.mlflow = setup_mlflow(experiment)
+        run = self.mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            existing = self.mlflow.get_run(self.run_id).data.params
+            new = {k: str(v) for k, v in params.items() if k not in existing}
+            if new:
+                self.mlflow.log_params(new)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.enabled:
+            self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.enabled:
+            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_image(self, image: np.ndarray, name: str) -> None:
+        """Log an H x W x 3 uint8 image as ``name`` (e.g. ``samples/step-0001000.png``)."""
+        if self.enabled:
+            self.mlflow.log_image(image, artifact_file=name)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            self.mlflow.end_run(status=status)
+
+
+def code_version() -> str:
+    """``cdc`` version plus the git commit of the source tree when there is one (``0.1.0+g1a2b3c4``)."""
+    import subprocess
+
+    from cdc import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+g{sha}" if sha else __version__

@@ -1,0 +1,91 @@
+"""Training-state checkpoints: save with retention, resume the latest valid one, preemption.
+
+A checkpoint is ``OUT/checkpoints/step-NNNNNNNN/``: everything ``accelerator.save_state`` writes
+(model, optimizer, scheduler, EMA, every rank's RNG states) plus ``meta.json``, written last by
+the main process. A directory without ``meta.json`` (killed mid-save) is never used; one that
+fails to load is skipped with a warning in favour of the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import warnings
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+META = "meta.json"
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, newest first."""
+    root = output_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    dirs = [d for d in root.glob("step-*") if d.is_dir() and (d / META).is_file() and not d.name.endswith(".tmp")]
+    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]), reverse=True)
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, meta: dict, keep: int) -> Path:
+    """``save_state`` into ``step-N.tmp``, then (main process) write meta, rename, prune old ones."""
+    root = output_dir / CHECKPOINTS
+    final = root / f"step-{step:08d}"
+    tmp = root / f"step-{step:08d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=False)  # empty CDF buffers look "shared" to safetensors
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / META).write_text(json.dumps({"step": step, **meta}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in checkpoint_dirs(output_dir)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator, output_dir: Path, which: str) -> dict | None:
+    """Restore ``which`` (``latest`` or a checkpoint path); returns its meta, or None to start fresh.
+
+    ``latest`` with no checkpoint starts fresh; a corrupt checkpoint falls back to the previous one.
+    """
+    candidates = checkpoint_dirs(output_dir) if which == "latest" else [Path(which)]
+    if which != "latest" and not (Path(which) / META).is_file():
+        raise FileNotFoundError(f"{which}: not a complete training checkpoint (no {META})")
+    for ckpt in candidates:
+        try:
+            accelerator.load_state(str(ckpt))
+            return json.loads((ckpt / META).read_text())
+        except Exception as exc:
+            if which != "latest":
+                raise
+            warnings.warn(f"checkpoint {ckpt} is unusable ({exc.__class__.__name__}: {exc}); "
+                          f"falling back to the previous one", stacklevel=2)
+    return None
+
+
+class Preemption:
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at a step boundary.
+
+    ``requested(accelerator)`` agrees across ranks (one signalled rank stops them all).
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, frame) -> None:
+        self._flag = True
+
+    def requested(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self._flag
+        flag = torch.tensor([1.0 if self._flag else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
