@@ -7,6 +7,7 @@ to use a server (``http://mlflow:5000``) or another store. Only the main process
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,8 @@ def setup_mlflow(experiment: str = DEFAULT_EXPERIMENT):
         artifacts = None
         if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
             artifacts = (cdc_home() / "mlartifacts").as_uri()
-        try:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # created concurrently elsewhere
             mlflow.create_experiment(experiment, artifact_location=artifacts)
-        except mlflow.exceptions.MlflowException:
-            pass  # created concurrently by another process
     mlflow.set_experiment(experiment)
     return mlflow
 

@@ -26,7 +26,10 @@ def lr_factor(step: int, tc: TrainConfig) -> float:
     return warm * max(tc.lr_decay ** (step // tc.lr_decay_every), tc.lr_floor)
 
 
-def build_optimizer(codec: CDCCodec, tc: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+Scheduler = torch.optim.lr_scheduler.LambdaLR
+
+
+def build_optimizer(codec: CDCCodec, tc: TrainConfig) -> tuple[torch.optim.Optimizer, Scheduler]:
     quantiles = [p for n, p in codec.named_parameters() if n.endswith("quantiles")]
     others = [p for n, p in codec.named_parameters() if not n.endswith("quantiles")]
     optimizer = torch.optim.Adam([

@@ -85,7 +85,8 @@ def test_train_export_and_compress(env, tmp_path):
     assert {"train_config.json", "config.json", "model.safetensors", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
     info = json.loads((out / "config.json").read_text())
     assert info["metadata"]["rho"] == 0.5 and info["metadata"]["perceptual_pretrained"] is True
-    assert info["metadata"]["shards_fingerprint"] == json.loads((TINY_SHARD / "manifest.json").read_text())["fingerprint"]
+    manifest = json.loads((TINY_SHARD / "manifest.json").read_text())
+    assert info["metadata"]["shards_fingerprint"] == manifest["fingerprint"]
     from PIL import Image
 
     Image.fromarray(photo("coffee", (100, 150))).save(tmp_path / "coffee.png")
