@@ -42,13 +42,18 @@ def fit_entropy_model(codec: CDCCodec, x: torch.Tensor, steps: int) -> None:
     codec.eval().update(force=True)
 
 
+def _device(codec: CDCCodec) -> torch.device:
+    return next(codec.parameters()).device
+
+
 def step_flops(codec: CDCCodec, shape: tuple[int, ...]) -> int:
     """Counted FLOPs of one U-Net evaluation (one DDIM step) at ``shape``."""
     b, _, h, w = shape
-    y = torch.zeros(b, codec.config.model.latent_channels, h // 16, w // 16)
-    pyramid = codec.context(y)
+    dev = _device(codec)
+    with torch.no_grad():
+        pyramid = codec.context(torch.zeros(b, codec.config.model.latent_channels, h // 16, w // 16, device=dev))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        codec.unet(torch.zeros(shape), torch.zeros(b), pyramid)
+        codec.unet(torch.zeros(shape, device=dev), torch.zeros(b, device=dev), pyramid)
     return counter.get_total_flops()
 
 
@@ -58,21 +63,28 @@ def step_time(codec: CDCCodec, shape: tuple[int, ...], precision: str, repeat: i
 
     dtype = PRECISIONS[precision]
     b, _, h, w = shape
+    dev = _device(codec)
     unet = codec._unet_for(dtype)
     with torch.no_grad():
-        pyramid = [c.to(dtype).contiguous(memory_format=torch.channels_last)
-                   for c in codec.context(torch.zeros(b, codec.config.model.latent_channels, h // 16, w // 16))]
-        x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
-        tau = torch.full((b,), 0.5)
-        return timed(lambda: unet(x, tau, pyramid), repeat=repeat)
+        y = torch.zeros(b, codec.config.model.latent_channels, h // 16, w // 16, device=dev)
+        pyramid = [c.to(dtype).contiguous(memory_format=torch.channels_last) for c in codec.context(y)]
+        x = torch.randn(shape, device=dev).to(dtype).contiguous(memory_format=torch.channels_last)
+        tau = torch.full((b,), 0.5, device=dev)
+
+        def run() -> None:
+            unet(x, tau, pyramid)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        return timed(run, repeat=repeat)
 
 
-def run(preset: str, checkpoint: str | None, x: torch.Tensor, peaks: dict, stlpips) -> dict:
+def run(preset: str, checkpoint: str | None, x: torch.Tensor, peaks: dict, stlpips, device: str) -> dict:
     if checkpoint:
-        codec, trained = load_codec(checkpoint), True
+        codec, trained = load_codec(checkpoint, device), True
     else:
         torch.manual_seed(0)
-        codec, trained = CDCCodec(load_config(preset)).eval(), False
+        codec, trained = CDCCodec(load_config(preset)).to(device).eval(), False
         fit_entropy_model(codec, x, steps={"tiny": 300, "small": 300, "paper": 150}[preset])
     coder = Coder(codec)
     start = time.perf_counter()
@@ -82,15 +94,16 @@ def run(preset: str, checkpoint: str | None, x: torch.Tensor, peaks: dict, stlpi
     est_bytes = enc.bpp_estimated * x.shape[-1] * x.shape[-2] / 8
     shape = (1, 3, x.shape[-2], x.shape[-1])
     flops = step_flops(codec, shape)
-    repeat = 2 if preset == "paper" else 5
+    repeat = 2 if preset == "paper" and device == "cpu" else 5
     t32 = step_time(codec, shape, "fp32", repeat)
     t16 = step_time(codec, shape, "bf16", repeat)
     rec32, header = coder.decode(enc.data)
     rec16, _ = coder.decode(enc.data, precision="bf16")
     with torch.no_grad():
-        lp32 = stlpips(rec32 * 2 - 1, x * 2 - 1).item()
-        lp16 = stlpips(rec16 * 2 - 1, x * 2 - 1).item()
+        lp32 = stlpips(rec32 * 2 - 1, x * 2 - 1).item() if stlpips else float("nan")
+        lp16 = stlpips(rec16 * 2 - 1, x * 2 - 1).item() if stlpips else float("nan")
     return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "preset": preset,
         "trained": trained,
         "params_M": sum(p.numel() for p in codec.parameters()) / 1e6,
@@ -123,16 +136,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,small,paper")
     parser.add_argument("--model", action="append", default=[], help="PRESET=CHECKPOINT (trained model)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--output", default="codec", help="results/<name>.json")
     args = parser.parse_args()
     checkpoints = dict(m.split("=", 1) for m in args.model)
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
-          f"({torch.get_num_threads()} threads)")
-    x = photo(768, 512)
-    stlpips = build_perceptual("stlpips-alex")
-    rows = [run(p, checkpoints.get(p), x, peaks, stlpips) for p in args.presets.split(",")]
+    n = 8192 if args.device == "cuda" else 2048
+    peaks = {"fp32": matmul_peak(torch.float32, n, args.device), "bf16": matmul_peak(torch.bfloat16, n, args.device)}
+    print(f"measured matmul peak on {args.device}: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
+    x = photo(768, 512).to(args.device)
+    try:
+        stlpips = build_perceptual("stlpips-alex").to(args.device)
+    except ImportError:
+        stlpips = None
+        print("stlpips-pytorch is not installed here: the ST-LPIPS columns are NaN")
+    rows = [run(p, checkpoints.get(p), x, peaks, stlpips, args.device) for p in args.presets.split(",")]
     table = print_table(rows, [
-        ("preset", "preset"), ("trained", "trained"), ("params_M", "params (M)"), ("file_bytes", "file B"),
+        ("device", "device"), ("preset", "preset"), ("trained", "trained"), ("params_M", "params (M)"),
+        ("file_bytes", "file B"),
         ("estimated_bytes", "estimated B"), ("payload_overhead_pct", "payload overhead %"),
         ("container_bytes", "container B"), ("encode_s", "encode s"), ("gflop_per_step", "GFLOP/step"),
         ("step_fp32_s", "step fp32 s"), ("fp32_pct_of_peak", "fp32 % peak"), ("fp32_vs_floor", "fp32 / floor"),
@@ -140,7 +161,7 @@ def main() -> None:
         ("psnr_bf16_vs_fp32", "PSNR bf16 vs fp32"), ("stlpips_fp32", "ST-LPIPS fp32"),
         ("stlpips_bf16", "ST-LPIPS bf16"),
     ])
-    write_json("codec", {"peaks_flops": peaks, "image": "sklearn china.jpg resized to 768x512", "rows": rows,
+    write_json(args.output, {"peaks_flops": peaks, "image": "sklearn china.jpg resized to 768x512", "rows": rows,
                          "table": table})
 
 

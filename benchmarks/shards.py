@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -20,18 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import print_table, write_json  # first: it takes this folder off sys.path (see there)
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-# This file is named like the `shards` package: import the package before this folder is on the path.
-_HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from shards.build import build, process_pool_map  # noqa: E402
-from shards.process import BuildConfig  # noqa: E402
-from shards.reader import decode_crop, train_loader  # noqa: E402
-
-sys.path.append(str(_HERE))
-from common import print_table, write_json  # noqa: E402
+from shards.build import build, process_pool_map
+from shards.process import BuildConfig
+from shards.reader import decode_crop, train_loader
 
 SOURCES = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
 

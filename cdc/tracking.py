@@ -64,7 +64,12 @@ class RunTracker:
         self.run_id: str | None = None
         if not enabled:
             return
-        self.mlflow = setup_mlflow(experiment)
+        try:
+            self.mlflow = setup_mlflow(experiment)
+        except ImportError:
+            print("WARNING: mlflow is not installed: this run is NOT tracked (metrics.jsonl only)", flush=True)
+            self.enabled = False
+            return
         run = self.mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
         self.run_id = run.info.run_id
 
