@@ -6,6 +6,7 @@ Subcommands::
     cdc compress IMG... -m MODEL -o OUT                 images -> .cdc files
     cdc decompress FILE.cdc... -m MODEL -o OUT          .cdc files -> PNG
     cdc info FILE.cdc...                                header as JSON (no model needed)
+    cdc eval | plot | bdrate                            evaluation harness (see cdc/cli_eval.py)
 
 Every failure prints one line ``cdc: error: <file>: <problem>`` and the exit status is non-zero;
 other files in the same call are still processed, and no partial output file is left behind.
@@ -37,12 +38,13 @@ def _say(kind: str, message: str) -> None:
     tqdm.write(f"cdc: {kind}: {message}", file=sys.stderr)  # does not tear an active progress bar
 
 
-def _load_coder(ref: str):
+def load_coder(ref: str, device: str = "cpu"):  # noqa: ANN201
+    """A ``Coder`` for a model reference; failures become a one-line :class:`CLIError`."""
     from cdc.checkpoint import CheckpointError, load_codec
     from cdc.coder import Coder
 
     try:
-        return Coder(load_codec(resolve_model(ref)))
+        return Coder(load_codec(resolve_model(ref), device))
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
 
@@ -107,7 +109,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from cdc.files import atomic_write
     from cdc.images import InputError, load_image
 
-    coder = _load_coder(args.model)
+    coder = load_coder(args.model)
     outputs = _outputs(args.images, args.output, ".cdc")
 
     def work(i: int, image: str) -> None:
@@ -133,7 +135,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from cdc.files import atomic_write
     from cdc.images import encode_png
 
-    coder = _load_coder(args.model)
+    coder = load_coder(args.model)
     outputs = _outputs(args.files, args.output, ".png")
 
     def work(i: int, file: str) -> None:
@@ -205,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a .cdc header as JSON (no model needed)")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_info)
+
+    from cdc.cli_eval import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -1,0 +1,125 @@
+"""``cdc eval``, ``cdc plot`` and ``cdc bdrate`` (registered into the ``cdc`` command line).
+
+    cdc eval MODEL... --dataset div2k|kodak|folder [--root DIR] [--download] --protocol cdc768|full \\
+             --steps 17[,65] -o OUT
+    cdc eval --baseline jpeg,webp,avif,jxl,jp2,heic[,zoo:mbt2018-mean] --dataset kodak -o OUT
+    cdc plot OUT/*.json [-o OUT/plots] [--gallery]
+    cdc bdrate ANCHOR.json OTHER.json... [--metrics psnr-rgb,stlpips-vgg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cdc.cli import CLIError, _say, load_coder
+    from cdc.datasets import DatasetError
+    from cdc.evaluate import EvalSettings, baseline_points, cdc_curve_name, cdc_points, run_curve
+    from cdc.metrics import MetricSuite
+    from cdc.rd import load
+
+    if not args.models and not args.baseline:
+        raise CLIError("nothing to evaluate: give MODEL checkpoints and/or --baseline")
+    settings = EvalSettings(dataset=args.dataset, root=args.root, download=args.download, protocol=args.protocol,
+                            steps=args.steps, gamma=args.gamma, seed=args.seed, precision=args.precision,
+                            device=args.device, limit=args.limit, save_recon=args.save_recon,
+                            distribution=not args.no_distribution)
+    out = Path(args.output)
+    suite = MetricSuite(args.device, distribution=settings.distribution)
+    for name, reason in suite.unavailable.items():
+        _say("warning", f"metric {name} unavailable: {reason}")
+    written = []
+    try:
+        if args.models:
+            coders = [load_coder(m, args.device) for m in args.models]
+            for steps in settings.steps:
+                points = cdc_points(coders, steps, settings)
+                meta = {"models": list(args.models), "steps": steps}
+                written.append(run_curve(cdc_curve_name(coders, steps), "CDC (Yang & Mandt 2023), real bitstreams",
+                                         points, settings, suite, out, meta))
+        for name in filter(None, (args.baseline or "").split(",")):
+            baseline = _baseline(name)
+            if baseline is None:
+                continue
+            written.append(run_curve(baseline.name, baseline.description, baseline_points(baseline), settings, suite,
+                                     out))
+    except DatasetError as exc:
+        raise CLIError(str(exc)) from None
+    for path in written:
+        data = load(path)
+        shown = {k: [round(v, 4) for v in vals] for k, vals in data["results"].items()
+                 if k in ("bpp", "psnr-rgb", "ms-ssim-rgb", "stlpips-vgg", "fd-stlpips-vgg", "fid")}
+        print(f"{path}: {data['name']}: {json.dumps(shown)}")
+    return 0
+
+
+def _baseline(name: str):  # noqa: ANN202
+    from cdc.baselines import build_baseline, zoo_baseline
+    from cdc.cli import CLIError, _say
+
+    try:
+        return zoo_baseline(name[4:]) if name.startswith("zoo:") else build_baseline(name)
+    except FileNotFoundError as exc:
+        _say("warning", f"baseline {name} skipped: {exc}")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    return None
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from cdc.rd import gallery, plot
+
+    out = Path(args.output or Path(args.results[0]).parent / "plots")
+    for path in plot(args.results, out):
+        print(path)
+    if args.gallery:
+        print(gallery(args.results, out / "gallery.png", target_bpp=args.bpp))
+    return 0
+
+
+def cmd_bdrate(args: argparse.Namespace) -> int:
+    from cdc.rd import bd_table
+
+    text, _ = bd_table(args.anchor, args.results, args.metrics.split(",") if args.metrics else None)
+    print(text)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate CDC models and/or classical baselines on a dataset")
+    p.add_argument("models", nargs="*", help="codec checkpoints (one RD point each)")
+    p.add_argument("--baseline", help="comma list: jpeg,webp,avif,jxl,jp2,heic,zoo:<compressai arch>")
+    p.add_argument("--dataset", default="kodak", choices=("div2k", "kodak", "folder"))
+    p.add_argument("--root", help="dataset folder (else the cache, see --download)")
+    p.add_argument("--download", action="store_true", help="download a missing dataset into the cache")
+    p.add_argument("--protocol", default="full", choices=("cdc768", "full"))
+    p.add_argument("--steps", type=_csv_ints, default=(17,), help="DDIM steps, e.g. 1,2,4,8,17,33,65,129")
+    p.add_argument("--gamma", type=float, help="start-noise scale (default: model config)")
+    p.add_argument("--seed", type=int, help="start-noise seed (default: model config)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images")
+    p.add_argument("--save-recon", type=int, default=2, help="reconstructions kept per point (for galleries)")
+    p.add_argument("--no-distribution", action="store_true", help="skip FID/KID/fd-stlpips-vgg")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="RD plots (one PNG per metric) and a reconstruction gallery")
+    p.add_argument("results", nargs="+")
+    p.add_argument("-o", "--output", help="folder (default: <results folder>/plots)")
+    p.add_argument("--gallery", action="store_true")
+    p.add_argument("--bpp", type=float, help="gallery target bpp (default: each curve's median)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("bdrate", help="BD-rate table of curves against an anchor curve")
+    p.add_argument("anchor")
+    p.add_argument("results", nargs="+")
+    p.add_argument("--metrics", help="comma list (default: every quality metric of the anchor)")
+    p.set_defaults(func=cmd_bdrate)

@@ -1,0 +1,194 @@
+"""The MLflow model registry for CDC codecs (MLflow 3: aliases and tags, not stages).
+
+* One registered model per *family* — ``cdc-{x|eps|v}-rho{rho}`` — and one version per lambda.
+* Version tags: ``lmbda``, ``rho``, ``prediction``, ``preset``, ``decode_steps``, ``cell_key``,
+  ``shards_fingerprint``, ``code_version``, ``perceptual`` (+ whether it was pretrained), and per
+  evaluation dataset ``<dataset>.<metric>`` (``div2k.bpp``, ``div2k.psnr-rgb``, ``div2k.stlpips-vgg``, ...).
+* Aliases ``q1`` ... ``qK`` order a family's versions by bpp (low to high, like CompressAI's
+  quality 1..8); ``champion`` is the version closest to the family's target rate (default 0.25 bpp).
+* Each version is a pyfunc model (image array in -> reconstruction + real bpp out) with the raw
+  codec checkpoint as an artifact, loadable by ``mlflow.pyfunc.load_model("models:/cdc-x-rho0.9@q2")``.
+
+``find(target_bpp=0.2, objective="perception", dataset="div2k")`` returns the best version at or
+under a rate; the CLI accepts ``-m models:/NAME@ALIAS`` and ``-m "best:bpp<=0.2,objective=perception"``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdc.tracking import setup_mlflow
+
+PERCEPTION_METRICS = ("lpips-vgg", "stlpips-vgg", "dists", "fid", "fd-stlpips-vgg")  # lower is better, in order
+DISTORTION_METRIC = "psnr-rgb"
+DEFAULT_CHAMPION_BPP = 0.25
+
+
+class RegistryError(LookupError):
+    """No model matches, or the registry cannot be reached."""
+
+
+def family_name(prediction: str, rho: float) -> str:
+    """``cdc-x-rho0.9`` for an X-parameterized model trained with rho = 0.9."""
+    short = {"sample": "x", "epsilon": "eps", "v": "v"}[prediction]
+    return f"cdc-{short}-rho{rho:g}"
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    version: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def metric(self, dataset: str, metric: str) -> float | None:
+        value = self.tags.get(f"{dataset}.{metric}")
+        return float(value) if value not in (None, "", "nan") else None
+
+
+def client():  # noqa: ANN201
+    mlflow = setup_mlflow()
+    return mlflow.MlflowClient()
+
+
+def list_versions(prefix: str = "cdc-") -> list[Version]:
+    """Every version of every registered model whose name starts with ``prefix``."""
+    c = client()
+    out = []
+    for model in c.search_registered_models(filter_string=f"name LIKE '{prefix}%'"):
+        for v in c.search_model_versions(f"name = '{model.name}'"):
+            aliases = tuple(sorted(a for a, ver in (model.aliases or {}).items() if str(ver) == str(v.version)))
+            out.append(Version(model.name, str(v.version), dict(v.tags), aliases))
+    return sorted(out, key=lambda v: (v.name, int(v.version)))
+
+
+def registered_cell_keys(prefix: str = "cdc-") -> set[str]:
+    return {v.tags["cell_key"] for v in list_versions(prefix) if "cell_key" in v.tags}
+
+
+def find(target_bpp: float, objective: str = "perception", dataset: str = "div2k", prefix: str = "cdc-") -> Version:
+    """The best version with ``<dataset>.bpp <= target_bpp``.
+
+    ``objective="distortion"`` maximises PSNR; ``"perception"`` minimises the first perceptual metric
+    (LPIPS-VGG, ST-LPIPS-VGG, DISTS, FID, fd-stlpips-vgg) that every candidate has.
+
+    Raises:
+        RegistryError: nothing was evaluated on ``dataset`` at or under the rate.
+    """
+    if objective not in ("perception", "distortion"):
+        raise ValueError("objective must be 'perception' or 'distortion'")
+    candidates = [v for v in list_versions(prefix)
+                  if v.metric(dataset, "bpp") is not None and v.metric(dataset, "bpp") <= target_bpp]
+    if not candidates:
+        raise RegistryError(f"no registered model evaluated on {dataset} at or under {target_bpp} bpp")
+    if objective == "distortion":
+        scored = [(v.metric(dataset, DISTORTION_METRIC), v) for v in candidates]
+        scored = [(s, v) for s, v in scored if s is not None]
+        if scored:
+            return max(scored, key=lambda sv: sv[0])[1]
+    else:
+        for metric in PERCEPTION_METRICS:
+            scored = [(v.metric(dataset, metric), v) for v in candidates]
+            if all(s is not None for s, _ in scored):
+                return min(scored, key=lambda sv: sv[0])[1]
+    raise RegistryError(f"no candidate has the {objective} metrics on {dataset}")
+
+
+_BEST = re.compile(r"^best:\s*bpp\s*<=\s*([0-9.eE+-]+)\s*(?:,\s*objective\s*=\s*(\w+))?\s*(?:,\s*dataset\s*=\s*(\w+))?$")
+
+
+def resolve(ref: str, cache: Path | None = None) -> Path:
+    """A ``models:/...`` URI or a ``best:bpp<=X[,objective=...][,dataset=...]`` query -> local checkpoint."""
+    match = _BEST.match(ref)
+    if match:
+        target, objective, dataset = match.groups()
+        ref = find(float(target), objective or "perception", dataset or "div2k").uri
+    if not ref.startswith("models:/"):
+        raise RegistryError(f"{ref}: not a models:/ URI or best: query")
+    mlflow = setup_mlflow()
+    c = mlflow.MlflowClient()
+    name, _, rest = ref[len("models:/"):].partition("/")
+    name, at, alias = name.partition("@")
+    try:
+        mv = c.get_model_version_by_alias(name, alias) if at else c.get_model_version(name, rest)
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(f"{ref}: {exc.message if hasattr(exc, 'message') else exc}") from None
+    cache = cache or Path(os.environ.get("CDC_MODEL_CACHE", Path.home() / ".cache" / "cdc" / "models"))
+    target = cache / mv.name / str(mv.version)
+    checkpoint = target / "artifacts" / "checkpoint"
+    if not (checkpoint / "model.safetensors").is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(target))
+    if not (checkpoint / "model.safetensors").is_file():
+        raise RegistryError(f"{ref}: the model has no codec checkpoint artifact")
+    return checkpoint
+
+
+def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_dataset: str, cell_key: str,
+             decode_steps: int, tags: dict[str, str] | None = None, champion_bpp: float = DEFAULT_CHAMPION_BPP) -> Version:
+    """Log ``checkpoint`` as a pyfunc model in the active MLflow run and register it in its family.
+
+    Args:
+        checkpoint: a codec checkpoint directory (e.g. a training output directory).
+        metrics: ``{dataset: {metric: value}}`` from the evaluation (``bpp`` included).
+        eval_dataset: the dataset whose bpp orders the ``q1..qK`` aliases.
+        cell_key: the grid cell's idempotency key (a rerun skips registered keys).
+        decode_steps: the DDIM steps the metrics were measured with.
+    """
+    import mlflow
+
+    from cdc.checkpoint import read_checkpoint_info
+    from cdc.pyfunc import SIGNATURE, CDCPyfunc
+
+    info = read_checkpoint_info(checkpoint)
+    cfg, meta = info["config"], info.get("metadata", {})
+    family = family_name(cfg["diffusion"]["prediction"], cfg["loss"]["rho"])
+    model_info = mlflow.pyfunc.log_model(name="codec", python_model=CDCPyfunc(),
+                                         artifacts={"checkpoint": str(checkpoint)}, signature=SIGNATURE,
+                                         registered_model_name=family)
+    version = str(model_info.registered_model_version)
+    all_tags = {
+        "lmbda": cfg["loss"]["lmbda"], "rho": cfg["loss"]["rho"], "prediction": cfg["diffusion"]["prediction"],
+        "preset": cfg["preset"], "decode_steps": decode_steps, "cell_key": cell_key, "eval_dataset": eval_dataset,
+        "fingerprint": info["fingerprint"], "shards_fingerprint": meta.get("shards_fingerprint"),
+        "code_version": meta.get("code_version"), "perceptual": meta.get("perceptual"),
+        "perceptual_pretrained": meta.get("perceptual_pretrained"), "trained_steps": meta.get("trained_steps"),
+        **{f"{ds}.{k}": v for ds, values in metrics.items() for k, v in values.items()},
+        **(tags or {}),
+    }
+    c = client()
+    for key, value in all_tags.items():
+        c.set_model_version_tag(family, version, key, "" if value is None else str(value))
+    update_aliases(family, eval_dataset, champion_bpp)
+    return next(v for v in list_versions(family) if v.version == version)
+
+
+def update_aliases(family: str, dataset: str, champion_bpp: float = DEFAULT_CHAMPION_BPP) -> None:
+    """Re-point ``q1..qK`` (by bpp on ``dataset``, low to high) and ``champion`` for ``family``."""
+    c = client()
+    versions = [v for v in list_versions(family) if v.name == family and v.metric(dataset, "bpp") is not None]
+    versions.sort(key=lambda v: v.metric(dataset, "bpp"))
+    for i, v in enumerate(versions, start=1):
+        c.set_registered_model_alias(family, f"q{i}", v.version)
+    if versions:
+        champion = min(versions, key=lambda v: abs(v.metric(dataset, "bpp") - champion_bpp))
+        c.set_registered_model_alias(family, "champion", champion.version)
+
+
+def table(versions: list[Version], dataset: str = "div2k") -> str:
+    """What ``cdc models list`` prints."""
+    metrics = ["bpp", "psnr-rgb", "ms-ssim-rgb", "stlpips-vgg", "lpips-vgg", "fd-stlpips-vgg", "fid"]
+    metrics = [m for m in metrics if any(v.metric(dataset, m) is not None for v in versions)]
+    header = ["model", "version", "aliases", "lmbda", "rho", "steps", *[f"{dataset}.{m}" for m in metrics]]
+    rows = [[v.name, v.version, ",".join(v.aliases), v.tags.get("lmbda", ""), v.tags.get("rho", ""),
+             v.tags.get("decode_steps", ""), *[f"{v.metric(dataset, m):.4f}" if v.metric(dataset, m) is not None
+                                              else "" for m in metrics]] for v in versions]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows])

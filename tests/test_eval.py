@@ -1,0 +1,175 @@
+"""Evaluation harness: metric values, patch protocol, BD-rate, baselines, datasets, CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from badimages import make_corpus
+from conftest import photo
+from PIL import Image
+
+from cdc.baselines import BUILDERS, build_baseline
+from cdc.cli import main
+from cdc.datasets import DatasetError, dataset_images, load_eval_image
+from cdc.metrics import MetricSuite, frechet_distance, hific_patches, ms_ssim, patch_count, psnr
+from cdc.rd import bd_rate
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return MetricSuite("cpu")
+
+
+def test_psnr_of_a_known_error():
+    ref = np.full((64, 64, 3), 100, np.uint8)
+    assert psnr(ref, ref + 5) == pytest.approx(10 * np.log10(255**2 / 25))
+    assert psnr(ref, ref) == float("inf")
+
+
+def test_identical_images_have_perfect_scores(suite):
+    img = photo("astronaut")  # 512 x 512: 5 HiFiC patches
+    scores = suite.pair(img, img.copy())
+    assert scores["ms-ssim-rgb"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["psnr-rgb"] == float("inf")
+    distances = [k for k in scores if "lpips" in k or k == "dists"]
+    assert {"stlpips-alex", "stlpips-vgg"} <= set(distances)
+    assert all(scores[k] == pytest.approx(0.0, abs=1e-6) for k in distances)
+    assert suite.distribution_metrics()["fd-stlpips-vgg"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_small_images_have_no_ms_ssim():
+    img = photo("astronaut", (100, 300))
+    assert ms_ssim(img, img) is None
+
+
+def test_frechet_distance_of_identical_sets_is_zero_and_grows_with_shift():
+    feats = np.random.default_rng(0).normal(size=(200, 8))
+    assert frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(feats, feats + 1.0) == pytest.approx(8.0, rel=1e-6)
+
+
+@pytest.mark.parametrize(("h", "w", "n"), [(512, 768, 8), (1356, 2040, 63), (256, 256, 1), (300, 200, 0), (383, 600, 2)])
+def test_patch_counts_follow_the_hific_formula(h, w, n):
+    assert patch_count(h, w) == n
+    assert hific_patches(torch.zeros(1, 3, h, w)).shape == (n, 3, 256, 256)
+
+
+def test_bd_rate_known_values():
+    anchor = {"results": {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [28.0, 30.5, 33.0, 35.5]}}
+    cheaper = {"results": {"bpp": [0.09, 0.18, 0.36, 0.72], "psnr-rgb": [28.0, 30.5, 33.0, 35.5]}}
+    assert bd_rate(anchor, anchor) == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate(anchor, cheaper) == pytest.approx(-10.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_every_baseline_gains_bits_with_quality(name):
+    img = photo("coffee", (192, 256))
+    baseline = build_baseline(name)
+    sizes = [len(baseline.encode(img, q)) for q in baseline.qualities]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
+    assert baseline.decode(baseline.encode(img, baseline.qualities[-1])).shape == img.shape
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDC_DATA", str(tmp_path))
+    with pytest.raises(DatasetError, match=r"--download.*curl -L -o /tmp/div2k.zip https://data.vision.ee.ethz.ch"):
+        dataset_images("div2k")
+    with pytest.raises(DatasetError, match="kodim01.png"):
+        dataset_images("kodak")
+
+
+def test_known_dataset_from_root_and_altered_file_detected(tmp_path):
+    root = tmp_path / "kodak"
+    root.mkdir()
+    for i in range(1, 25):
+        Image.fromarray(photo("astronaut", (64, 96))).save(root / f"kodim{i:02d}.png")
+    files = dataset_images("kodak", root)
+    assert len(files) == 24 and files[0].name == "kodim01.png"
+    (root / "checksums.json").write_text(json.dumps({"kodim01.png": "0" * 64}))
+    with pytest.raises(DatasetError, match="kodim01.png: SHA-256 differs"):
+        dataset_images("kodak", root)
+
+
+def test_cdc768_protocol():
+    path_img = Image.fromarray(photo("astronaut"))  # 512 x 512
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "a.png"
+        path_img.save(p)
+        assert load_eval_image(p, "cdc768").size == (768, 768)
+        assert load_eval_image(p, "full").size == (512, 512)
+
+
+def test_corrupt_image_in_a_dataset_is_named(tmp_path, capsys):
+    make_corpus(tmp_path / "data")
+    rc = main(["eval", "--baseline", "jpeg", "--dataset", "folder", "--root", str(tmp_path / "data"),
+               "-o", str(tmp_path / "out"), "--no-distribution"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "cdc: error:" in err and "bomb.png" in err or "empty.png" in err
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory):
+    """A tiny CDC model and two baselines on 2 real photos, through the CLI."""
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "photos"
+    data.mkdir()
+    for name in ("chelsea", "coffee"):
+        Image.fromarray(photo(name, (288, 384))).save(data / f"{name}.png")
+    models = []
+    for seed, lmbda in ((0, 0.01), (1, 0.02)):
+        out = root / f"m{seed}"
+        assert main(["init", "--preset", "tiny", "--seed", str(seed), "-o", str(out), f"loss.lmbda={lmbda}"]) == 0
+        models.append(str(out))
+    out = root / "out"
+    assert main(["eval", *models, "--baseline", "jpeg,webp", "--dataset", "folder", "--root", str(data),
+                 "--steps", "1,2", "-o", str(out)]) == 0
+    return out
+
+
+def test_eval_writes_compressai_schema(eval_run):
+    files = sorted(p.name for p in eval_run.glob("*.json") if "per-image" not in p.name)
+    assert files == ["CDC_tiny_x-param_rho0_1_steps.json", "CDC_tiny_x-param_rho0_2_steps.json", "JPEG.json",
+                     "WebP.json"]
+    cdc = json.loads((eval_run / files[0]).read_text())
+    results = cdc["results"]
+    assert len(results["bpp"]) == 2 and results["bpp"] == sorted(results["bpp"])
+    for key in ("psnr-rgb", "ms-ssim-rgb", "stlpips-alex", "stlpips-vgg", "fd-stlpips-vgg", "encoding_time",
+                "decoding_time", "bpp_estimated"):
+        assert len(results[key]) == 2, key
+    assert cdc["meta"]["images"] == 2 and cdc["meta"]["steps"] == 1
+    assert "lpips-vgg" in cdc["meta"]["unavailable_metrics"]
+    jpeg = json.loads((eval_run / "JPEG.json").read_text())["results"]
+    assert len(jpeg["bpp"]) == len(BUILDERS and build_baseline("jpeg").qualities)
+    per_image = json.loads((eval_run / "JPEG.per-image.json").read_text())
+    assert {r["image"] for r in per_image[0]["images"]} == {"chelsea.png", "coffee.png"}
+
+
+def test_compressai_plot_reads_our_json(eval_run, tmp_path):
+    from compressai.utils.plot.__main__ import parse_json_file
+
+    parsed = parse_json_file(eval_run / "JPEG.json", "psnr")
+    assert len(parsed["xs"]) == len(parsed["ys"]) > 3
+    r = subprocess.run([sys.executable, "-m", "compressai.utils.plot", "-f", str(eval_run / "JPEG.json"),
+                        str(eval_run / "WebP.json"), "-o", str(tmp_path / "cai.png")], capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "cai.png").stat().st_size > 0, r.stderr
+
+
+def test_plot_gallery_and_bdrate_commands(eval_run, capsys):
+    curves = [str(p) for p in sorted(eval_run.glob("*.json")) if "per-image" not in p.name]
+    assert main(["plot", *curves, "--gallery"]) == 0
+    plots = eval_run / "plots"
+    assert (plots / "rd-psnr-rgb.png").is_file() and (plots / "rd-fd-stlpips-vgg.png").is_file()
+    assert Image.open(plots / "gallery.png").width >= 4 * 64
+    assert main(["bdrate", str(eval_run / "JPEG.json"), str(eval_run / "WebP.json"), "--metrics",
+                 "psnr-rgb,stlpips-vgg"]) == 0
+    out = capsys.readouterr().out
+    assert "| WebP |" in out and "psnr-rgb" in out
