@@ -28,7 +28,7 @@ class Baseline:
     decode: Callable[[bytes], np.ndarray]
 
 
-def _pil_encode(fmt: str, **extra) -> Callable[[np.ndarray, float], bytes]:  # noqa: ANN003
+def _pil_encode(fmt: str, **extra) -> Callable[[np.ndarray, float], bytes]:
     def encode(img: np.ndarray, quality: float) -> bytes:
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format=fmt, quality=int(quality), **extra)

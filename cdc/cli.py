@@ -38,7 +38,7 @@ def _say(kind: str, message: str) -> None:
     tqdm.write(f"cdc: {kind}: {message}", file=sys.stderr)  # does not tear an active progress bar
 
 
-def load_coder(ref: str, device: str = "cpu"):  # noqa: ANN201
+def load_coder(ref: str, device: str = "cpu"):
     """A ``Coder`` for a model reference; failures become a one-line :class:`CLIError`."""
     from cdc.checkpoint import CheckpointError, load_codec
     from cdc.coder import Coder

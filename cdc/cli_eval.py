@@ -60,7 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _baseline(name: str):  # noqa: ANN202
+def _baseline(name: str):
     from cdc.baselines import build_baseline, zoo_baseline
     from cdc.cli import CLIError, _say
 

@@ -124,19 +124,19 @@ def run_curve(name: str, description: str, points: Iterable[Point], settings: Ev
     return path
 
 
-def baseline_points(baseline) -> list[Point]:  # noqa: ANN001
+def baseline_points(baseline) -> list[Point]:
     return [Point(f"q{q:g}", lambda img, q=q: baseline.encode(img, q), baseline.decode, meta={"quality": q})
             for q in baseline.qualities]
 
 
-def cdc_points(coders: list, steps: int, settings: EvalSettings) -> list[Point]:  # noqa: ANN001
+def cdc_points(coders: list, steps: int, settings: EvalSettings) -> list[Point]:
     """One point per CDC model (a ``Coder``), decoded with ``steps`` DDIM steps."""
     import torch
 
     from cdc.images import to_uint8
 
     def tensor(img: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)[None].float() / 255
         return x.to(settings.device)
 
     points = []
@@ -158,7 +158,7 @@ def cdc_points(coders: list, steps: int, settings: EvalSettings) -> list[Point]:
     return points
 
 
-def cdc_curve_name(coders: list, steps: int) -> str:  # noqa: ANN001
+def cdc_curve_name(coders: list, steps: int) -> str:
     cfg = coders[0].codec.config
     rhos = sorted({c.codec.config.loss.rho for c in coders})
     rho = f"rho{rhos[0]:g}" if len(rhos) == 1 else "rho-mixed"

@@ -72,13 +72,22 @@ def hific_patches(img: torch.Tensor, size: int = PATCH) -> torch.Tensor:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``a``, ``b`` (N x D each)."""
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` (Na x D) and ``b`` (Nb x D).
+
+    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrt(S_a S_b))``. With fewer samples than
+    dimensions, ``tr(sqrt(S_a S_b))`` is the nuclear norm of ``A B^T / sqrt((Na-1)(Nb-1))`` for the
+    centred features A, B (same non-zero spectrum), which avoids a D x D matrix square root.
+    """
     mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = covmean.real
-    value = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-    return max(value, 0.0)
+    ca, cb = a - mu1, b - mu2
+    na, nb = len(a) - 1, len(b) - 1
+    trace_a, trace_b = float(np.sum(ca * ca)) / na, float(np.sum(cb * cb)) / nb
+    if max(len(a), len(b)) < a.shape[1]:
+        cross = float(np.linalg.svd(ca @ cb.T / np.sqrt(na * nb), compute_uv=False).sum())
+    else:
+        covmean = linalg.sqrtm((ca.T @ ca / na) @ (cb.T @ cb / nb))
+        cross = float(np.trace(covmean.real))
+    return max(float(np.sum((mu1 - mu2) ** 2)) + trace_a + trace_b - 2 * cross, 0.0)
 
 
 class MetricSuite:

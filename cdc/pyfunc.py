@@ -26,13 +26,13 @@ SIGNATURE = ModelSignature(
 class CDCPyfunc(mlflow.pyfunc.PythonModel):
     """Compress and decompress through the real bitstream (``steps=0``: the model's default)."""
 
-    def load_context(self, context) -> None:  # noqa: ANN001
+    def load_context(self, context) -> None:
         from cdc.checkpoint import load_codec
         from cdc.coder import Coder
 
         self.coder = Coder(load_codec(context.artifacts["checkpoint"]))
 
-    def predict(self, context, model_input, params: dict | None = None) -> dict:  # noqa: ANN001
+    def predict(self, context, model_input, params: dict | None = None) -> dict:
         import torch
 
         from cdc.images import to_uint8

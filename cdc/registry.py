@@ -53,7 +53,7 @@ class Version:
         return float(value) if value not in (None, "", "nan") else None
 
 
-def client():  # noqa: ANN201
+def client():
     mlflow = setup_mlflow()
     return mlflow.MlflowClient()
 

@@ -113,7 +113,7 @@ def test_corrupt_image_in_a_dataset_is_named(tmp_path, capsys):
                "-o", str(tmp_path / "out"), "--no-distribution"])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "cdc: error:" in err and "bomb.png" in err or "empty.png" in err
+    assert ("cdc: error:" in err and "bomb.png" in err) or "empty.png" in err
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,7 @@ def eval_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_eval_writes_compressai_schema(eval_run):
     files = sorted(p.name for p in eval_run.glob("*.json") if "per-image" not in p.name)
     assert files == ["CDC_tiny_x-param_rho0_1_steps.json", "CDC_tiny_x-param_rho0_2_steps.json", "JPEG.json",
@@ -153,6 +154,7 @@ def test_eval_writes_compressai_schema(eval_run):
     assert {r["image"] for r in per_image[0]["images"]} == {"chelsea.png", "coffee.png"}
 
 
+@pytest.mark.slow
 def test_compressai_plot_reads_our_json(eval_run, tmp_path):
     from compressai.utils.plot.__main__ import parse_json_file
 
@@ -163,6 +165,7 @@ def test_compressai_plot_reads_our_json(eval_run, tmp_path):
     assert r.returncode == 0 and (tmp_path / "cai.png").stat().st_size > 0, r.stderr
 
 
+@pytest.mark.slow
 def test_plot_gallery_and_bdrate_commands(eval_run, capsys):
     curves = [str(p) for p in sorted(eval_run.glob("*.json")) if "per-image" not in p.name]
     assert main(["plot", *curves, "--gallery"]) == 0
