@@ -138,7 +138,8 @@ def dataset_images(dataset: str, root: str | Path | None = None, download_missin
         folder = download(ds)
     if folder is None:
         where = root or cache_dir(ds.name)
-        raise DatasetError(f"{ds.name}: not found in {where} (needs {ds.files[0]} .. {ds.files[-1]}); {_how_to_get(ds)}")
+        raise DatasetError(f"{ds.name}: not found in {where} (needs {ds.files[0]} .. {ds.files[-1]}); "
+                           f"{_how_to_get(ds)}")
     _verify_recorded(folder, ds)
     return [folder / f for f in ds.files]
 

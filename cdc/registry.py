@@ -73,7 +73,8 @@ def registered_cell_keys(prefix: str = "cdc-") -> set[str]:
     return {v.tags["cell_key"] for v in list_versions(prefix) if "cell_key" in v.tags}
 
 
-def find(target_bpp: float, objective: str = "perception", dataset: str = "div2k", prefix: str = "cdc-") -> Version:
+def find(target_bpp: float, objective: str = "perception", dataset: str = "div2k",
+         prefix: str = "cdc-") -> Version:
     """The best version with ``<dataset>.bpp <= target_bpp``.
 
     ``objective="distortion"`` maximises PSNR; ``"perception"`` minimises the first perceptual metric
@@ -101,7 +102,8 @@ def find(target_bpp: float, objective: str = "perception", dataset: str = "div2k
     raise RegistryError(f"no candidate has the {objective} metrics on {dataset}")
 
 
-_BEST = re.compile(r"^best:\s*bpp\s*<=\s*([0-9.eE+-]+)\s*(?:,\s*objective\s*=\s*(\w+))?\s*(?:,\s*dataset\s*=\s*(\w+))?$")
+_BEST = re.compile(r"^best:\s*bpp\s*<=\s*([0-9.eE+-]+)\s*"
+                   r"(?:,\s*objective\s*=\s*(\w+))?\s*(?:,\s*dataset\s*=\s*(\w+))?$")
 
 
 def resolve(ref: str, cache: Path | None = None) -> Path:
@@ -132,7 +134,8 @@ def resolve(ref: str, cache: Path | None = None) -> Path:
 
 
 def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_dataset: str, cell_key: str,
-             decode_steps: int, tags: dict[str, str] | None = None, champion_bpp: float = DEFAULT_CHAMPION_BPP) -> Version:
+             decode_steps: int, tags: dict[str, str] | None = None,
+             champion_bpp: float = DEFAULT_CHAMPION_BPP) -> Version:
     """Log ``checkpoint`` as a pyfunc model in the active MLflow run and register it in its family.
 
     Args:

@@ -53,7 +53,8 @@ def test_frechet_distance_of_identical_sets_is_zero_and_grows_with_shift():
     assert frechet_distance(feats, feats + 1.0) == pytest.approx(8.0, rel=1e-6)
 
 
-@pytest.mark.parametrize(("h", "w", "n"), [(512, 768, 8), (1356, 2040, 63), (256, 256, 1), (300, 200, 0), (383, 600, 2)])
+@pytest.mark.parametrize(("h", "w", "n"),
+                         [(512, 768, 8), (1356, 2040, 63), (256, 256, 1), (300, 200, 0), (383, 600, 2)])
 def test_patch_counts_follow_the_hific_formula(h, w, n):
     assert patch_count(h, w) == n
     assert hific_patches(torch.zeros(1, 3, h, w)).shape == (n, 3, 256, 256)
@@ -79,7 +80,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CDC_DATA", str(tmp_path))
     with pytest.raises(DatasetError, match=r"--download.*curl -L -o /tmp/div2k.zip https://data.vision.ee.ethz.ch"):
         dataset_images("div2k")
-    with pytest.raises(DatasetError, match="kodim01.png"):
+    with pytest.raises(DatasetError, match=r"kodim01\.png"):
         dataset_images("kodak")
 
 
@@ -91,7 +92,7 @@ def test_known_dataset_from_root_and_altered_file_detected(tmp_path):
     files = dataset_images("kodak", root)
     assert len(files) == 24 and files[0].name == "kodim01.png"
     (root / "checksums.json").write_text(json.dumps({"kodim01.png": "0" * 64}))
-    with pytest.raises(DatasetError, match="kodim01.png: SHA-256 differs"):
+    with pytest.raises(DatasetError, match=r"kodim01\.png: SHA-256 differs"):
         dataset_images("kodak", root)
 
 
