@@ -6,7 +6,10 @@ Subcommands::
     cdc compress IMG... -m MODEL -o OUT                 images -> .cdc files
     cdc decompress FILE.cdc... -m MODEL -o OUT          .cdc files -> PNG
     cdc info FILE.cdc...                                header as JSON (no model needed)
+    cdc models list                                     registered models (MLflow registry)
     cdc eval | plot | bdrate                            evaluation harness (see cdc/cli_eval.py)
+
+MODEL is a checkpoint path, ``models:/NAME@ALIAS`` or ``best:bpp<=0.2,objective=perception``.
 
 Every failure prints one line ``cdc: error: <file>: <problem>`` and the exit status is non-zero;
 other files in the same call are still processed, and no partial output file is left behind.
@@ -50,7 +53,16 @@ def load_coder(ref: str, device: str = "cpu"):
 
 
 def resolve_model(ref: str) -> Path:
-    """A model reference to a local checkpoint path (``models:/`` URIs arrive with the registry)."""
+    """A model reference -> a local checkpoint: a path, ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``
+    (the MLflow registry, downloaded once into ``~/.cache/cdc/models``), or a query
+    ``best:bpp<=0.2[,objective=perception|distortion][,dataset=div2k]``."""
+    if ref.startswith(("models:/", "best:")):
+        from cdc.registry import RegistryError, resolve
+
+        try:
+            return resolve(ref)
+        except RegistryError as exc:
+            raise CLIError(str(exc)) from None
     path = Path(ref)
     if not path.exists():
         raise CLIError(f"{ref}: no such model checkpoint")
@@ -176,6 +188,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from cdc.registry import list_versions, table
+
+    versions = list_versions()
+    if not versions:
+        print("no registered cdc-* models (train a grid: prefect deployment run train-grid/local)")
+        return EXIT_OK
+    print(table(versions, args.dataset))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdc", description="Conditional-diffusion image codec.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="compress images to .cdc files")
     p.add_argument("images", nargs="+")
-    p.add_argument("-m", "--model", required=True, help="codec checkpoint")
+    p.add_argument("-m", "--model", required=True, help="checkpoint, models:/NAME@ALIAS, or best:bpp<=X,...")
     p.add_argument("-o", "--output", required=True, help="output directory (or .cdc file for one image)")
     p.add_argument("--steps", type=int, help="DDIM steps recorded for decoding (default: model config)")
     p.add_argument("--gamma", type=float, help="start-noise scale recorded for decoding; 0 = deterministic")
@@ -198,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decompress", help="decode .cdc files to PNG")
     p.add_argument("files", nargs="+")
-    p.add_argument("-m", "--model", required=True, help="codec checkpoint")
+    p.add_argument("-m", "--model", required=True, help="checkpoint, models:/NAME@ALIAS, or best:bpp<=X,...")
     p.add_argument("-o", "--output", required=True, help="output directory (or .png file for one input)")
     p.add_argument("--steps", type=int, help="override the DDIM steps stored in the file")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="U-Net precision")
@@ -207,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a .cdc header as JSON (no model needed)")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="the MLflow model registry")
+    p.add_argument("action", choices=("list",))
+    p.add_argument("--dataset", default="div2k", help="which evaluation's metrics to show")
+    p.set_defaults(func=cmd_models)
 
     from cdc.cli_eval import add_commands
 

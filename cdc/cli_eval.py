@@ -21,8 +21,7 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cdc.cli import CLIError, _say, load_coder
     from cdc.datasets import DatasetError
-    from cdc.evaluate import EvalSettings, baseline_points, cdc_curve_name, cdc_points, run_curve
-    from cdc.metrics import MetricSuite
+    from cdc.evaluate import EvalSettings, evaluate_all
     from cdc.rd import load
 
     if not args.models and not args.baseline:
@@ -31,25 +30,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             steps=args.steps, gamma=args.gamma, seed=args.seed, precision=args.precision,
                             device=args.device, limit=args.limit, save_recon=args.save_recon,
                             distribution=not args.no_distribution)
-    out = Path(args.output)
-    suite = MetricSuite(args.device, distribution=settings.distribution)
-    for name, reason in suite.unavailable.items():
-        _say("warning", f"metric {name} unavailable: {reason}")
-    written = []
+    coders = [load_coder(m, args.device) for m in args.models]
+    baselines = [b for b in (_baseline(n) for n in filter(None, (args.baseline or "").split(","))) if b]
     try:
-        if args.models:
-            coders = [load_coder(m, args.device) for m in args.models]
-            for steps in settings.steps:
-                points = cdc_points(coders, steps, settings)
-                meta = {"models": list(args.models), "steps": steps}
-                written.append(run_curve(cdc_curve_name(coders, steps), "CDC (Yang & Mandt 2023), real bitstreams",
-                                         points, settings, suite, out, meta))
-        for name in filter(None, (args.baseline or "").split(",")):
-            baseline = _baseline(name)
-            if baseline is None:
-                continue
-            written.append(run_curve(baseline.name, baseline.description, baseline_points(baseline), settings, suite,
-                                     out))
+        written = evaluate_all(coders, baselines, settings, Path(args.output), warn=lambda m: _say("warning", m))
     except DatasetError as exc:
         raise CLIError(str(exc)) from None
     for path in written:
@@ -96,7 +80,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate CDC models and/or classical baselines on a dataset")
     p.add_argument("models", nargs="*", help="codec checkpoints (one RD point each)")
     p.add_argument("--baseline", help="comma list: jpeg,webp,avif,jxl,jp2,heic,zoo:<compressai arch>")
-    p.add_argument("--dataset", default="kodak", choices=("div2k", "kodak", "folder"))
+    p.add_argument("--dataset", default="kodak", choices=("div2k", "kodak", "folder", "shards"),
+                   help="shards: the held-out val split of the shard build given by --root")
     p.add_argument("--root", help="dataset folder (else the cache, see --download)")
     p.add_argument("--download", action="store_true", help="download a missing dataset into the cache")
     p.add_argument("--protocol", default="full", choices=("cdc768", "full"))

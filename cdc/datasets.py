@@ -15,6 +15,7 @@ Protocols (how an image is prepared before coding):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -117,12 +118,36 @@ def download(ds: KnownDataset) -> Path:
     return target
 
 
+def shard_split_images(source: str | Path, split: str = "val") -> list[Path]:
+    """The images of a shard build's ``split`` (held out from training), extracted once next to it."""
+    from shards.reader import ShardError, iterate_images
+
+    source = Path(source)
+    folder = (source if source.is_dir() else source.parent) / f"{split}-images"
+    done = folder / ".complete"
+    if not done.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for key, data, _ in iterate_images(source, split):
+                ext = Image.open(io.BytesIO(data)).format.lower().replace("jpeg", "jpg")
+                (folder / f"{key}.{ext}").write_bytes(data)
+        except ShardError as exc:
+            raise DatasetError(f"{source}: {exc}") from None
+        done.touch()
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def dataset_images(dataset: str, root: str | Path | None = None, download_missing: bool = False) -> list[Path]:
-    """The image files of ``dataset`` (``div2k``, ``kodak`` or ``folder``), sorted.
+    """The image files of ``dataset`` (``div2k``, ``kodak``, ``folder``, or ``shards``: the held-out
+    ``val`` split of the shard build at ``root``), sorted.
 
     Raises:
         DatasetError: missing or incomplete, with the exact command that gets it.
     """
+    if dataset == "shards":
+        if root is None:
+            raise DatasetError("--dataset shards needs --root MANIFEST_OR_DIR")
+        return shard_split_images(root)
     if dataset == "folder":
         if root is None or not Path(root).is_dir():
             raise DatasetError(f"{root}: no such image folder (--dataset folder needs --root DIR)")
@@ -131,7 +156,7 @@ def dataset_images(dataset: str, root: str | Path | None = None, download_missin
             raise DatasetError(f"{root}: no images found")
         return files
     if dataset not in KNOWN:
-        raise DatasetError(f"unknown dataset {dataset!r} (div2k, kodak or folder)")
+        raise DatasetError(f"unknown dataset {dataset!r} (div2k, kodak, folder or shards)")
     ds = KNOWN[dataset]
     folder = _find(ds, Path(root)) if root else _find(ds, cache_dir(ds.name))
     if folder is None and download_missing and root is None:

@@ -164,3 +164,24 @@ def cdc_curve_name(coders: list, steps: int) -> str:
     rho = f"rho{rhos[0]:g}" if len(rhos) == 1 else "rho-mixed"
     pred = {"sample": "x", "epsilon": "eps", "v": "v"}[cfg.diffusion.prediction]
     return f"CDC {cfg.preset} {pred}-param {rho} ({steps} steps)"
+
+
+def evaluate_all(coders: list, baselines: list, settings: EvalSettings, out_dir: Path,
+                 warn: Callable[[str], None] = print) -> list[Path]:
+    """Every CDC curve (one per ``settings.steps``) and every baseline curve; returns the results files."""
+    from cdc.metrics import MetricSuite
+
+    suite = MetricSuite(settings.device, distribution=settings.distribution)
+    for name, reason in suite.unavailable.items():
+        warn(f"metric {name} unavailable: {reason}")
+    written = []
+    if coders:
+        for steps in settings.steps:
+            meta = {"models": [str(c.codec.config.preset) for c in coders], "steps": steps,
+                    "fingerprints": [c.fingerprint[:12] for c in coders]}
+            written.append(run_curve(cdc_curve_name(coders, steps), "CDC (Yang & Mandt 2023), real bitstreams",
+                                     cdc_points(coders, steps, settings), settings, suite, out_dir, meta))
+    for baseline in baselines:
+        written.append(run_curve(baseline.name, baseline.description, baseline_points(baseline), settings, suite,
+                                 out_dir))
+    return written

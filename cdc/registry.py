@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdc.tracking import setup_mlflow
+from cdc.tracking import configure_tracking
 
 PERCEPTION_METRICS = ("lpips-vgg", "stlpips-vgg", "dists", "fid", "fd-stlpips-vgg")  # lower is better, in order
 DISTORTION_METRIC = "psnr-rgb"
@@ -54,8 +56,7 @@ class Version:
 
 
 def client():
-    mlflow = setup_mlflow()
-    return mlflow.MlflowClient()
+    return configure_tracking().MlflowClient()
 
 
 def list_versions(prefix: str = "cdc-") -> list[Version]:
@@ -114,7 +115,8 @@ def resolve(ref: str, cache: Path | None = None) -> Path:
         ref = find(float(target), objective or "perception", dataset or "div2k").uri
     if not ref.startswith("models:/"):
         raise RegistryError(f"{ref}: not a models:/ URI or best: query")
-    mlflow = setup_mlflow()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow = configure_tracking()
     c = mlflow.MlflowClient()
     name, _, rest = ref[len("models:/"):].partition("/")
     name, at, alias = name.partition("@")
@@ -147,15 +149,21 @@ def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_
     """
     import mlflow
 
-    from cdc.checkpoint import read_checkpoint_info
+    from cdc.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_info
     from cdc.pyfunc import SIGNATURE, CDCPyfunc
 
     info = read_checkpoint_info(checkpoint)
     cfg, meta = info["config"], info.get("metadata", {})
     family = family_name(cfg["diffusion"]["prediction"], cfg["loss"]["rho"])
-    model_info = mlflow.pyfunc.log_model(name="codec", python_model=CDCPyfunc(),
-                                         artifacts={"checkpoint": str(checkpoint)}, signature=SIGNATURE,
-                                         registered_model_name=family)
+    with tempfile.TemporaryDirectory() as tmp:
+        # only the codec checkpoint travels (a training directory also holds optimizer states)
+        staged = Path(tmp) / "checkpoint"
+        staged.mkdir()
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            shutil.copy2(Path(checkpoint) / name, staged / name)
+        model_info = mlflow.pyfunc.log_model(name="codec", python_model=CDCPyfunc(),
+                                             artifacts={"checkpoint": str(staged)}, signature=SIGNATURE,
+                                             registered_model_name=family)
     version = str(model_info.registered_model_version)
     all_tags = {
         "lmbda": cfg["loss"]["lmbda"], "rho": cfg["loss"]["rho"], "prediction": cfg["diffusion"]["prediction"],

@@ -31,12 +31,18 @@ def tracking_uri() -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
-def setup_mlflow(experiment: str = DEFAULT_EXPERIMENT):
-    """Point MLflow at :func:`tracking_uri` and select (creating if needed) ``experiment``."""
+def configure_tracking():
+    """Point MLflow at :func:`tracking_uri` (no experiment side effects)."""
     import mlflow
 
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def setup_mlflow(experiment: str = DEFAULT_EXPERIMENT):
+    """Point MLflow at :func:`tracking_uri` and select (creating if needed) ``experiment``."""
+    mlflow = configure_tracking()
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         artifacts = None
         if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):

@@ -1,0 +1,119 @@
+"""Grid cells: their idempotency keys, and the Prefect tasks that train, evaluate and register them.
+
+A cell is one (lambda, rho) point. Its key hashes the cell's training configuration, the shards'
+corpus fingerprint and the code version, so a rerun of the grid skips cells already registered
+and retrains one whose data or code changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from pipelines.launchers import TrainJob, make_launcher
+
+CONCURRENCY_LIMIT = "cdc-train-cells"
+
+
+def config_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point and everything that defines its result."""
+
+    lmbda: float
+    rho: float
+    preset: str
+    prediction: str
+    steps: int
+    overrides: tuple[str, ...] = ()
+    warmup_key: str = ""
+    shards_fingerprint: str = ""
+    code_version: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"lmbda{self.lmbda:g}-rho{self.rho:g}"
+
+    @property
+    def key(self) -> str:
+        return config_key(asdict(self))
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    model_dir: str
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    results_file: str = ""
+
+
+def train_job(name: str, output_dir: Path, shards: str, preset: str, prediction: str, steps: int, lmbda: float,
+              rho: float, overrides: list[str], init_from: Path | None, tags: dict[str, str],
+              experiment: str) -> TrainJob:
+    """The ``cdc/train.py`` arguments of one grid run (always ``--resume latest``: retries continue)."""
+    args = ["--preset", preset, "--shards", shards, "--max-steps", str(steps), "--lmbda", f"{lmbda:g}",
+            "--rho", f"{rho:g}", "--prediction", prediction, "--resume", "latest", "--experiment", experiment,
+            "--run-name", name]
+    if init_from is not None:
+        args += ["--init-from", str(init_from)]
+    for key, value in tags.items():
+        args += ["--tag", f"{key}={value}"]
+    return TrainJob(name=name, output_dir=str(output_dir), args=args + list(overrides))
+
+
+@task(name="train", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def run_training(job: TrainJob, launcher: str, launcher_options: dict) -> str:
+    """Run one ``cdc/train.py`` job (warm-up or cell) under the grid's global concurrency limit."""
+    logger = get_run_logger()
+    if job.finished():
+        logger.info(f"{job.name}: already trained in {job.output_dir}")
+        return job.output_dir
+    with concurrency(CONCURRENCY_LIMIT, occupy=1):
+        make_launcher(launcher, launcher_options).run(job, logger.info)
+    return job.output_dir
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str) -> tuple[str, dict[str, float]]:
+    """Evaluate one trained model (one RD point); returns (results file, averaged metrics)."""
+    from cdc.checkpoint import load_codec
+    from cdc.coder import Coder
+    from cdc.evaluate import EvalSettings, cdc_points, run_curve
+    from cdc.metrics import MetricSuite
+
+    coder = Coder(load_codec(model_dir))
+    steps = settings["steps"][0] or coder.codec.config.sampler.steps  # 0: the model's own default
+    cfg = EvalSettings(**{**settings, "steps": (steps,)})
+    suite = MetricSuite(cfg.device, distribution=cfg.distribution)
+    path = run_curve(name, "CDC grid cell, real bitstreams", cdc_points([coder], steps, cfg), cfg, suite,
+                     Path(out_dir), meta={"model": model_dir, "steps": steps})
+    results = json.loads(path.read_text())["results"]
+    return str(path), {k: v[0] for k, v in results.items()}
+
+
+@task(name="evaluate-baselines", cache_policy=NO_CACHE)
+def evaluate_baselines(names: list[str], settings: dict, out_dir: str) -> list[str]:
+    """The classical codecs on the same images (skipped when their results already exist)."""
+    from cdc.baselines import build_baseline
+    from cdc.evaluate import EvalSettings, baseline_points, run_curve, slug
+    from cdc.metrics import MetricSuite
+
+    cfg = EvalSettings(**settings)
+    suite = MetricSuite(cfg.device, distribution=cfg.distribution)
+    paths = []
+    for name in names:
+        baseline = build_baseline(name)
+        existing = Path(out_dir) / f"{slug(baseline.name)}.json"
+        paths.append(str(existing) if existing.is_file() else
+                     str(run_curve(baseline.name, baseline.description, baseline_points(baseline), cfg, suite,
+                                   Path(out_dir))))
+    return paths

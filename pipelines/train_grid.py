@@ -1,0 +1,163 @@
+"""Prefect flow ``train-grid``: a corpus becomes registered rate-quality models.
+
+    ensure shards ─► one shared warm-up ─► fine-tune every (lambda, rho) cell ─► evaluate each
+    (shard-corpus)   (high rate, cached    (concurrent up to the global         (+ the classical
+                      by config hash)       concurrency limit, retried)          baselines once)
+                                         ─► register each (MLflow registry) ─► summary (markdown + RD plots)
+
+    prefect deployment run train-grid/local --param lmbdas='[0.01,0.05]' --param rhos='[0,0.9]'
+
+Idempotent: a cell's key hashes its config, the shards fingerprint and the code version; cells
+already registered under that key are skipped. A failing cell is retried, never stops the others,
+and is listed in the summary. MLflow gets a parent run for the grid and one child run per cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_client, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipelines.cells import (
+    CONCURRENCY_LIMIT,
+    Cell,
+    CellResult,
+    config_key,
+    evaluate_baselines,
+    evaluate_model,
+    run_training,
+    train_job,
+)
+from pipelines.shard_corpus import shard_corpus
+from pipelines.summary import register_cells, summarize
+
+
+def ensure_shards(corpus: list[str] | None, shards: str | None, output_dir: Path, split_val: float,
+                  patch_size: int | None) -> str:
+    """The manifest to train on: ``shards`` as given, or ``shard-corpus`` run on ``corpus``."""
+    if shards:
+        return shards
+    if not corpus:
+        raise ValueError("train-grid needs `corpus` (image sources) or `shards` (a manifest)")
+    result = shard_corpus(corpus, str(output_dir / "shards"), split_val=split_val, patch_size=patch_size,
+                          max_count=200)
+    return result["manifest"]
+
+
+@flow(name="train-grid", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
+def train_grid(
+    lmbdas: list[float],
+    rhos: list[float],
+    prediction: str = "sample",
+    preset: str = "small",
+    steps: int = 300,
+    warmup_steps: int = 300,
+    warmup_lmbda: float = 1e-6,
+    corpus: list[str] | None = None,
+    shards: str | None = None,
+    split_val: float = 0.1,
+    patch_size: int | None = None,
+    eval_dataset: str = "shards",
+    eval_root: str | None = None,
+    eval_protocol: str = "full",
+    eval_steps: int = 0,
+    eval_limit: int = 0,
+    baselines: list[str] | None = None,
+    launcher: str = "local",
+    launcher_options: dict | None = None,
+    max_concurrent: int = 1,
+    retries: int = 1,
+    output_dir: str = "runs/grid",
+    experiment: str = "cdc-grid",
+    overrides: list[str] | None = None,
+    cell_overrides: dict[str, list[str]] | None = None,
+) -> dict:
+    """Train, evaluate and register a lambda x rho grid; returns the summary.
+
+    Args:
+        lmbdas, rhos: the grid (rate weights; perceptual weights in [0, 1]).
+        prediction, preset, steps: per-cell training (``cdc/train.py`` flags).
+        warmup_steps, warmup_lmbda: the shared high-rate warm-up (rho 0); 0 steps skips it.
+        corpus / shards: image sources to shard, or an existing manifest.
+        eval_dataset, eval_root, eval_protocol, eval_steps (0: each model's default), eval_limit:
+            where and how cells are evaluated (``shards`` = the held-out val split).
+        baselines: classical codecs evaluated on the same images (default jpeg, webp).
+        launcher, launcher_options: ``local`` | ``slurm`` | ``k8s`` and their keyword options.
+        max_concurrent: global concurrency limit ``cdc-train-cells`` (simultaneous trainings).
+        retries: extra attempts of a failing cell's training.
+        overrides: config overrides for every run; cell_overrides: extra ones per ``"lambda/rho"``.
+    """
+    from cdc.registry import registered_cell_keys
+    from cdc.tracking import code_version, setup_mlflow
+    from shards.manifest import Manifest
+
+    logger = get_run_logger()
+    out = Path(output_dir).resolve()
+    manifest = ensure_shards(corpus, shards, out, split_val, patch_size)
+    fingerprint = Manifest.load(Path(manifest) / "manifest.json" if Path(manifest).is_dir() else manifest).fingerprint
+    version = code_version()
+    overrides = list(overrides or [])
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, max_concurrent)
+    setup_mlflow(experiment)
+    train = run_training.with_options(retries=retries)
+
+    warm_dir = None
+    warm_key = ""
+    if warmup_steps > 0:
+        warm_key = config_key({"preset": preset, "prediction": prediction, "steps": warmup_steps, "lmbda": warmup_lmbda,
+                               "overrides": overrides, "shards": fingerprint, "code": version})
+        warm_dir = out / f"warmup-{warm_key}"
+        job = train_job(f"warmup-{warm_key[:8]}", warm_dir, manifest, preset, prediction, warmup_steps, warmup_lmbda,
+                        0.0, overrides, None, {"cdc.role": "warmup"}, experiment)
+        train(job, launcher, launcher_options or {})
+
+    extra = cell_overrides or {}
+    cells = [Cell(lmbda, rho, preset, prediction, steps, tuple(overrides + extra.get(f"{lmbda:g}/{rho:g}", [])),
+                  warm_key, fingerprint, version) for rho in rhos for lmbda in lmbdas]
+    done = registered_cell_keys()
+    todo = [c for c in cells if c.key not in done]
+    skipped = [c for c in cells if c.key in done]
+    for cell in skipped:
+        logger.info(f"{cell.label}: already registered (cell key {cell.key}), skipped")
+
+    settings = {"dataset": eval_dataset, "root": eval_root or (manifest if eval_dataset == "shards" else None),
+                "protocol": eval_protocol, "steps": (eval_steps,) if eval_steps else (0,), "limit": eval_limit,
+                "save_recon": 1}
+    eval_dir = out / "eval"
+    futures = {}
+    for cell in todo:
+        cell_dir = out / "cells" / f"{cell.label}-{cell.key}"
+        job = train_job(cell.label, cell_dir, manifest, preset, prediction, steps, cell.lmbda, cell.rho,
+                        list(cell.overrides), warm_dir, {"cdc.role": "cell", "cdc.cell_key": cell.key}, experiment)
+        trained = train.submit(job, launcher, launcher_options or {})
+        evaluated = evaluate_model.submit(trained, f"CDC {cell.label}", settings, str(eval_dir))
+        futures[cell] = (cell_dir, trained, evaluated)
+    baseline_files = evaluate_baselines.submit(baselines or ["jpeg", "webp"], settings, str(eval_dir))
+
+    results, failures, attempts = [], {}, {}
+    for cell, (cell_dir, trained, evaluated) in futures.items():
+        attempts[cell.label] = _attempts(trained)
+        try:
+            trained.result()
+            path, metrics = evaluated.result()
+            results.append(CellResult(cell, str(cell_dir), {eval_dataset: metrics}, path))
+        except Exception as exc:  # a failed cell is reported, never fatal
+            lines = [line for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
+            failures[cell.label] = lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}"
+            logger.error(f"{cell.label}: failed after {attempts[cell.label]} attempt(s): {failures[cell.label]}")
+    registered = register_cells(results, eval_dataset, experiment, settings)
+    summary = summarize(cells, skipped, registered, failures, eval_dataset, baseline_files.result(), out)
+    summary["attempts"] = attempts
+    create_markdown_artifact(summary["markdown"], key="train-grid-summary", description=f"Grid in {out}")
+    print(summary["markdown"])
+    return summary
+
+
+def _attempts(future) -> int:
+    """How many times the task behind ``future`` ran (1 + retries used)."""
+    future.wait()
+    with get_client(sync_client=True) as client:
+        return client.read_task_run(future.task_run_id).run_count
