@@ -12,7 +12,7 @@ LOCK := requirements/requirements.lock
 STAMP := $(VENV)/.installed-$(shell sha256sum $(LOCK) pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast lint lock bench clean
+.PHONY: setup demo serve stop test test-fast lint lock bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ $(STAMP): $(LOCK) pyproject.toml
 
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# Prefect server + process worker + MLflow server on loopback; deploys prefect.yaml (see README).
+serve: setup
+	BIN=$(BIN) scripts/serve.sh start
+
+stop:
+	scripts/serve.sh stop
 
 lint: setup
 	$(BIN)/ruff check .
@@ -50,6 +57,7 @@ lock:
 bench: setup
 	$(BIN)/python benchmarks/codec.py
 	$(BIN)/python benchmarks/shards.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

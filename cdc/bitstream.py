@@ -7,7 +7,7 @@ Format version 1 (integers are unsigned LEB128 varints unless a width is given):
     4       version       1 byte    format version (1)
     5       fingerprint   6 bytes   first 6 bytes of the model's SHA-256 fingerprint
     11      flags         1 byte    bits 0-1 prediction (0 sample, 1 epsilon, 2 v),
-                                    bits 2-4 entropy model id (0 hyperprior), bits 5-7 zero
+                                    bits 2-4 entropy model id (0 hyperprior, 1 entroformer), bits 5-7 zero
     12      height        varint    original image height, pixels (>= 1)
             width         varint    original image width, pixels (>= 1)
             steps         varint    DDIM decode steps S (>= 1)

@@ -24,6 +24,7 @@ PRESETS = ("tiny", "small", "paper")
 PREDICTIONS = ("sample", "epsilon", "v")
 SCHEDULES = ("cosine", "linear")
 PERCEPTUAL = ("lpips-vgg", "lpips-alex", "stlpips-vgg", "stlpips-alex")
+ENTROPY_MODELS = ("hyperprior", "entroformer")
 
 
 class ConfigError(ValueError):
@@ -48,10 +49,14 @@ class ModelConfig:
         unet_dim: base width of the conditional U-Net.
         unet_mults: U-Net width multipliers, one per resolution level (at least 4: the context
             pyramid is concatenated at the four finest levels).
-        entropy_model: ``hyperprior`` (mean-scale, the official code's choice).
+        entropy_model: ``hyperprior`` (mean-scale, the official code's choice) or ``entroformer``
+            (transformer hyperprior + two-pass checkerboard context, the paper's choice).
         scale_bound: lower bound of the Gaussian scales sigma of y (0.1 in the official code).
         scale_levels: number of log-spaced scales in the Gaussian coder's CDF table; more levels
             means less real-vs-estimated rate overhead and a larger checkpoint.
+        attn_dim: width of the entroformer's attention blocks (0: ``hyper_channels``).
+        attn_heads: attention heads of the entroformer (must divide ``attn_dim``).
+        attn_radius: neighbourhood radius r of its attention ((2r+1)^2 keys per query).
     """
 
     enc_dim: int = 64
@@ -63,13 +68,19 @@ class ModelConfig:
     entropy_model: str = "hyperprior"
     scale_bound: float = 0.1
     scale_levels: int = 160
+    attn_dim: int = 0
+    attn_heads: int = 4
+    attn_radius: int = 3
 
     def __post_init__(self) -> None:
         _check(len(self.enc_mults) == 4, "model.enc_mults must have 4 entries (g_a downsamples by 16)")
         _check(len(self.unet_mults) >= 4, "model.unet_mults needs at least 4 levels")
         _check(min(self.enc_dim, self.latent_channels, self.hyper_channels, self.unet_dim) > 0,
                "model widths must be positive")
-        _check(self.entropy_model in ("hyperprior",), f"model.entropy_model: unknown {self.entropy_model!r}")
+        _check(self.entropy_model in ENTROPY_MODELS, f"model.entropy_model must be one of {ENTROPY_MODELS}")
+        _check((self.attn_dim or self.hyper_channels) % self.attn_heads == 0,
+               "model.attn_dim (or hyper_channels) must be divisible by model.attn_heads")
+        _check(self.attn_radius >= 1, "model.attn_radius must be >= 1")
         _check(0 < self.scale_bound < 1, "model.scale_bound must be in (0, 1)")
         _check(16 <= self.scale_levels <= 1024, "model.scale_levels must be in [16, 1024]")
 

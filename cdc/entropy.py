@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from cdc.config import ModelConfig
 
-ENTROPY_MODEL_IDS = {"hyperprior": 0}
+ENTROPY_MODEL_IDS = {"hyperprior": 0, "entroformer": 1}
 """Stable ids written into the bitstream header."""
 
 
@@ -143,4 +143,8 @@ def build_entropy_model(cfg: ModelConfig) -> LatentEntropyModel:
     """The entropy model named by ``cfg.entropy_model``."""
     if cfg.entropy_model == "hyperprior":
         return MeanScaleHyperprior(cfg)
+    if cfg.entropy_model == "entroformer":
+        from cdc.entroformer import EntroformerEntropyModel  # imports this module: keep it lazy
+
+        return EntroformerEntropyModel(cfg)
     raise ValueError(f"unknown entropy model {cfg.entropy_model!r}")

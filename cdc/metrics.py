@@ -17,6 +17,7 @@ Over a whole dataset (distribution metrics) on 256 x 256 patches cut as in HiFiC
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,7 @@ class MetricSuite:
         self.inception = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
         if distribution and not self.inception.is_file():
             self.unavailable["fid"] = self.unavailable["kid"] = f"needs {self.inception}"
+        self._ref_features: dict[str, np.ndarray] = {}
         self._reset_distribution()
 
     def _reset_distribution(self) -> None:
@@ -144,14 +146,19 @@ class MetricSuite:
         if self.dists is not None:
             out["dists"] = float(self.dists(a, b))
         if self.distribution:
-            self._add_patches(hific_patches(a), hific_patches(b))
+            self._add_patches(ref, hific_patches(a), hific_patches(b))
         return out
 
     @torch.no_grad()
-    def _add_patches(self, refs: torch.Tensor, recs: torch.Tensor, batch: int = 32) -> None:
+    def _add_patches(self, ref: np.ndarray, refs: torch.Tensor, recs: torch.Tensor, batch: int = 32) -> None:
+        # every point of a curve sees the same references: compute their features once
+        key = hashlib.sha1(ref.tobytes()).hexdigest()
+        if key not in self._ref_features:
+            self._ref_features[key] = np.concatenate([self._stlpips_features(refs[i : i + batch])
+                                                      for i in range(0, len(refs), batch)])
+        self._features[0].append(self._ref_features[key])
         for i in range(0, len(refs), batch):
             r, x = refs[i : i + batch], recs[i : i + batch]
-            self._features[0].append(self._stlpips_features(r))
             self._features[1].append(self._stlpips_features(x))
             for metric in (self.fid, self.kid):
                 if metric is not None:

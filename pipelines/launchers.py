@@ -8,6 +8,7 @@ the job's arguments; secrets come from the environment, never from files in the 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -77,13 +78,21 @@ class LocalLauncher:
     def run(self, job: TrainJob, log: Callable[[str], None]) -> None:
         env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1"}
         tail: deque[str] = deque(maxlen=40)
+        shown = -10
         with subprocess.Popen(self.command(job), cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
             for raw in proc.stdout:
                 for line in raw.replace("\r", "\n").splitlines():
-                    if line.strip() and not line.startswith("train:"):  # progress-bar frames stay out
+                    if not line.strip():
+                        continue
+                    if line.startswith("train:"):  # progress-bar frames: pass on one per 10 %
+                        percent = int(line.split("%")[0].split()[-1]) if "%" in line else 0
+                        if percent < shown + 10:
+                            continue
+                        shown = percent
+                    else:
                         tail.append(line)
-                        log(f"[{job.name}] {line}")
+                    log(f"[{job.name}] {line.strip()}")
         if proc.returncode != 0 or not job.finished():
             raise LaunchFailed(f"{job.name}: exit status {proc.returncode}\n" + "\n".join(tail))
 
@@ -109,15 +118,16 @@ class SlurmLauncher:
 
     def script(self, job: TrainJob) -> str:
         return render(self.template, JOB_NAME=job.name, NODES=str(self.nodes), GPUS_PER_NODE=str(self.gpus_per_node),
-                      PARTITION=self.partition, TIME_LIMIT=self.time_limit, OUTPUT_DIR=job.output_dir,
-                      REPO=str(REPO), TRAIN_ARGS=shlex.join(job.args))
+                      TIME_LIMIT=self.time_limit, OUTPUT_DIR=job.output_dir, REPO=str(REPO),
+                      TRAIN_ARGS=shlex.join(job.args))
 
     def run(self, job: TrainJob, log: Callable[[str], None]) -> None:
         out = Path(job.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         script = out / "job.sbatch"
         script.write_text(self.script(job))
-        submitted = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
+        extra = ["--partition", self.partition] if self.partition else []
+        submitted = subprocess.run(["sbatch", "--parsable", *extra, str(script)], capture_output=True, text=True,
                                    env={**os.environ, **job.env})
         if submitted.returncode != 0:
             raise LaunchFailed(f"{job.name}: sbatch failed: {submitted.stderr.strip()}")
@@ -149,10 +159,11 @@ class KubernetesLauncher:
     poll_seconds: float = 30.0
 
     def manifest(self, job: TrainJob) -> str:
-        args = ", ".join(f'"{a}"' for a in job.argv())
+        args = ", ".join(json.dumps(a) for a in job.argv())  # a YAML flow sequence of JSON strings
         return render(self.template, JOB_NAME=job.name, NAMESPACE=self.namespace, IMAGE=self.image,
                       WORKERS=str(self.workers), GPUS_PER_NODE=str(self.gpus_per_node), PVC=self.pvc,
-                      NUM_MACHINES=str(self.workers + 1), TRAIN_ARGS=args)
+                      NUM_MACHINES=str(self.workers + 1), WORLD_SIZE=str((self.workers + 1) * self.gpus_per_node),
+                      TRAIN_ARGS=args)
 
     def run(self, job: TrainJob, log: Callable[[str], None]) -> None:
         applied = subprocess.run(["kubectl", "apply", "-n", self.namespace, "-f", "-"], input=self.manifest(job),
