@@ -96,6 +96,7 @@ def _for_each(items: list[str], work: Callable[[int, str], None], label: str) ->
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    """Write an untrained codec checkpoint of a preset."""
     import torch
 
     from cdc.checkpoint import save_codec
@@ -115,6 +116,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    """Compress images to ``.cdc`` files (one line of output per file)."""
     from tqdm import tqdm
 
     from cdc.coder import DecodeError
@@ -141,6 +143,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
+    """Decode ``.cdc`` files to 8-bit PNGs."""
     from tqdm import tqdm
 
     from cdc.coder import DecodeError
@@ -171,6 +174,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Print bitstream headers as JSON (needs no model)."""
     from cdc.bitstream import Bitstream, BitstreamError
 
     failed = 0
@@ -189,6 +193,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """Print the registered models and their metrics."""
     from cdc.registry import list_versions, table
 
     versions = list_versions()
@@ -200,6 +205,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``cdc`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="cdc", description="Conditional-diffusion image codec.")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -19,6 +19,7 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate models and baselines; print a short summary per curve."""
     from cdc.cli import CLIError, _say, load_coder
     from cdc.datasets import DatasetError
     from cdc.evaluate import EvalSettings, evaluate_all
@@ -58,6 +59,7 @@ def _baseline(name: str):
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """RD plots (one PNG per metric) and optionally the gallery."""
     from cdc.rd import gallery, plot
 
     out = Path(args.output or Path(args.results[0]).parent / "plots")
@@ -69,6 +71,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_bdrate(args: argparse.Namespace) -> int:
+    """Print a BD-rate table against the anchor curve."""
     from cdc.rd import bd_table
 
     text, _ = bd_table(args.anchor, args.results, args.metrics.split(",") if args.metrics else None)
@@ -77,6 +80,7 @@ def cmd_bdrate(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``eval``, ``plot`` and ``bdrate`` on the ``cdc`` parser."""
     p = sub.add_parser("eval", help="evaluate CDC models and/or classical baselines on a dataset")
     p.add_argument("models", nargs="*", help="codec checkpoints (one RD point each)")
     p.add_argument("--baseline", help="comma list: jpeg,webp,avif,jxl,jp2,heic,zoo:<compressai arch>")

@@ -38,6 +38,7 @@ class DatasetError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class KnownDataset:
+    """A public evaluation set: expected file names and where to download them."""
     name: str
     files: tuple[str, ...]
     urls: tuple[str, ...]  # one archive, or one URL per file
@@ -60,6 +61,7 @@ KNOWN = {
 
 
 def cache_dir(name: str) -> Path:
+    """Where ``name`` is cached: ``$CDC_DATA/<name>`` (default ``~/.cache/cdc/datasets``)."""
     return Path(os.environ.get("CDC_DATA", Path.home() / ".cache" / "cdc" / "datasets")) / name
 
 

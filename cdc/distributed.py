@@ -28,6 +28,7 @@ class LaunchError(RuntimeError):
 
 
 def using_deepspeed() -> bool:
+    """True under ``accelerate launch`` with a DeepSpeed config."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 

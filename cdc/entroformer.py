@@ -19,15 +19,12 @@ one rANS string coded with compressai's ``GaussianConditional``, so a bitstream 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 from cdc.config import ModelConfig
-from cdc.entropy import LatentEntropyModel, _ste_round, scale_table
+from cdc.entropy import HyperLatentModel, _ste_round
 from cdc.layers import ChannelLayerNorm
 
 
@@ -99,7 +96,7 @@ class _Seq(nn.Module):
         return x
 
 
-class EntroformerEntropyModel(LatentEntropyModel):
+class EntroformerEntropyModel(HyperLatentModel):
     """Transformer hyperprior with a two-pass bidirectional checkerboard context model."""
 
     name = "entroformer"
@@ -115,9 +112,7 @@ class EntroformerEntropyModel(LatentEntropyModel):
                         nn.ConvTranspose2d(d, 2 * n, 5, 2, 2, 1))
         self.context = _Seq(nn.Conv2d(n, d, 5, padding=2), block(), nn.Conv2d(d, 2 * n, 1))
         self.params = nn.Sequential(nn.Conv2d(4 * n, 3 * n, 1), nn.GELU(), nn.Conv2d(3 * n, 2 * n, 1))
-        self.entropy_bottleneck = EntropyBottleneck(hc)
-        self.gaussian_conditional = GaussianConditional(None, scale_bound=cfg.scale_bound)
-        self._table = scale_table(cfg.scale_bound, cfg.scale_levels)
+        self._init_coders(cfg)
 
     # -- the two passes -------------------------------------------------------------------------
     def _pass_params(self, hyper: Tensor, anchors_hat: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -136,9 +131,7 @@ class EntroformerEntropyModel(LatentEntropyModel):
     def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.autocast(y.device.type, enabled=False):
             y = y.float()
-            z = self.h_a(y)
-            _, z_likelihoods = self.entropy_bottleneck(z)
-            z_hat = _ste_round(z, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1))
+            z_hat, z_likelihoods = self._z_forward(y)
             hyper = self._hyper(z_hat)
             mask = anchor_mask(*y.shape[-2:], device=y.device)
             mean1, scale1 = self._pass_params(hyper, None)
@@ -162,28 +155,22 @@ class EntroformerEntropyModel(LatentEntropyModel):
 
     @torch.no_grad()
     def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
-        if y.shape[0] != 1:
-            raise ValueError("compress codes one image at a time (batch size 1)")
         y = y.float()
-        z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        hyper = self._hyper(self.entropy_bottleneck.decompress(z_strings, z.shape[-2:]))
+        z_string, z_hat = self._z_compress(y)
+        hyper = self._hyper(z_hat)
         anchors = anchor_mask(*y.shape[-2:], device=y.device).expand_as(y).bool()
         mean1, scale1 = self._pass_params(hyper, None)
         y_hat = torch.zeros_like(y)
         y_hat[anchors] = (torch.round(y - mean1) + mean1)[anchors]  # exactly what the decoder will rebuild
         mean2, scale2 = self._pass_params(hyper, y_hat)
         y_hat[~anchors] = (torch.round(y - mean2) + mean2)[~anchors]
-        strings = [z_strings[0], self._code(y, mean1, scale1, anchors), self._code(y, mean2, scale2, ~anchors)]
+        strings = [z_string, self._code(y, mean1, scale1, anchors), self._code(y, mean2, scale2, ~anchors)]
         return strings, y_hat
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
-        if len(strings) != 3:
-            raise ValueError(f"the entroformer expects 3 strings, got {len(strings)}")
+        hyper = self._hyper(self._z_decompress(strings, 3, latent_hw))
         h, w = latent_hw
-        z_hat = self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
-        hyper = self._hyper(z_hat)
         n = hyper.shape[1] // 2
         anchors = anchor_mask(h, w, device=hyper.device).expand(1, n, h, w).bool()
         y_hat = torch.zeros(1, n, h, w, device=hyper.device)
@@ -192,8 +179,3 @@ class EntroformerEntropyModel(LatentEntropyModel):
         mean2, scale2 = self._pass_params(hyper, y_hat)
         self._decode(strings[2], mean2, scale2, ~anchors, y_hat)
         return y_hat
-
-    def update(self, force: bool = False) -> bool:
-        updated = self.entropy_bottleneck.update(force=force)
-        updated |= self.gaussian_conditional.update_scale_table(self._table, force=force)
-        return updated

@@ -76,7 +76,45 @@ def _deconv(c_in: int, c_out: int, k: int = 5) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=k // 2, output_padding=1)
 
 
-class MeanScaleHyperprior(LatentEntropyModel):
+class HyperLatentModel(LatentEntropyModel):
+    """What every model here shares: a hyper-latent z (1/4 of y's resolution) with compressai's
+    factorized ``EntropyBottleneck``, and y coded by a ``GaussianConditional`` (scales >= bound).
+    Subclasses provide ``h_a`` (y -> z) and the parameters of y given the decoded ẑ."""
+
+    def _init_coders(self, cfg: ModelConfig) -> None:
+        """Create the two coders; subclasses call it after their networks (the RNG order fixes the
+        initial weights, and with them the golden bitstream of a seeded model)."""
+        self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_channels)
+        self.gaussian_conditional = GaussianConditional(None, scale_bound=cfg.scale_bound)
+        self._table = scale_table(cfg.scale_bound, cfg.scale_levels)
+
+    def _z_forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Training/eval pass of z: (ẑ with a straight-through gradient, likelihoods of z)."""
+        z = self.h_a(y)
+        _, z_likelihoods = self.entropy_bottleneck(z)
+        return _ste_round(z, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)), z_likelihoods
+
+    def _z_compress(self, y: Tensor) -> tuple[bytes, Tensor]:
+        """Code z of one image; returns its string and ẑ exactly as the decoder rebuilds it."""
+        if y.shape[0] != 1:
+            raise ValueError("compress codes one image at a time (batch size 1)")
+        z = self.h_a(y)
+        strings = self.entropy_bottleneck.compress(z)
+        return strings[0], self.entropy_bottleneck.decompress(strings, z.shape[-2:])
+
+    def _z_decompress(self, strings: list[bytes], expected: int, latent_hw: tuple[int, int]) -> Tensor:
+        if len(strings) != expected:
+            raise ValueError(f"the {self.name} entropy model expects {expected} strings, got {len(strings)}")
+        h, w = latent_hw
+        return self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
+
+    def update(self, force: bool = False) -> bool:
+        updated = self.entropy_bottleneck.update(force=force)
+        updated |= self.gaussian_conditional.update_scale_table(self._table, force=force)
+        return updated
+
+
+class MeanScaleHyperprior(HyperLatentModel):
     """Mean-scale hyperprior on compressai's ``EntropyBottleneck`` and ``GaussianConditional``.
 
     z has ``hyper_channels`` channels at 1/4 of y's resolution (1/64 of the image).
@@ -90,9 +128,7 @@ class MeanScaleHyperprior(LatentEntropyModel):
         act = nn.LeakyReLU(0.2)
         self.h_a = nn.Sequential(_conv(n, hc, 3), act, _conv(hc, hc, 5, 2), act, _conv(hc, hc, 5, 2))
         self.h_s = nn.Sequential(_deconv(hc, hc), act, _deconv(hc, hc), act, _conv(hc, 2 * n, 3))
-        self.entropy_bottleneck = EntropyBottleneck(hc)
-        self.gaussian_conditional = GaussianConditional(None, scale_bound=cfg.scale_bound)
-        self._table = scale_table(cfg.scale_bound, cfg.scale_levels)
+        self._init_coders(cfg)
 
     def _params(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
         mean, scale = self.h_s(z_hat).chunk(2, dim=1)
@@ -101,9 +137,7 @@ class MeanScaleHyperprior(LatentEntropyModel):
     def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.autocast(y.device.type, enabled=False):
             y = y.float()
-            z = self.h_a(y)
-            _, z_likelihoods = self.entropy_bottleneck(z)
-            z_hat = _ste_round(z, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1))
+            z_hat, z_likelihoods = self._z_forward(y)
             mean, scale = self._params(z_hat)
             _, y_likelihoods = self.gaussian_conditional(y, scale, means=mean)
             y_hat = _ste_round(y, mean)
@@ -111,32 +145,19 @@ class MeanScaleHyperprior(LatentEntropyModel):
 
     @torch.no_grad()
     def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
-        if y.shape[0] != 1:
-            raise ValueError("compress codes one image at a time (batch size 1)")
         y = y.float()
-        z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        z_string, z_hat = self._z_compress(y)
         mean, scale = self._params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scale)
         y_strings = self.gaussian_conditional.compress(y, indexes, means=mean)
         y_hat = self.gaussian_conditional.quantize(y, "dequantize", mean)
-        return [z_strings[0], y_strings[0]], y_hat
+        return [z_string, y_strings[0]], y_hat
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
-        if len(strings) != 2:
-            raise ValueError(f"the hyperprior expects 2 strings, got {len(strings)}")
-        h, w = latent_hw
-        z_hat = self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
-        mean, scale = self._params(z_hat)
+        mean, scale = self._params(self._z_decompress(strings, 2, latent_hw))
         indexes = self.gaussian_conditional.build_indexes(scale)
         return self.gaussian_conditional.decompress([strings[1]], indexes, means=mean)
-
-    def update(self, force: bool = False) -> bool:
-        updated = self.entropy_bottleneck.update(force=force)
-        updated |= self.gaussian_conditional.update_scale_table(self._table, force=force)
-        return updated
 
 
 def build_entropy_model(cfg: ModelConfig) -> LatentEntropyModel:

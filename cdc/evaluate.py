@@ -67,10 +67,12 @@ class Point:
 
 
 def slug(name: str) -> str:
+    """A file-name-safe form of a curve or point name."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
 
 
 def images_for(settings: EvalSettings) -> list[Path]:
+    """The dataset files of ``settings`` (first ``limit`` when set)."""
     files = dataset_images(settings.dataset, settings.root, settings.download)
     return files[: settings.limit] if settings.limit else files
 
@@ -125,6 +127,7 @@ def run_curve(name: str, description: str, points: Iterable[Point], settings: Ev
 
 
 def baseline_points(baseline) -> list[Point]:
+    """One point per quality setting of a classical baseline."""
     return [Point(f"q{q:g}", lambda img, q=q: baseline.encode(img, q), baseline.decode, meta={"quality": q})
             for q in baseline.qualities]
 
@@ -159,6 +162,7 @@ def cdc_points(coders: list, steps: int, settings: EvalSettings) -> list[Point]:
 
 
 def cdc_curve_name(coders: list, steps: int) -> str:
+    """The curve name of CDC models decoded with ``steps`` steps."""
     cfg = coders[0].codec.config
     rhos = sorted({c.codec.config.loss.rho for c in coders})
     rho = f"rho{rhos[0]:g}" if len(rhos) == 1 else "rho-mixed"

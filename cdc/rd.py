@@ -26,6 +26,7 @@ def load(path: str | Path) -> dict:
 
 
 def quality_metrics(data: dict) -> list[str]:
+    """The quality (non-rate, non-time) metrics of a results file."""
     return [k for k in data["results"] if k not in SKIP]
 
 

@@ -41,6 +41,7 @@ def family_name(prediction: str, rho: float) -> str:
 
 @dataclass(frozen=True)
 class Version:
+    """One registered model version: name, version, tags and aliases."""
     name: str
     version: str
     tags: dict[str, str]
@@ -56,6 +57,7 @@ class Version:
 
 
 def client():
+    """An ``MlflowClient`` on the configured tracking URI."""
     return configure_tracking().MlflowClient()
 
 
@@ -71,6 +73,7 @@ def list_versions(prefix: str = "cdc-") -> list[Version]:
 
 
 def registered_cell_keys(prefix: str = "cdc-") -> set[str]:
+    """Cell keys of every registered version (grid idempotency)."""
     return {v.tags["cell_key"] for v in list_versions(prefix) if "cell_key" in v.tags}
 
 

@@ -18,6 +18,7 @@ DEFAULT_EXPERIMENT = "cdc-train"
 
 
 def cdc_home() -> Path:
+    """Project-local state folder (``$CDC_HOME``, default ``./.cdc``)."""
     return Path(os.environ.get("CDC_HOME", ".cdc")).resolve()
 
 
@@ -80,6 +81,7 @@ class RunTracker:
         self.run_id = run.info.run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Log params not logged yet (a resumed run keeps its first values)."""
         if self.enabled:
             existing = self.mlflow.get_run(self.run_id).data.params
             new = {k: str(v) for k, v in params.items() if k not in existing}
@@ -87,10 +89,12 @@ class RunTracker:
                 self.mlflow.log_params(new)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set run tags."""
         if self.enabled:
             self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log scalar metrics at ``step``."""
         if self.enabled:
             self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
@@ -100,10 +104,12 @@ class RunTracker:
             self.mlflow.log_image(image, artifact_file=name)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file as a run artifact."""
         if self.enabled:
             self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
+        """Close the run with ``status``."""
         if self.enabled:
             self.mlflow.end_run(status=status)
 

@@ -56,6 +56,7 @@ from shards.reader import ShardError, resolve_shards, train_loader  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags of ``cdc/train.py``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny", help="tiny | small | paper, or a YAML config file")
     p.add_argument("--shards", required=True, nargs="+", help="manifest.json, its directory, or shard URLs")
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> Config:
+    """The preset or YAML with the flags and overrides applied."""
     flags = {"train.max_steps": args.max_steps, "loss.lmbda": args.lmbda, "loss.rho": args.rho,
              "diffusion.prediction": args.prediction}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
@@ -217,6 +219,7 @@ def save_export(model: CDCCodec, out: Path, cfg: Config, args: argparse.Namespac
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations, else the resident set (MiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource

@@ -85,6 +85,7 @@ class Preemption:
         self._flag = True
 
     def requested(self, accelerator) -> bool:
+        """True once SIGTERM/SIGINT reached any rank (a collective call on several ranks)."""
         if accelerator.num_processes == 1:
             return self._flag
         flag = torch.tensor([1.0 if self._flag else 0.0], device=accelerator.device)

@@ -30,6 +30,7 @@ Scheduler = torch.optim.lr_scheduler.LambdaLR
 
 
 def build_optimizer(codec: CDCCodec, tc: TrainConfig) -> tuple[torch.optim.Optimizer, Scheduler]:
+    """Adam over every parameter (quantiles in their own group) and the LR schedule."""
     quantiles = [p for n, p in codec.named_parameters() if n.endswith("quantiles")]
     others = [p for n, p in codec.named_parameters() if not n.endswith("quantiles")]
     optimizer = torch.optim.Adam([

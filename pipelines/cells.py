@@ -22,6 +22,7 @@ CONCURRENCY_LIMIT = "cdc-train-cells"
 
 
 def config_key(payload: dict) -> str:
+    """A short stable hash of a JSON-serialisable config."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -50,6 +51,7 @@ class Cell:
 
 @dataclass
 class CellResult:
+    """A trained and evaluated cell: its model directory and metrics."""
     cell: Cell
     model_dir: str
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)

@@ -53,6 +53,7 @@ class TrainJob:
 
 
 def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -117,6 +118,7 @@ class SlurmLauncher:
     poll_seconds: float = 30.0
 
     def script(self, job: TrainJob) -> str:
+        """The rendered sbatch script of ``job``."""
         return render(self.template, JOB_NAME=job.name, NODES=str(self.nodes), GPUS_PER_NODE=str(self.gpus_per_node),
                       TIME_LIMIT=self.time_limit, OUTPUT_DIR=job.output_dir, REPO=str(REPO),
                       TRAIN_ARGS=shlex.join(job.args))
@@ -159,6 +161,7 @@ class KubernetesLauncher:
     poll_seconds: float = 30.0
 
     def manifest(self, job: TrainJob) -> str:
+        """The rendered PyTorchJob manifest of ``job``."""
         args = ", ".join(json.dumps(a) for a in job.argv())  # a YAML flow sequence of JSON strings
         return render(self.template, JOB_NAME=job.name, NAMESPACE=self.namespace, IMAGE=self.image,
                       WORKERS=str(self.workers), GPUS_PER_NODE=str(self.gpus_per_node), PVC=self.pvc,

@@ -43,6 +43,7 @@ class Chunk:
 
 @dataclass(frozen=True)
 class SampleRef:
+    """A sample in the staging area: its chunk, slot, key and members."""
     chunk: int
     slot: int  # position of the input within its chunk: staging names are "{slot:06d}.{name}"
     key: str
@@ -55,6 +56,7 @@ class SampleRef:
 
 @dataclass(frozen=True)
 class ShardPlan:
+    """The samples (in order) of one shard to write."""
     name: str
     split: str
     samples: tuple[SampleRef, ...]
@@ -73,10 +75,12 @@ class Assembly:
 
 
 def inputs_digest(locations: list[str]) -> str:
+    """SHA-256 of the sorted input locations (a rerun on other inputs rebuilds)."""
     return hashlib.sha256("\n".join(locations).encode()).hexdigest()
 
 
 def plan_chunks(locations: list[str], cfg: BuildConfig) -> list[Chunk]:
+    """Split the sorted locations into chunks of ``cfg.chunk_size``."""
     cs = cfg.chunk_size
     return [Chunk(i, tuple(locations[s : s + cs])) for i, s in enumerate(range(0, len(locations), cs))]
 
@@ -236,6 +240,7 @@ Mapper = Callable[..., Iterator]
 
 
 def serial_map(fn: Callable, items: Iterable, *args) -> Iterator:
+    """The mapper that runs everything in this process."""
     for item in items:
         yield fn(item, *args)
 

@@ -21,6 +21,7 @@ FORMAT = "cdc-shards/1"
 
 
 def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -30,6 +31,7 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class ShardInfo:
+    """One shard of a manifest: name, split, sample count, bytes, SHA-256."""
     name: str
     split: str
     count: int
