@@ -12,7 +12,7 @@ the points on (rate, latent SNR).
 Image PSNR through the diffusion decoder is not used: a codec trained for minutes on a CPU decodes
 poorly, which would hide the entropy model's effect.
 
-    python benchmarks/entropy.py [--base runs/bench/warmup] [--steps 800] [--scales 2,4,8,16]
+    python benchmarks/entropy.py [--base runs/bench/warmup] [--steps 1500] [--scales 2,4,8,16]
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def training_latents(codec: CDCCodec, shards: Path, n_batches: int) -> list[torc
 
 
 def fit(entropy, latents: list[torch.Tensor], scale: float, steps: int, pixels: int) -> None:
+    """Rate-only fit (noisy-quantization likelihoods + quantile loss), Adam with cosine LR decay."""
     entropy.train()
-    opt = torch.optim.Adam(entropy.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(entropy.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=2e-5)
     rng = random.Random(0)
     for _ in range(steps):
         _, likelihoods = entropy(latents[rng.randrange(len(latents))] * scale)
@@ -75,7 +77,9 @@ def fit(entropy, latents: list[torch.Tensor], scale: float, steps: int, pixels: 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
     entropy.eval()
+    entropy.entropy_bottleneck._update_quantiles()  # exact quantiles by bisection, for both models alike
     entropy.update(force=True)
 
 
@@ -142,7 +146,7 @@ def train_base(path: Path, shards: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=str(REPO / "runs/bench/warmup"), help="a trained codec (the transform)")
-    parser.add_argument("--steps", type=int, default=800, help="Adam steps per entropy-model fit")
+    parser.add_argument("--steps", type=int, default=1500, help="Adam steps per entropy-model fit")
     parser.add_argument("--scales", default="2,4,8,16")
     parser.add_argument("--batches", type=int, default=32, help="training latent batches (8 x 128^2 each)")
     args = parser.parse_args()
