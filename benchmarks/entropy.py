@@ -5,7 +5,8 @@ analysis transform (a high-rate warm-up codec, trained first if --base is missin
 (latent SNR: 10 log10(var y / MSE(y, q/s)), dB) is therefore identical for both models at a given
 quantization step 1/s, and the rate difference is the entropy model's own. Per s in --scales, a
 fresh entropy model of each kind is fitted with the same budget (Adam steps, batches, data) on
-latents of the training shards, then measured on the held-out split: ideal bits (-log2 of its bin
+latents of the training shards (with --warm-start, the model of the base's own kind starts from
+the base's trained weights, which favours it), then measured on the held-out split: ideal bits (-log2 of its bin
 probabilities) and real rANS bytes, parameter counts and entropy encode/decode time. BD-rate over
 the points on (rate, latent SNR).
 
@@ -149,6 +150,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="Adam steps per entropy-model fit")
     parser.add_argument("--scales", default="2,4,8,16")
     parser.add_argument("--batches", type=int, default=32, help="training latent batches (8 x 128^2 each)")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="start the base's own kind of entropy model from its trained weights (favours it)")
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",")]
     rows, params = [], {}
@@ -166,6 +169,9 @@ def main() -> None:
             for scale in scales:
                 torch.manual_seed(0)
                 entropy = build_entropy_model(cfg.model)
+                if model == base.config.model.entropy_model and args.warm_start:
+                    trained = dict(base.entropy.named_parameters())  # a head start for the baseline
+                    entropy.load_state_dict(trained, strict=False)
                 params[model] = sum(p.numel() for p in entropy.parameters())
                 fit(entropy, latents, scale, args.steps, 128 * 128)
                 result = measure(base, entropy, images, scale)

@@ -103,8 +103,9 @@ def run_curve(name: str, description: str, points: Iterable[Point], settings: Ev
                 recon = out_dir / "recon" / slug(name) / slug(point.label)
                 recon.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(rec).save(recon / f"{path.stem}.png")
-        averages = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("image",)
-                    if all(k in r for r in rows)}
+        # metrics every image has (MS-SSIM is absent for images under 161 px)
+        averages = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]
+                    if k != "image" and all(k in r for r in rows)}
         averages.update(suite.distribution_metrics())
         for key, value in averages.items():
             results.setdefault(key, []).append(value)

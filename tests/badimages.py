@@ -37,7 +37,9 @@ def make_corpus(root: Path, size: tuple[int, int] = (96, 128)) -> dict[str, Path
     jpeg = encoded(rgb, "JPEG", quality=90)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    gray16 = (np.asarray(other.convert("L"), dtype=np.uint16) * 257 + 100).astype(np.uint16)
+    # Stretched over the full 16-bit range, so clipping to 8 bits instead of scaling shows as a white image.
+    gray = np.asarray(other.convert("L"), dtype=np.float64)
+    gray16 = np.round((gray - gray.min()) / np.ptp(gray) * 65535).astype(np.uint16)
     cases = {
         "clean.jpg": jpeg,
         "clean.png": encoded(other, "PNG"),
