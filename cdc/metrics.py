@@ -38,7 +38,8 @@ def psnr(ref: np.ndarray, rec: np.ndarray) -> float:
 
 def _tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """H x W x 3 uint8 -> (1, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255).to(device)
+    # A copy: decoded images can be read-only views of Pillow's buffer, which torch refuses to wrap.
+    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)[None].float().div(255).to(device)
 
 
 def ms_ssim(ref: np.ndarray, rec: np.ndarray) -> float | None:
