@@ -51,6 +51,8 @@ def main() -> None:
     if "--fresh" in sys.argv:
         shutil.rmtree(OUT, ignore_errors=True)
     build_corpus(OUT / "corpus")
+    # Prefect's local server keeps its SQLite database here and does not create the folder itself.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     summary = train_grid(
         lmbdas=[0.01, 0.04], rhos=[0.0, 0.9], preset="small", steps=100, warmup_steps=200,
         corpus=[str(OUT / "corpus")], patch_size=256, split_val=0.15,  # val: 2 of the 10 photos (by hash)
