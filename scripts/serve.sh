@@ -32,7 +32,7 @@ wait_for() {  # url, name
 }
 
 start() {
-  mkdir -p "$RUN" "$CDC_HOME/mlflow-artifacts"
+  mkdir -p "$RUN" "$CDC_HOME/mlflow-artifacts" "$PREFECT_HOME"
   launch prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
   launch mlflow-server "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
     --backend-store-uri "sqlite:///$CDC_HOME/mlflow-server.db" --artifacts-destination "$CDC_HOME/mlflow-artifacts"
