@@ -55,6 +55,19 @@ def _family_curves(names: set[str], dataset: str, out_dir: Path) -> list[Path]:
     return paths
 
 
+def rate_spread_warning(points: list[tuple[float, float | None]], tolerance: float = 0.01) -> str | None:
+    """A warning when cells of different lambda code at the same rate (within ``tolerance``, relative).
+
+    ``points`` are (lambda, bpp or None) per cell. Equal rates mean the models are under-trained: the
+    decoder does not use the latent yet, so every lambda drives the rate to the same floor, and neither
+    the table nor the q-aliases (ordered by rate) mean anything."""
+    bpps = [bpp for _, bpp in points if bpp is not None]
+    if len({lmbda for lmbda, _ in points}) < 2 or len(bpps) < 2 or max(bpps) > min(bpps) * (1 + tolerance):
+        return None
+    return (f"WARNING: every cell codes at the same rate ({min(bpps):.4f} bpp): the models are under-trained "
+            "(the decoder does not use the latent yet); train longer before comparing them or using the q aliases.")
+
+
 def summarize(cells: list[Cell], skipped: list[Cell], registered: dict[str, dict], failures: dict[str, str],
               dataset: str, baseline_files: list[str], out_dir: Path) -> dict:
     """Markdown table of every cell, RD plots of the families and baselines, logged to the parent run."""
@@ -83,8 +96,11 @@ def summarize(cells: list[Cell], skipped: list[Cell], registered: dict[str, dict
     families = {family_name(c.prediction, c.rho) for c in cells}
     curves = [str(p) for p in _family_curves(families, dataset, eval_dir)] + list(baseline_files)
     plots = [str(p) for p in plot(curves, out_dir / "plots")]
+    rates = [(c.lmbda, versions[c.key].metric(dataset, "bpp")) for c in cells if c.key in versions]
+    warning = rate_spread_warning(rates)
     markdown = "\n".join([f"## CDC grid: {len(cells)} cells on `{dataset}`", "", *lines, "",
-                          f"Failures: {len(failures)}. RD plots: " + ", ".join(f"`{p}`" for p in plots)])
+                          f"Failures: {len(failures)}. RD plots: " + ", ".join(f"`{p}`" for p in plots),
+                          *([f"\n**{warning}**"] if warning else [])])
     (out_dir / "summary.md").write_text(markdown + "\n")
     parent = registered.get("__parent__", {}).get("run_id")
     if parent:
@@ -93,4 +109,4 @@ def summarize(cells: list[Cell], skipped: list[Cell], registered: dict[str, dict
         for p in plots:
             client.log_artifact(parent, p, "plots")
     return {"markdown": markdown, "cells": rows, "failures": failures, "plots": plots, "curves": curves,
-            "parent_run_id": parent}
+            "parent_run_id": parent, "warning": warning}
