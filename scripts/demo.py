@@ -54,7 +54,7 @@ def main() -> None:
     # Prefect's local server keeps its SQLite database here and does not create the folder itself.
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     summary = train_grid(
-        lmbdas=[0.01, 0.04], rhos=[0.0, 0.9], preset="small", steps=100, warmup_steps=200,
+        lmbdas=[0.01, 0.04], rhos=[0.0, 0.9], preset="small", steps=60, warmup_steps=150,
         corpus=[str(OUT / "corpus")], patch_size=256, split_val=0.15,  # val: 2 of the 10 photos (by hash)
         eval_dataset="shards", eval_limit=4, baselines=["jpeg", "webp", "avif"], output_dir=str(OUT),
         experiment="cdc-demo",
