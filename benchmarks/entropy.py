@@ -20,11 +20,11 @@ poorly, which would hide the entropy model's effect.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,28 @@ def measure(codec: CDCCodec, entropy, images: list[Path], scale: float) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def summarize(rows: list[dict], params: dict[str, int]) -> dict:
+    """BD-rate (%, negative = entroformer saves) on real and ideal bpp vs latent SNR, per-point rate
+    ratios, parameter counts and mean encode / decode time ratios."""
+    def column(model: str, key: str) -> list[float]:
+        return [r[key] for r in rows if r["entropy_model"] == model]
+
+    savings: dict[str, float | str] = {}
+    for rate in ("bpp", "bpp_ideal"):
+        base, test = ({"results": {"bpp": column(m, rate), "latent-snr": column(m, "latent_snr")}} for m in MODELS)
+        try:
+            savings[rate] = bd_rate(base, test, "latent-snr")
+        except ValueError as exc:
+            savings[rate] = f"n/a ({exc})"
+    overhead = {key: np.mean(column("entroformer", key)) / np.mean(column("hyperprior", key))
+                for key in ("entropy_encode_s", "entropy_decode_s")}
+    return {"bd_rate_entroformer_vs_hyperprior_pct": savings,
+            "rate_ratio_per_point": [e / h for e, h in zip(column("entroformer", "bpp"), column("hyperprior", "bpp"),
+                                                           strict=True)],
+            "entropy_params": params, "encode_overhead_x": float(overhead["entropy_encode_s"]),
+            "decode_overhead_x": float(overhead["entropy_decode_s"])}
+
+
 def train_base(path: Path, shards: Path) -> None:
     """A high-rate warm-up codec (small preset, lambda 1e-6), whose latents carry the image."""
     import os
@@ -136,7 +158,6 @@ def main() -> None:
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",")]
     rows, params = [], {}
-    curves = {m: {"results": {"bpp": [], "bpp_ideal": [], "latent-snr": []}} for m in MODELS}
     with tempfile.TemporaryDirectory() as tmp:
         shards = build_shards(Path(tmp))
         images = shard_split_images(shards)
@@ -154,30 +175,13 @@ def main() -> None:
                 fit(entropy, latents, scale, args.steps, CROP * CROP, args.lr)
                 result = measure(base, entropy, images, scale)
                 rows.append({"entropy_model": model, "scale": scale, **result})
-                for key, name in (("bpp", "bpp"), ("bpp_ideal", "bpp_ideal"), ("latent_snr", "latent-snr")):
-                    curves[model]["results"][name].append(result[key])
-    savings: dict[str, float | str] = {}
-    for rate in ("bpp", "bpp_ideal"):
-        pair = [{"results": {"bpp": c["results"][rate], "latent-snr": c["results"]["latent-snr"]}}
-                for c in (curves["hyperprior"], curves["entroformer"])]
-        try:
-            savings[rate] = bd_rate(pair[0], pair[1], "latent-snr")
-        except ValueError as exc:
-            savings[rate] = f"n/a ({exc})"
-    rate_ratio = [e / h for e, h in zip(curves["entroformer"]["results"]["bpp"], curves["hyperprior"]["results"]["bpp"],
-                                        strict=True)]
+    summary = summarize(rows, params)
     table = print_table(rows, [("entropy_model", "entropy model"), ("scale", "latent scale"), ("bpp", "bpp (real)"),
                                ("bpp_ideal", "bpp (ideal)"),
                                ("latent_snr", "latent SNR dB"), ("entropy_encode_s", "entropy encode s"),
                                ("entropy_decode_s", "entropy decode s")])
-    timing = {m: (np.mean([r["entropy_encode_s"] for r in rows if r["entropy_model"] == m]),
-                  np.mean([r["entropy_decode_s"] for r in rows if r["entropy_model"] == m])) for m in MODELS}
-    summary = {"bd_rate_entroformer_vs_hyperprior_pct": savings,
-               "rate_ratio_per_point": rate_ratio, "entropy_params": params,
-               "encode_overhead_x": timing["entroformer"][0] / timing["hyperprior"][0],
-               "decode_overhead_x": timing["entroformer"][1] / timing["hyperprior"][1]}
     print(json.dumps(summary, indent=2))
-    write_json("entropy", {"args": vars(args), "base": copy.deepcopy(base.config.model.__dict__), "images": len(images),
+    write_json("entropy", {"args": vars(args), "base": asdict(base.config.model), "images": len(images),
                            "rows": rows, "summary": summary, "table": table,
                            "goal": "BD-rate <= -5 % (entroformer saves >= 5 % at equal distortion)"})
 

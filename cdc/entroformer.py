@@ -125,14 +125,11 @@ class EntroformerEntropyModel(HyperLatentModel):
         mean, scale = self.params(torch.cat([hyper, ctx], dim=1)).chunk(2, dim=1)
         return mean, scale
 
-    def _hyper(self, z_hat: Tensor) -> Tensor:
-        return self.h_s(z_hat)
-
     def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.autocast(y.device.type, enabled=False):
             y = y.float()
             z_hat, z_likelihoods = self._z_forward(y)
-            hyper = self._hyper(z_hat)
+            hyper = self.h_s(z_hat)
             mask = anchor_mask(*y.shape[-2:], device=y.device)
             mean1, scale1 = self._pass_params(hyper, None)
             anchors_hat = _ste_round(y, mean1) * mask
@@ -157,7 +154,7 @@ class EntroformerEntropyModel(HyperLatentModel):
     def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
         y = y.float()
         z_string, z_hat = self._z_compress(y)
-        hyper = self._hyper(z_hat)
+        hyper = self.h_s(z_hat)
         anchors = anchor_mask(*y.shape[-2:], device=y.device).expand_as(y).bool()
         mean1, scale1 = self._pass_params(hyper, None)
         y_hat = torch.zeros_like(y)
@@ -169,7 +166,7 @@ class EntroformerEntropyModel(HyperLatentModel):
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
-        hyper = self._hyper(self._z_decompress(strings, 3, latent_hw))
+        hyper = self.h_s(self._z_decompress(strings, 3, latent_hw))
         h, w = latent_hw
         n = hyper.shape[1] // 2
         anchors = anchor_mask(h, w, device=hyper.device).expand(1, n, h, w).bool()
