@@ -53,7 +53,8 @@ def load_coder(ref: str, device: str = "cpu"):
 
 
 def resolve_model(ref: str) -> Path:
-    """A model reference -> a local checkpoint: a path, ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``
+    """A model reference -> a local checkpoint: a path, a shipped model name (``small-base``),
+    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``
     (the MLflow registry, downloaded once into ``~/.cache/cdc/models``), or a query
     ``best:bpp<=0.2[,objective=perception|distortion][,dataset=div2k]``."""
     if ref.startswith(("models:/", "best:")):
@@ -63,10 +64,12 @@ def resolve_model(ref: str) -> Path:
             return resolve(ref)
         except RegistryError as exc:
             raise CLIError(str(exc)) from None
-    path = Path(ref)
-    if not path.exists():
-        raise CLIError(f"{ref}: no such model checkpoint")
-    return path
+    from cdc.pretrained import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(ref)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _outputs(inputs: list[str], out: str, suffix: str) -> list[Path]:
@@ -74,11 +77,19 @@ def _outputs(inputs: list[str], out: str, suffix: str) -> list[Path]:
     target = Path(out)
     if len(inputs) == 1 and target.suffix == suffix and not target.is_dir():
         return [target]
+    if target.suffix and not target.is_dir():
+        raise CLIError(f"{out}: an output file must end in {suffix} (one input), otherwise give a directory")
     names = [Path(p).stem + suffix for p in inputs]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise CLIError(f"inputs would overwrite each other in {out}: {', '.join(sorted(duplicates))}")
     return [target / n for n in names]
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """Never replace a file the user did not name for replacement (e.g. the original photo)."""
+    if path.exists() and not overwrite:
+        raise CLIError(f"{path}: exists; pass --overwrite to replace it")
 
 
 def _for_each(items: list[str], work: Callable[[int, str], None], label: str) -> int:
@@ -96,22 +107,34 @@ def _for_each(items: list[str], work: Callable[[int, str], None], label: str) ->
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Write an untrained codec checkpoint of a preset."""
+    """Write a codec checkpoint: an untrained preset, or a copy of a trained model (``--from``)."""
     import torch
 
-    from cdc.checkpoint import save_codec
+    from cdc.checkpoint import CheckpointError, load_codec, read_checkpoint_info, save_codec
     from cdc.codec import CDCCodec
-    from cdc.config import ConfigError, load_config
+    from cdc.config import ConfigError, config_from_dict, load_config
 
     try:
-        config = load_config(args.preset, args.overrides)
-    except ConfigError as exc:
+        if args.source:
+            source = resolve_model(args.source)
+            base = load_codec(source)
+            config = config_from_dict(base.config.to_dict(), args.overrides)
+            if config.model != base.config.model:
+                raise CLIError(f"{args.source}: overrides may not change the architecture (model.*)")
+            codec = CDCCodec(config)
+            codec.load_state_dict(base.state_dict())
+            metadata = {**read_checkpoint_info(source).get("metadata", {}), "init_from": args.source}
+        else:
+            config = load_config(args.preset, args.overrides)
+            torch.manual_seed(args.seed)
+            codec = CDCCodec(config)
+            metadata = {"trained": False, "init_seed": args.seed}
+    except (ConfigError, CheckpointError) as exc:
         raise CLIError(str(exc)) from None
-    torch.manual_seed(args.seed)
-    codec = CDCCodec(config)
-    path = save_codec(codec, args.output, metadata={"trained": False, "init_seed": args.seed})
+    path = save_codec(codec, args.output, metadata=metadata)
     n_params = sum(p.numel() for p in codec.parameters())
-    print(f"{path}: untrained '{config.preset}' codec, {n_params / 1e6:.2f} M parameters")
+    what = f"copy of {args.source}" if args.source else "untrained"
+    print(f"{path}: {what} '{config.preset}' codec, {n_params / 1e6:.2f} M parameters")
     return EXIT_OK
 
 
@@ -127,6 +150,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     outputs = _outputs(args.images, args.output, ".cdc")
 
     def work(i: int, image: str) -> None:
+        _refuse_existing(outputs[i], args.overwrite)
         try:
             x, notes = load_image(image)
             for note in notes:
@@ -154,6 +178,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     outputs = _outputs(args.files, args.output, ".png")
 
     def work(i: int, file: str) -> None:
+        _refuse_existing(outputs[i], args.overwrite)
         try:
             data = Path(file).read_bytes()
         except OSError as exc:
@@ -209,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdc", description="Conditional-diffusion image codec.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init", help="write an untrained codec checkpoint")
+    p = sub.add_parser("init", help="write an untrained codec checkpoint, or copy a trained one (--from)")
     p.add_argument("--preset", default="tiny", help="tiny | small | paper | path to a YAML config")
+    p.add_argument("--from", dest="source", help="start from a trained model (path, shipped name e.g. small-base, "
+                   "models:/...) instead of random weights; overrides may change decode settings, not model.*")
     p.add_argument("-o", "--output", required=True, help="checkpoint directory or .safetensors file")
     p.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.unet_dim=32")
@@ -223,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="DDIM steps recorded for decoding (default: model config)")
     p.add_argument("--gamma", type=float, help="start-noise scale recorded for decoding; 0 = deterministic")
     p.add_argument("--seed", type=int, help="start-noise seed recorded for decoding")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode .cdc files to PNG")
@@ -231,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output directory (or .png file for one input)")
     p.add_argument("--steps", type=int, help="override the DDIM steps stored in the file")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="U-Net precision")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print a .cdc header as JSON (no model needed)")

@@ -23,14 +23,14 @@ from collections.abc import Callable
 
 import torch
 from compressai.models import CompressionModel
-from torch import Tensor
+from torch import Tensor, nn
 
 from cdc.config import Config
 from cdc.diffusion import GaussianDiffusion
 from cdc.entropy import build_entropy_model
 from cdc.layers import pad_to_multiple
 from cdc.sampler import DDIMSampler
-from cdc.transforms import AnalysisTransform, ContextDecoder
+from cdc.transforms import AnalysisTransform, AuxSynthesis, ContextDecoder
 from cdc.unet import ConditionalUNet
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -51,6 +51,10 @@ class CDCCodec(CompressionModel):
         self.entropy = build_entropy_model(config.model)
         self.context = ContextDecoder(config.model)
         self.unet = ConditionalUNet(config.model)
+        self.g_s = AuxSynthesis(config.model) if config.model.aux_synthesis else None
+        if config.diffusion.residual:  # start exactly at x_aux: the U-Net's first output is zero
+            nn.init.zeros_(self.unet.head[-1].weight)
+            nn.init.zeros_(self.unet.head[-1].bias)
         self.diffusion = GaussianDiffusion(config.diffusion)
         self._low_precision_unet: tuple[torch.dtype, ConditionalUNet] | None = None
 
@@ -60,43 +64,65 @@ class CDCCodec(CompressionModel):
         return max(64, self.unet.multiple)
 
     # ------------------------------------------------------------------ training
-    def forward(self, x: Tensor, t: Tensor | None = None, noise: Tensor | None = None) -> dict[str, Tensor]:
+    PHASES = ("joint", "decoder", "autoencoder")
+
+    def forward(self, x: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
+                phase: str = "joint") -> dict[str, Tensor]:
         """One training/evaluation pass at a random timestep (no sampling chain).
 
         Args:
             x: images in [0, 1], (B, 3, H, W) with H, W multiples of 64.
             t: integer timesteps in [0, T) (uniform if omitted).
             noise: the diffusion noise eps (standard normal if omitted).
+            phase: ``joint`` (everything trains), ``decoder`` (g_a and the entropy model run
+                without gradients: the latent is frozen) or ``autoencoder`` (no diffusion: only
+                the auxiliary reconstruction; needs ``model.aux_synthesis``).
 
         Returns:
-            ``x_hat``: one-step x0 estimate in [0, 1] (unclamped); ``likelihoods``: {"y", "z"};
-            ``output``/``target``: the network output and its regression target; ``t``;
-            ``x0``/``x0_pred``: the clean image and the estimate in [-1, 1]; ``aux_loss``: the
-            prior's quantile loss (returned here so DDP/DeepSpeed see every parameter used in forward).
+            ``likelihoods``: {"y", "z"}; ``x0``: the clean image in [-1, 1]; ``aux_loss``: the
+            prior's quantile loss (returned here so DDP/DeepSpeed see every parameter used in
+            forward); ``x_aux``: the auxiliary reconstruction in [-1, 1] (with aux synthesis).
+            Except in the autoencoder phase also ``output``/``target``: the network output and its
+            regression target, ``t``, ``x0_pred``: the one-step x0 estimate in [-1, 1]. ``x_hat``:
+            that estimate (or x_aux in the autoencoder phase) in [0, 1], unclamped.
         """
         if x.shape[-1] % self.downsampling_factor or x.shape[-2] % self.downsampling_factor:
             raise ValueError(f"training inputs must be multiples of {self.downsampling_factor}, got {tuple(x.shape)}")
+        if phase not in self.PHASES:
+            raise ValueError(f"phase must be one of {self.PHASES}, got {phase!r}")
         x0 = x * 2 - 1
-        y = self.g_a(x0)
-        y_hat, likelihoods = self.entropy(y)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and phase != "decoder"):
+            y = self.g_a(x0)
+            # the autoencoder phase trains with the noise proxy (see cdc.entropy): no dead start
+            y_hat, likelihoods = self.entropy(y, noise=phase == "autoencoder")
+        out = {"likelihoods": likelihoods, "x0": x0, "aux_loss": self.aux_loss()}
+        x_aux = self.g_s(y_hat) if self.g_s is not None else None
+        if x_aux is not None:
+            out["x_aux"] = x_aux
+        if phase == "autoencoder":
+            if x_aux is None:
+                raise ValueError("the autoencoder phase needs model.aux_synthesis")
+            return {**out, "x_hat": (x_aux + 1) / 2}
         pyramid = self.context(y_hat)
         if t is None:
             t = self.diffusion.sample_timesteps(x.shape[0], x.device)
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.diffusion.q_sample(x0, t, noise)
-        output = self.unet(x_t, t.float() / self.diffusion.timesteps, pyramid)
-        x0_pred, _ = self.diffusion.to_x0_eps(output.float(), x_t, t)
-        return {
-            "x_hat": (x0_pred + 1) / 2,
-            "likelihoods": likelihoods,
-            "output": output,
-            "target": self.diffusion.target(x0, noise, t),
-            "t": t,
-            "x0": x0,
-            "x0_pred": x0_pred,
-            "aux_loss": self.aux_loss(),
-        }
+        output = self._predict(self.unet, x_t, t, pyramid, x_aux)
+        x0_pred, _ = self.diffusion.to_x0_eps(output, x_t, t)
+        return {**out, "x_hat": (x0_pred + 1) / 2, "output": output, "target": self.diffusion.target(x0, noise, t),
+                "t": t, "x0_pred": x0_pred}
+
+    def _predict(self, unet: ConditionalUNet, x_t: Tensor, t: Tensor, pyramid: list[Tensor],
+                 x_aux: Tensor | None) -> Tensor:
+        """The denoiser's output in fp32. With ``diffusion.residual`` the U-Net predicts a correction
+        to what x_aux implies (x_aux itself for the sample parameterization), added in fp32 so a
+        bf16 U-Net does not round the reconstruction to bf16."""
+        output = unet(x_t, t.float() / self.diffusion.timesteps, pyramid).float()
+        if not self.config.diffusion.residual:
+            return output
+        return output + self.diffusion.from_x0(x_aux.float(), x_t.float(), t)
 
     def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:
         """Build the entropy coder's CDF tables (after training, before ``compress``)."""
@@ -163,12 +189,11 @@ class CDCCodec(CompressionModel):
         )
         dtype = PRECISIONS[precision]
         unet = self._unet_for(dtype)
+        x_aux = self.g_s(y_hat.float()) if self.config.diffusion.residual else None
         pyramid = [c.to(dtype).contiguous(memory_format=torch.channels_last) for c in self.context(y_hat.float())]
-        timesteps = self.diffusion.timesteps
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            x_in = x_t.to(dtype).contiguous(memory_format=torch.channels_last)
-            return unet(x_in, t.float() / timesteps, pyramid)
+            return self._predict(unet, x_t.to(dtype).contiguous(memory_format=torch.channels_last), t, pyramid, x_aux)
 
         b, _, h, w = y_hat.shape
         shape = (b, 3, h * 16, w * 16)

@@ -25,6 +25,18 @@ PREDICTIONS = ("sample", "epsilon", "v")
 SCHEDULES = ("cosine", "linear")
 PERCEPTUAL = ("lpips-vgg", "lpips-alex", "stlpips-vgg", "stlpips-alex")
 ENTROPY_MODELS = ("hyperprior", "entroformer")
+ANALYSES = ("resnet", "gdn")
+
+RECIPES: dict[str, tuple[str, ...]] = {
+    # the presets' default: the fast-start recipe chosen by benchmarks/recipes.py
+    "fast": (),
+    # the official code's recipe and architecture (cdc-reference §2): ResBlock encoder, no auxiliary
+    # synthesis, min-SNR-5 x0 loss without a floor, no phases (it needs a long high-rate warm-up)
+    "paper": ("model.analysis=resnet", "model.aux_synthesis=false", "diffusion.residual=false",
+              "diffusion.snr_floor=0", "loss.aux_mse=0", "train.autoencoder_fraction=0",
+              "train.freeze_latent_fraction=0"),
+}
+"""Training recipes: override bundles applied before any other override (``--recipe NAME``)."""
 
 
 class ConfigError(ValueError):
@@ -57,6 +69,14 @@ class ModelConfig:
         attn_dim: width of the entroformer's attention blocks (0: ``hyper_channels``).
         attn_heads: attention heads of the entroformer (must divide ``attn_dim``).
         attn_radius: neighbourhood radius r of its attention ((2r+1)^2 keys per query).
+        analysis: g_a's layers: ``resnet`` (ResBlocks, the official code) or ``gdn`` (conv + GDN,
+            Ballé et al. 2018; the paper leaves the encoder unspecified).
+        transform_dim: hidden width of the ``gdn`` analysis and of g_s (CompressAI's N); 0 uses
+            ``enc_dim * enc_mults`` per stage, like the ``resnet`` analysis.
+        aux_synthesis: add a light synthesis transform g_s (conv + inverse GDN) giving an
+            auxiliary reconstruction x_aux of ŷ in [-1, 1]. Not in the official code; it lets the
+            latent be pretrained as an MSE autoencoder (the HiFiC / MS-ILLM habit) and the U-Net
+            refine x_aux (``diffusion.residual``).
     """
 
     enc_dim: int = 64
@@ -71,6 +91,9 @@ class ModelConfig:
     attn_dim: int = 0
     attn_heads: int = 4
     attn_radius: int = 3
+    analysis: str = "resnet"
+    transform_dim: int = 0
+    aux_synthesis: bool = False
 
     def __post_init__(self) -> None:
         _check(len(self.enc_mults) == 4, "model.enc_mults must have 4 entries (g_a downsamples by 16)")
@@ -78,6 +101,8 @@ class ModelConfig:
         _check(min(self.enc_dim, self.latent_channels, self.hyper_channels, self.unet_dim) > 0,
                "model widths must be positive")
         _check(self.entropy_model in ENTROPY_MODELS, f"model.entropy_model must be one of {ENTROPY_MODELS}")
+        _check(self.analysis in ANALYSES, f"model.analysis must be one of {ANALYSES}")
+        _check(self.transform_dim >= 0, "model.transform_dim must be >= 0")
         _check((self.attn_dim or self.hyper_channels) % self.attn_heads == 0,
                "model.attn_dim (or hyper_channels) must be divisible by model.attn_heads")
         _check(self.attn_radius >= 1, "model.attn_radius must be >= 1")
@@ -95,6 +120,14 @@ class DiffusionConfig:
         timesteps: number of training timesteps T (8193 for X-param, 20000 for epsilon-param).
         loss: ``l2`` or ``l1`` distance between prediction and target.
         min_snr_gamma: min-SNR-gamma weighting (Hang et al. 2023); 0 disables weighting.
+        snr_floor: lower bound of the x0-equivalent loss weight, ``clamp(SNR, snr_floor,
+            min_snr_gamma)``. With the paper's 0, the x0 loss at high noise (SNR -> 0, where only
+            the latent can help) has almost no weight, which is why X-param models trained from
+            scratch decode to grey; 1 trains those steps like a plain MSE decoder.
+        residual: the U-Net predicts a correction to what the auxiliary reconstruction implies
+            (x0 = ``x_aux + U-Net output`` for ``sample``; the eps / v implied by x0 = x_aux for the
+            others; needs ``model.aux_synthesis``): the one-step decode starts at x_aux instead
+            of at grey.
     """
 
     prediction: str = "sample"
@@ -102,6 +135,8 @@ class DiffusionConfig:
     timesteps: int = 8193
     loss: str = "l2"
     min_snr_gamma: float = 5.0
+    snr_floor: float = 0.0
+    residual: bool = False
 
     def __post_init__(self) -> None:
         _check(self.prediction in PREDICTIONS, f"diffusion.prediction must be one of {PREDICTIONS}")
@@ -109,6 +144,8 @@ class DiffusionConfig:
         _check(self.timesteps >= 2, "diffusion.timesteps must be >= 2")
         _check(self.loss in ("l1", "l2"), "diffusion.loss must be l1 or l2")
         _check(self.min_snr_gamma >= 0, "diffusion.min_snr_gamma must be >= 0")
+        _check(0 <= self.snr_floor <= (self.min_snr_gamma or float("inf")),
+               "diffusion.snr_floor must be in [0, min_snr_gamma]")
 
 
 @dataclass(frozen=True)
@@ -144,17 +181,21 @@ class LossConfig:
             ``stlpips-vgg`` or ``stlpips-alex`` (weights ship in the ``stlpips-pytorch`` wheel).
         random_backbone: TEST ONLY: use an untrained backbone instead of failing when the
             pretrained weights are missing. Never set it for a model you report numbers for.
+        aux_mse: weight of ``MSE(x_aux, x0)`` (pixels in [-1, 1]), the auxiliary reconstruction's
+            own loss (needs ``model.aux_synthesis``); 0 disables it.
     """
 
     lmbda: float = 0.0064
     rho: float = 0.0
     perceptual: str = "lpips-vgg"
     random_backbone: bool = False
+    aux_mse: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.lmbda >= 0, "loss.lmbda must be >= 0")
         _check(0 <= self.rho <= 1, "loss.rho must be in [0, 1]")
         _check(self.perceptual in PERCEPTUAL, f"loss.perceptual must be one of {PERCEPTUAL}")
+        _check(self.aux_mse >= 0, "loss.aux_mse must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -183,6 +224,13 @@ class TrainConfig:
         num_workers: data-loader worker processes per rank.
         shuffle_buffer: WebDataset sample shuffle buffer.
         mixed_precision: ``auto`` (bf16 on CUDA, none on CPU), ``bf16`` or ``no``.
+        autoencoder_fraction: first phase of a run from scratch, as a fraction of ``max_steps``:
+            g_a, the entropy model and the auxiliary synthesis train as an MSE autoencoder
+            (``lmbda * bpp + aux_mse * MSE``, noise proxy for quantization); the U-Net does not
+            run, so these steps are several times cheaper. Skipped by ``--init-from``.
+        freeze_latent_fraction: second phase, fraction of ``max_steps``: the decoder (context
+            decoder, U-Net, g_s) trains on the frozen latent (g_a and the entropy model get no
+            gradient); then everything trains jointly. Skipped by ``--init-from``.
     """
 
     batch_size: int = 4
@@ -205,6 +253,8 @@ class TrainConfig:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     mixed_precision: str = "auto"
+    autoencoder_fraction: float = 0.0
+    freeze_latent_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
@@ -218,6 +268,13 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1,
                "train.checkpoint_every and train.keep_checkpoints must be >= 1")
         _check(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision: auto|bf16|no")
+        _check(self.autoencoder_fraction >= 0 and self.freeze_latent_fraction >= 0
+               and self.autoencoder_fraction + self.freeze_latent_fraction <= 1,
+               "train.autoencoder_fraction and train.freeze_latent_fraction must be >= 0 with a sum <= 1")
+
+    def phase_steps(self) -> tuple[int, int]:
+        """(autoencoder steps, frozen-latent steps) of a run from scratch."""
+        return round(self.autoencoder_fraction * self.max_steps), round(self.freeze_latent_fraction * self.max_steps)
 
 
 @dataclass(frozen=True)
@@ -234,6 +291,12 @@ class Config:
     def __post_init__(self) -> None:
         _check(self.sampler.steps <= self.diffusion.timesteps,
                "sampler.steps must not exceed diffusion.timesteps")
+        needs_aux = {"diffusion.residual": self.diffusion.residual, "loss.aux_mse": self.loss.aux_mse > 0,
+                     "train.autoencoder_fraction": self.train.autoencoder_fraction > 0}
+        for key, used in needs_aux.items():
+            _check(not used or self.model.aux_synthesis, f"{key} needs model.aux_synthesis: true")
+        _check(not self.train.autoencoder_fraction or self.loss.aux_mse > 0,
+               "train.autoencoder_fraction needs loss.aux_mse > 0 (the autoencoder's distortion term)")
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (tuples become lists): YAML/JSON and MLflow friendly."""
@@ -332,11 +395,15 @@ def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ())
         raise ConfigError(str(exc)) from exc
 
 
-def load_config(preset_or_path: str | Path = "paper", overrides: typing.Iterable[str] = ()) -> Config:
-    """Load a preset name (``tiny``/``small``/``paper``) or a YAML file, then apply overrides.
+def load_config(preset_or_path: str | Path = "paper", overrides: typing.Iterable[str] = (),
+                recipe: str = "fast") -> Config:
+    """Load a preset name (``tiny``/``small``/``paper``) or a YAML file, then apply the recipe's
+    overrides (:data:`RECIPES`) and ``overrides``.
 
     A YAML file may start from a preset with ``preset: small`` and override any subset of keys.
     """
+    _check(recipe in RECIPES, f"unknown recipe {recipe!r} (one of {', '.join(RECIPES)})")
+    overrides = [*RECIPES[recipe], *overrides]
     path = Path(preset_or_path)
     if str(preset_or_path) in PRESETS:
         path = PRESETS_DIR / f"{preset_or_path}.yaml"
@@ -368,6 +435,7 @@ def with_updates(config: Config, **sections: dict[str, Any]) -> Config:
 
 __all__ = [
     "PRESETS",
+    "RECIPES",
     "Config",
     "ConfigError",
     "DiffusionConfig",

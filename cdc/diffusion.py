@@ -74,6 +74,18 @@ class GaussianDiffusion(nn.Module):
         a, s = self._coefs(t, x0)
         return a * noise - s * x0
 
+    def from_x0(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The configured parameterization's output implied by an x0 estimate at (x_t, t).
+
+        sample: x0; epsilon: ``(x_t - a x0) / s``; v: ``a eps - s x0`` (a, s = sqrt(abar), sqrt(1 - abar)).
+        The residual decoder adds the U-Net's output to this for x0 = x_aux.
+        """
+        if self.cfg.prediction == "sample":
+            return x0
+        a, s = self._coefs(t, x_t)
+        eps = (x_t - a * x0) / s
+        return eps if self.cfg.prediction == "epsilon" else a * eps - s * x0
+
     def to_x0_eps(self, output: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Convert a network output at (x_t, t) to the implied (x0, eps) pair."""
         a, s = self._coefs(t, x_t)
@@ -85,12 +97,17 @@ class GaussianDiffusion(nn.Module):
         return a * x_t - s * output, s * x_t + a * output
 
     def loss_weight(self, t: Tensor) -> Tensor:
-        """Per-sample min-SNR-gamma weight for the configured target (ones when gamma is 0)."""
+        """Per-sample weight for the configured target (ones when min_snr_gamma is 0).
+
+        The x0-equivalent weight is ``clamp(SNR, snr_floor, gamma)``: min-SNR-gamma (Hang et al.
+        2023) with an optional floor, so high-noise steps still teach the decoder to use the
+        latent; it is converted to the eps and v targets so that all three weigh x0 errors alike.
+        """
         snr = self.snr.to(t.device)[t]
         gamma = self.cfg.min_snr_gamma
         if gamma <= 0:
             return torch.ones_like(snr, dtype=torch.float32)
-        clipped = snr.clamp(max=gamma)
+        clipped = snr.clamp(min=self.cfg.snr_floor, max=gamma)
         weight = {"sample": clipped, "epsilon": clipped / snr, "v": clipped / (snr + 1)}[self.cfg.prediction]
         return weight.float()
 

@@ -39,13 +39,18 @@ def prepare_environment() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def make_accelerator(mixed_precision: str, output_dir: Path, micro_batch: int, grad_clip: float):
-    """An ``Accelerator`` for this machine (CPU -> gloo, GPU -> NCCL; bf16 autocast on GPU only)."""
+def make_accelerator(mixed_precision: str, output_dir: Path, micro_batch: int, grad_clip: float,
+                     find_unused: bool = False):
+    """An ``Accelerator`` for this machine (CPU -> gloo, GPU -> NCCL; bf16 autocast on GPU only).
+
+    ``find_unused``: let DDP find parameters without gradients each step (the training phases of
+    the fast-start recipe freeze or skip parts of the model); it costs a graph traversal per step.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
 
     cuda = torch.cuda.is_available()
-    handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
     deepspeed = using_deepspeed()
     if deepspeed and not cuda:
         if os.environ.get("CDC_DS_SHM") != "1":

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.config import ModelConfig
-from cdc.entropy import HyperLatentModel, _ste_round
+from cdc.entropy import HyperLatentModel, _decoder_values
 from cdc.layers import ChannelLayerNorm
 
 
@@ -125,19 +125,20 @@ class EntroformerEntropyModel(HyperLatentModel):
         mean, scale = self.params(torch.cat([hyper, ctx], dim=1)).chunk(2, dim=1)
         return mean, scale
 
-    def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, y: Tensor, noise: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.autocast(y.device.type, enabled=False):
             y = y.float()
-            z_hat, z_likelihoods = self._z_forward(y)
+            z_hat, z_likelihoods = self._z_forward(y, noise)
             hyper = self.h_s(z_hat)
             mask = anchor_mask(*y.shape[-2:], device=y.device)
             mean1, scale1 = self._pass_params(hyper, None)
-            anchors_hat = _ste_round(y, mean1) * mask
+            y_tilde = y + torch.empty_like(y).uniform_(-0.5, 0.5) if noise and self.training else None
+            anchors_hat = _decoder_values(y, y_tilde, mean1, noise, self.training) * mask
             mean2, scale2 = self._pass_params(hyper, anchors_hat)
             mean = mean1 * mask + mean2 * (1 - mask)
             scale = scale1 * mask + scale2 * (1 - mask)
             _, y_likelihoods = self.gaussian_conditional(y, scale, means=mean)
-            y_hat = _ste_round(y, mean)
+            y_hat = _decoder_values(y, y_tilde, mean, noise, self.training)
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     # -- coding ---------------------------------------------------------------------------------

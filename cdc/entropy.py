@@ -12,8 +12,12 @@ Mean-scale hyperprior (Minnen, Ballé & Toderici, NeurIPS 2018), as in the offic
     └─► ŷ = round(y - mu) + mu      (straight-through in training, mu detached in the offset)
 
 Training uses *mixed quantization*: the rate term sees uniform noise U(-1/2, 1/2) on y and z,
-the decoder path sees the rounded values with a straight-through gradient. Likelihoods are
-always computed in fp32 (fp16 underflows to bpp = inf).
+the decoder path sees the rounded values with a straight-through gradient. With ``noise=True``
+the decoder path sees the same noisy values as the rate term instead (the additive-noise proxy of
+Ballé et al. 2017, CompressAI's default): at initialisation |y| is well below 1/2, so rounding
+maps every latent to its mean and the decoder gets no signal to learn from; the noise proxy
+does not have that dead start. Likelihoods are always computed in fp32 (fp16 underflows to
+bpp = inf).
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ def _ste_round(x: Tensor, offset: Tensor) -> Tensor:
     return x + (torch.round(x - offset) + offset - x).detach()
 
 
+def _decoder_values(x: Tensor, x_tilde: Tensor, offset: Tensor, noise: bool, training: bool) -> Tensor:
+    """The decoder path's latent: the coder's noisy ``x_tilde`` (noise proxy, training only) or
+    ``round(x - offset) + offset`` with a straight-through gradient."""
+    return x_tilde if noise and training else _ste_round(x, offset)
+
+
 def scale_table(bound: float, levels: int, maximum: float = 256.0) -> Tensor:
     """``levels`` log-spaced Gaussian scales from ``bound`` to ``maximum`` (the coder's CDF grid)."""
     return torch.exp(torch.linspace(math.log(bound), math.log(maximum), levels))
@@ -48,8 +58,11 @@ class LatentEntropyModel(nn.Module, ABC):
     name: str
 
     @abstractmethod
-    def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return (ŷ for the decoder path, likelihoods per latent, each in (0, 1])."""
+    def forward(self, y: Tensor, noise: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return (ŷ for the decoder path, likelihoods per latent, each in (0, 1]).
+
+        ``noise``: in training, ŷ = y + U(-1/2, 1/2) (the noise proxy) instead of rounding with a
+        straight-through gradient."""
 
     @abstractmethod
     def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
@@ -88,11 +101,12 @@ class HyperLatentModel(LatentEntropyModel):
         self.gaussian_conditional = GaussianConditional(None, scale_bound=cfg.scale_bound)
         self._table = scale_table(cfg.scale_bound, cfg.scale_levels)
 
-    def _z_forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Training/eval pass of z: (ẑ with a straight-through gradient, likelihoods of z)."""
+    def _z_forward(self, y: Tensor, noise: bool) -> tuple[Tensor, Tensor]:
+        """Training/eval pass of z: (ẑ, likelihoods of z); ẑ is noisy or STE-rounded (see ``forward``)."""
         z = self.h_a(y)
-        _, z_likelihoods = self.entropy_bottleneck(z)
-        return _ste_round(z, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)), z_likelihoods
+        z_tilde, z_likelihoods = self.entropy_bottleneck(z)
+        return _decoder_values(z, z_tilde, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1), noise,
+                               self.training), z_likelihoods
 
     def _z_compress(self, y: Tensor) -> tuple[bytes, Tensor]:
         """Code z of one image; returns its string and ẑ exactly as the decoder rebuilds it."""
@@ -134,13 +148,13 @@ class MeanScaleHyperprior(HyperLatentModel):
         mean, scale = self.h_s(z_hat).chunk(2, dim=1)
         return mean, scale
 
-    def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, y: Tensor, noise: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.autocast(y.device.type, enabled=False):
             y = y.float()
-            z_hat, z_likelihoods = self._z_forward(y)
+            z_hat, z_likelihoods = self._z_forward(y, noise)
             mean, scale = self._params(z_hat)
-            _, y_likelihoods = self.gaussian_conditional(y, scale, means=mean)
-            y_hat = _ste_round(y, mean)
+            y_tilde, y_likelihoods = self.gaussian_conditional(y, scale, means=mean)
+            y_hat = _decoder_values(y, y_tilde, mean, noise, self.training)
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     @torch.no_grad()

@@ -1,11 +1,13 @@
 """The rate-distortion-perception objective of CDC (Yang & Mandt 2023, eq. for L; cdc-reference §2.1).
 
-``L = lmbda * bpp + (1 - rho) * L_diffusion + rho * L_perceptual``
+``L = lmbda * bpp + (1 - rho) * L_diffusion + rho * L_perceptual [+ aux_mse * MSE(x_aux, x0)]``
 
 * bpp: ``-log2`` likelihood of the noisy latents (ŷ and ẑ) per image pixel.
 * L_diffusion: the min-SNR-weighted regression loss of the configured parameterization.
 * L_perceptual: a frozen perceptual distance between x0 and the *one-step* x0 estimate at the
   same random timestep (no sampling chain in training), as in the paper.
+* MSE(x_aux, x0): the auxiliary reconstruction's own distortion (our fast-start recipe, not
+  in the paper; ``loss.aux_mse = 0`` gives the paper's objective).
 
 The perceptual network belongs to this loss object, never to the codec or its checkpoints.
 """
@@ -35,7 +37,8 @@ class RateDistortionPerceptionLoss(nn.Module):
         perceptual: a prebuilt distance (else built from ``cfg`` when ``rho > 0``).
 
     ``forward(out, x)`` takes the codec's ``forward`` output and returns a dict of scalars:
-    ``loss`` (to minimise), ``bpp``, ``diffusion``, ``perceptual`` (0 when rho = 0).
+    ``loss`` (to minimise), ``bpp``, ``diffusion``, ``perceptual`` (0 when rho = 0), ``aux_mse``
+    (0 when unused). In the autoencoder phase (no ``output`` in ``out``) only rate and aux_mse count.
     """
 
     def __init__(self, cfg: LossConfig, diffusion: GaussianDiffusion,
@@ -49,13 +52,21 @@ class RateDistortionPerceptionLoss(nn.Module):
 
     def forward(self, out: dict, num_pixels: int) -> dict[str, Tensor]:
         bpp = bits_per_pixel(out["likelihoods"], num_pixels)
-        diff = self.diffusion.loss(out["output"], out["target"], out["t"])
-        total = self.cfg.lmbda * bpp + (1 - self.cfg.rho) * diff
-        perc = torch.zeros_like(diff)
-        if self.cfg.rho > 0:
-            x0_pred = out["x0_pred"]
-            if self.diffusion.cfg.prediction == "epsilon":
-                x0_pred = x0_pred.clamp(-1, 1)  # eps -> x0 explodes at high t (official eps-param clamps)
-            perc = self.perceptual(x0_pred, out["x0"])
-            total = total + self.cfg.rho * perc
-        return {"loss": total.mean(), "bpp": bpp.mean(), "diffusion": diff.mean(), "perceptual": perc.mean()}
+        zero = torch.zeros_like(bpp)
+        total = self.cfg.lmbda * bpp
+        aux = zero
+        if self.cfg.aux_mse > 0:
+            aux = (out["x_aux"].float() - out["x0"]).square().flatten(1).mean(1)
+            total = total + self.cfg.aux_mse * aux
+        diff = perc = zero
+        if "output" in out:  # absent in the autoencoder phase: no diffusion ran
+            diff = self.diffusion.loss(out["output"], out["target"], out["t"])
+            total = total + (1 - self.cfg.rho) * diff
+            if self.cfg.rho > 0:
+                x0_pred = out["x0_pred"]
+                if self.diffusion.cfg.prediction == "epsilon":
+                    x0_pred = x0_pred.clamp(-1, 1)  # eps -> x0 explodes at high t (official eps-param clamps)
+                perc = self.perceptual(x0_pred, out["x0"])
+                total = total + self.cfg.rho * perc
+        return {"loss": total.mean(), "bpp": bpp.mean(), "diffusion": diff.mean(), "perceptual": perc.mean(),
+                "aux_mse": aux.mean()}

@@ -110,9 +110,11 @@ def plot(paths: list[str | Path], out_dir: str | Path) -> list[Path]:
     return written
 
 
-def gallery(paths: list[str | Path], out_path: str | Path, crop: int = 256, target_bpp: float | None = None) -> Path:
+def gallery(paths: list[str | Path], out_path: str | Path, crop: int = 256, target_bpp: float | None = None,
+            originals: str | Path | None = None) -> Path:
     """Same crop of the first image across codecs, each at its point nearest ``target_bpp`` (bpp in
-    the caption). Uses the reconstructions the harness saved next to the results files."""
+    the caption). Uses the reconstructions the harness saved next to the results files; with
+    ``originals`` (the folder of the evaluated images) the original comes first."""
     from cdc.evaluate import slug
 
     panels: list[tuple[str, Image.Image]] = []
@@ -130,6 +132,8 @@ def gallery(paths: list[str | Path], out_path: str | Path, crop: int = 256, targ
             panels.append((f"{data['name']}\n{row['bpp']:.3f} bpp", Image.open(recon).convert("RGB")))
     if not panels:
         raise FileNotFoundError("no saved reconstructions next to the results files")
+    if originals is not None:
+        panels.insert(0, ("original", Image.open(Path(originals) / image_name).convert("RGB")))
     w, h = panels[0][1].size
     box = ((w - min(crop, w)) // 2, (h - min(crop, h)) // 2)
     box = (*box, box[0] + min(crop, w), box[1] + min(crop, h))

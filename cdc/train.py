@@ -17,9 +17,12 @@ The same script runs under plain ``python`` (one process) and under ``accelerate
     # DeepSpeed ZeRO-2
     accelerate launch --config_file infra/accelerate/deepspeed-zero2.yaml cdc/train.py --preset paper ...
 
-Recipe (cdc-reference §2): warm up at a very high rate (``--lmbda 1e-6 --rho 0``), then fine-tune
-each cell with ``--init-from WARMUP_DIR``. ``--resume latest`` continues bit-exactly after a crash
-or preemption (SIGTERM saves a checkpoint and exits 0). At the end the EMA weights, with the
+Recipe: from scratch, the fast-start recipe of the presets (an MSE autoencoder phase, the decoder
+on the frozen latent, then joint, with the U-Net refining the autoencoder's reconstruction; see
+``cdc.training.training_phase`` and the README); each grid cell is fine-tuned with ``--init-from``
+a trained model (a warm-up, or the shipped ``small-base``). ``--recipe paper`` trains the official
+way (it needs a long warm-up at ``--lmbda 1e-6``). ``--resume latest`` continues bit-exactly after a
+crash or preemption (SIGTERM saves a checkpoint and exits 0). At the end the EMA weights, with the
 entropy coder's tables, are exported into ``--output-dir`` itself, so ``cdc compress -m DIR`` works.
 """
 
@@ -42,16 +45,17 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from cdc import __version__  # noqa: E402
-from cdc.checkpoint import CheckpointError, load_codec, save_codec  # noqa: E402
+from cdc.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_codec, save_codec  # noqa: E402
 from cdc.codec import CDCCodec  # noqa: E402
-from cdc.config import Config, ConfigError, load_config  # noqa: E402
+from cdc.config import RECIPES, Config, ConfigError, load_config  # noqa: E402
 from cdc.distributed import LaunchError, check_world_size, make_accelerator, replica_checksums, using_deepspeed  # noqa: E402
 from cdc.ema import EMA  # noqa: E402
 from cdc.losses import RateDistortionPerceptionLoss  # noqa: E402
 from cdc.perceptual import MissingWeightsError  # noqa: E402
+from cdc.pretrained import resolve_checkpoint  # noqa: E402
 from cdc.tracking import RunTracker, code_version  # noqa: E402
-from cdc.train_state import Preemption, resume, save_checkpoint  # noqa: E402
-from cdc.training import build_optimizer, log_samples, shards_fingerprint  # noqa: E402
+from cdc.train_state import Preemption, checkpoint_dirs, resume, save_checkpoint  # noqa: E402
+from cdc.training import build_optimizer, log_samples, shards_fingerprint, training_phase  # noqa: E402
 from shards.reader import ShardError, resolve_shards, train_loader  # noqa: E402
 
 
@@ -59,14 +63,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags of ``cdc/train.py``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny", help="tiny | small | paper, or a YAML config file")
+    p.add_argument("--recipe", default="fast", choices=tuple(RECIPES),
+                   help="fast (default: autoencoder first, residual diffusion) or paper (the official recipe)")
     p.add_argument("--shards", required=True, nargs="+", help="manifest.json, its directory, or shard URLs")
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--max-steps", type=int, help="optimisation steps (train.max_steps)")
     p.add_argument("--lmbda", type=float, help="rate weight lambda (loss.lmbda)")
     p.add_argument("--rho", type=float, help="perceptual weight rho in [0, 1] (loss.rho)")
     p.add_argument("--prediction", choices=("sample", "epsilon", "v"), help="diffusion.prediction")
-    p.add_argument("--init-from", type=Path, help="codec checkpoint to start from (e.g. the warm-up)")
+    p.add_argument("--init-from", help="codec checkpoint or shipped model name (e.g. small-base) to start from")
     p.add_argument("--resume", help="'latest' or a checkpoint directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already exported in --output-dir")
     p.add_argument("--experiment", default="cdc-train", help="MLflow experiment")
     p.add_argument("--run-name", help="MLflow run name")
     p.add_argument("--tag", action="append", default=[], help="MLflow run tag key=value (repeatable)")
@@ -79,11 +86,12 @@ def build_config(args: argparse.Namespace) -> Config:
     flags = {"train.max_steps": args.max_steps, "loss.lmbda": args.lmbda, "loss.rho": args.rho,
              "diffusion.prediction": args.prediction}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
-    return load_config(args.preset, overrides)
+    return load_config(args.preset, overrides, recipe=args.recipe)
 
 
-def init_weights(codec: CDCCodec, path: Path) -> None:
-    """Load ``path`` into ``codec``; the architectures (``model`` config section) must agree."""
+def init_weights(codec: CDCCodec, ref: str) -> None:
+    """Load checkpoint ``ref`` (a path or shipped name) into ``codec``; the architectures must agree."""
+    path = resolve_checkpoint(ref)
     source = load_codec(path)
     if source.config.model != codec.config.model:
         diff = {k: (v, getattr(codec.config.model, k)) for k, v in vars(source.config.model).items()
@@ -93,22 +101,34 @@ def init_weights(codec: CDCCodec, path: Path) -> None:
     codec.load_state_dict(source.state_dict())
 
 
+def check_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse an output directory that holds an exported model, unless this run resumes the run that
+    made it (``--resume`` with its checkpoints there) or ``--overwrite`` is given."""
+    exported = (out / CONFIG_NAME).is_file() or (out / WEIGHTS_NAME).is_file()
+    if exported and not overwrite and not (resume and checkpoint_dirs(out)):
+        raise CheckpointError(f"{out}: holds an exported model; pass --overwrite to replace it "
+                              "(or --resume latest to continue the run that made it)")
+
+
 def train(args: argparse.Namespace, cfg: Config) -> dict:
     tc = cfg.train
     out: Path = args.output_dir
+    check_output_dir(out, args.resume, args.overwrite)
     urls = resolve_shards(args.shards, "train")  # fail fast on missing or empty shards
-    accelerator = make_accelerator(tc.mixed_precision, out, tc.batch_size, tc.grad_clip)
+    phased = not args.init_from and any(tc.phase_steps())
+    # phases leave parts of the model without gradients for a while: DDP must look for them
+    accelerator = make_accelerator(tc.mixed_precision, out, tc.batch_size, tc.grad_clip, find_unused=bool(phased))
     check_world_size(accelerator.num_processes)
     main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").unlink(missing_ok=True)  # an old export must not look like this run's
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     torch.manual_seed(tc.seed)
 
     codec = CDCCodec(cfg)
     if args.init_from:
         init_weights(codec, args.init_from)
+    if main:  # only now that every check passed
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).unlink(missing_ok=True)  # an old export must not look like this run's
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(accelerator.device)
     optimizer, scheduler = build_optimizer(codec, tc)
     ema = EMA(codec, tc.ema_decay, tc.ema_every, tc.ema_start)
@@ -146,8 +166,9 @@ def train(args: argparse.Namespace, cfg: Config) -> dict:
         t0 = time.perf_counter()
         batch = next(data_iter).to(accelerator.device, non_blocking=True)
         window["wait"] += time.perf_counter() - t0
+        phase = training_phase(step, tc, fine_tune=bool(args.init_from))
         with accelerator.autocast():
-            outputs = codec(batch)
+            outputs = codec(batch, phase=phase)
             terms = loss_fn(outputs, num_pixels=tc.crop * tc.crop)
             total = terms["loss"] + outputs["aux_loss"]
         accelerator.backward(total)
@@ -160,13 +181,13 @@ def train(args: argparse.Namespace, cfg: Config) -> dict:
         ema.update(raw, step)
         window["images"] += batch.shape[0] * accelerator.num_processes
         if step % tc.log_every == 0 or step == tc.max_steps:
-            values = torch.stack([terms[k].detach().float() for k in ("loss", "bpp", "diffusion", "perceptual")]
-                                 + [outputs["aux_loss"].detach().float()])
+            names = ("loss", "bpp", "diffusion", "perceptual", "aux_mse")
+            values = torch.stack([terms[k].detach().float() for k in names] + [outputs["aux_loss"].detach().float()])
             values = accelerator.reduce(values, reduction="mean").tolist()
             elapsed = time.perf_counter() - window["start"]
-            last = {"step": step, **dict(zip(("loss", "bpp", "diffusion", "perceptual", "aux"), values, strict=True)),
+            last = {"step": step, **dict(zip((*names, "aux"), values, strict=True)),
                     "lr": scheduler.get_last_lr()[0], "images_per_s": window["images"] / elapsed,
-                    "data_wait": window["wait"] / elapsed}
+                    "data_wait": window["wait"] / elapsed, "phase": CDCCodec.PHASES.index(phase)}
             window = {"start": time.perf_counter(), "wait": 0.0, "images": 0}
             if main:
                 with metrics_file.open("a") as f:

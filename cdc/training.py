@@ -3,6 +3,8 @@
 * One Adam optimizer for everything (DeepSpeed engines take one): the factorized prior's
   ``quantiles`` train in their own parameter group at 10x the learning rate (CompressAI trains
   them with a separate 1e-3 optimizer; an equal-LR group would leave the medians behind).
+* Training phases (the fast-start recipe, chosen by ``benchmarks/recipes.py``): an MSE
+  autoencoder phase for the latent, a decoder phase on the frozen latent, then joint training.
 * Learning-rate schedule: linear warm-up, then ``decay ** (step // decay_every)`` with a floor.
   The official code's decay (``scheduler.step()`` every iteration after 100k steps, so the LR hits
   its floor within a few steps) reads like a bug; we apply the decay once every ``decay_every``
@@ -27,6 +29,19 @@ def lr_factor(step: int, tc: TrainConfig) -> float:
 
 
 Scheduler = torch.optim.lr_scheduler.LambdaLR
+
+
+def training_phase(step: int, tc: TrainConfig, fine_tune: bool = False) -> str:
+    """The codec ``forward`` phase of optimizer step ``step`` (0-based) of the fast-start recipe.
+
+    From scratch: ``autoencoder`` for ``autoencoder_fraction * max_steps`` steps, then ``decoder``
+    (frozen latent) for ``freeze_latent_fraction * max_steps``, then ``joint``. A fine-tune
+    (``--init-from``) starts from a trained model and is ``joint`` throughout.
+    """
+    autoencoder, frozen = tc.phase_steps()
+    if fine_tune or step >= autoencoder + frozen:
+        return "joint"
+    return "autoencoder" if step < autoencoder else "decoder"
 
 
 def build_optimizer(codec: CDCCodec, tc: TrainConfig) -> tuple[torch.optim.Optimizer, Scheduler]:

@@ -58,6 +58,7 @@ def shard_corpus(
     max_pixels: int = 16384 * 16384,
     policy: str = "keep",
     resize_shorter: int | None = None,
+    max_shorter: int | None = None,
     patch_size: int | None = None,
     chunk_size: int = 256,
     keep_staging: bool = False,
@@ -67,8 +68,8 @@ def shard_corpus(
     Use ``shard_corpus.with_options(task_runner=...)`` for another parallelism (e.g. a Dask runner).
     """
     cfg = BuildConfig(max_count=max_count, max_bytes=max_bytes, split_val=split_val, min_side=min_side,
-                      max_pixels=max_pixels, policy=policy, resize_shorter=resize_shorter, patch_size=patch_size,
-                      chunk_size=chunk_size)
+                      max_pixels=max_pixels, policy=policy, resize_shorter=resize_shorter, max_shorter=max_shorter,
+                      patch_size=patch_size, chunk_size=chunk_size)
     manifest = build(sources, output, cfg, mapper=prefect_map, keep_staging=keep_staging)
     totals = manifest.totals()
     print(f"shard-corpus: {totals}")

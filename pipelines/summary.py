@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
+
+import numpy as np
 
 from pipelines.cells import Cell, CellResult
 
@@ -55,17 +59,61 @@ def _family_curves(names: set[str], dataset: str, out_dir: Path) -> list[Path]:
     return paths
 
 
-def rate_spread_warning(points: list[tuple[float, float | None]], tolerance: float = 0.01) -> str | None:
-    """A warning when cells of different lambda code at the same rate (within ``tolerance``, relative).
+def rate_spread_warning(points: list[tuple[float, float, float | None]], tolerance: float = 0.01) -> str | None:
+    """A warning when, within one rho, a larger lambda does not code at fewer bits.
 
-    ``points`` are (lambda, bpp or None) per cell. Equal rates mean the models are under-trained: the
-    decoder does not use the latent yet, so every lambda drives the rate to the same floor, and neither
-    the table nor the q-aliases (ordered by rate) mean anything."""
-    bpps = [bpp for _, bpp in points if bpp is not None]
-    if len({lmbda for lmbda, _ in points}) < 2 or len(bpps) < 2 or max(bpps) > min(bpps) * (1 + tolerance):
+    ``points`` are (lambda, rho, bpp or None) per cell; rates within ``tolerance`` (relative) count
+    as equal. Unordered or equal rates mean the models are under-trained (e.g. the decoder does not
+    use the latent yet, so every lambda drives the rate to the same floor), and neither the table
+    nor the q-aliases (ordered by rate) mean anything."""
+    problems = []
+    for rho in sorted({r for _, r, _ in points}):
+        family = sorted((lmbda, bpp) for lmbda, r, bpp in points if r == rho and bpp is not None)
+        for (l1, b1), (l2, b2) in itertools.pairwise(family):
+            if l2 > l1 and not b2 * (1 + tolerance) < b1:
+                problems.append(f"rho {rho:g}: lambda {l1:g} -> {b1:.4f} bpp, lambda {l2:g} -> {b2:.4f} bpp")
+    if not problems:
         return None
-    return (f"WARNING: every cell codes at the same rate ({min(bpps):.4f} bpp): the models are under-trained "
+    return ("WARNING: lambda does not order the rate (" + "; ".join(problems) + "): the models are under-trained "
             "(the decoder does not use the latent yet); train longer before comparing them or using the q aliases.")
+
+
+def _at_rate(curve: dict, bpp: float, metric: str) -> float | None:
+    """``metric`` of a CompressAI-schema curve at ``bpp`` (linear in log-rate; None outside its range)."""
+    pts = sorted(zip(curve["bpp"], curve.get(metric, []), strict=False))
+    if len(pts) < 2 or not pts[0][0] <= bpp <= pts[-1][0]:
+        return None
+    return float(np.interp(math.log(bpp), [math.log(b) for b, _ in pts], [v for _, v in pts]))
+
+
+def grid_checks(points: list[dict], baselines: dict[str, dict]) -> list[tuple[str, bool | None, str]]:
+    """What a trained grid should show: (claim, holds (None: not testable), detail) rows.
+
+    ``points``: one dict per evaluated cell with ``lmbda``, ``rho``, ``bpp``, ``psnr-rgb`` and
+    ``stlpips-vgg``; ``baselines``: name -> CompressAI-schema ``results`` of a classical codec.
+    """
+    rows: list[tuple[str, bool | None, str]] = []
+    warning = rate_spread_warning([(p["lmbda"], p["rho"], p["bpp"]) for p in points])
+    rows.append(("lambda orders the rate within each rho", warning is None if points else None, warning or ""))
+    pairs = [(a, b) for a in points for b in points if a["lmbda"] == b["lmbda"] and a["rho"] < b["rho"]]
+    if pairs:
+        better = [b["stlpips-vgg"] < a["stlpips-vgg"] for a, b in pairs]
+        rows.append(("at equal lambda, the larger rho has the lower ST-LPIPS-VGG", all(better),
+                     ", ".join(f"lambda {a['lmbda']:g}: rho {a['rho']:g} {a['stlpips-vgg']:.4f} vs rho {b['rho']:g} "
+                               f"{b['stlpips-vgg']:.4f}" for a, b in pairs)))
+    for name, curve in baselines.items():
+        wins = []
+        for p in points:
+            psnr, lpips = _at_rate(curve, p["bpp"], "psnr-rgb"), _at_rate(curve, p["bpp"], "stlpips-vgg")
+            if psnr is not None and p["psnr-rgb"] > psnr:
+                wins.append(f"lambda {p['lmbda']:g} rho {p['rho']:g}: PSNR {p['psnr-rgb']:.2f} vs {psnr:.2f} dB")
+            if lpips is not None and p["stlpips-vgg"] < lpips:
+                wins.append(f"lambda {p['lmbda']:g} rho {p['rho']:g}: ST-LPIPS {p['stlpips-vgg']:.4f} vs {lpips:.4f}")
+        comparable = any(_at_rate(curve, p["bpp"], "psnr-rgb") is not None for p in points)
+        rows.append((f"a CDC point beats {name} at equal bpp (PSNR or ST-LPIPS-VGG)",
+                     bool(wins) if comparable else None, "; ".join(wins) or "no CDC point inside its rate range"
+                     if not comparable else "; ".join(wins) or "none"))
+    return rows
 
 
 def summarize(cells: list[Cell], skipped: list[Cell], registered: dict[str, dict], failures: dict[str, str],
@@ -96,11 +144,18 @@ def summarize(cells: list[Cell], skipped: list[Cell], registered: dict[str, dict
     families = {family_name(c.prediction, c.rho) for c in cells}
     curves = [str(p) for p in _family_curves(families, dataset, eval_dir)] + list(baseline_files)
     plots = [str(p) for p in plot(curves, out_dir / "plots")]
-    rates = [(c.lmbda, versions[c.key].metric(dataset, "bpp")) for c in cells if c.key in versions]
-    warning = rate_spread_warning(rates)
+    points = [{"lmbda": c.lmbda, "rho": c.rho, **{m: versions[c.key].metric(dataset, m)
+                                                   for m in ("bpp", "psnr-rgb", "stlpips-vgg")}}
+              for c in cells if c.key in versions]
+    points = [p for p in points if None not in p.values()]
+    warning = rate_spread_warning([(p["lmbda"], p["rho"], p["bpp"]) for p in points])
+    baselines = {d["name"]: d["results"] for d in (json.loads(Path(f).read_text()) for f in baseline_files)}
+    checks = grid_checks(points, baselines)
+    check_lines = [f"- [{'x' if ok else ' '}] {claim}" + (" (not testable)" if ok is None else "")
+                   + (f": {detail}" if detail else "") for claim, ok, detail in checks]
     markdown = "\n".join([f"## CDC grid: {len(cells)} cells on `{dataset}`", "", *lines, "",
                           f"Failures: {len(failures)}. RD plots: " + ", ".join(f"`{p}`" for p in plots),
-                          *([f"\n**{warning}**"] if warning else [])])
+                          "", "Checks:", *check_lines, *([f"\n**{warning}**"] if warning else [])])
     (out_dir / "summary.md").write_text(markdown + "\n")
     parent = registered.get("__parent__", {}).get("run_id")
     if parent:
@@ -109,4 +164,4 @@ def summarize(cells: list[Cell], skipped: list[Cell], registered: dict[str, dict
         for p in plots:
             client.log_artifact(parent, p, "plots")
     return {"markdown": markdown, "cells": rows, "failures": failures, "plots": plots, "curves": curves,
-            "parent_run_id": parent, "warning": warning}
+            "parent_run_id": parent, "warning": warning, "checks": checks}

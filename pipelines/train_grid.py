@@ -1,8 +1,10 @@
 """Prefect flow ``train-grid``: a corpus becomes registered rate-quality models.
 
     ensure shards ─► one shared warm-up ─► fine-tune every (lambda, rho) cell ─► evaluate each
-    (shard-corpus)   (high rate, cached    (concurrent up to the global         (+ the classical
-                      by config hash)       concurrency limit, retried)          baselines once)
+    (shard-corpus)   (fast-start recipe,   (concurrent up to the global         (+ the classical
+                      cached by config      concurrency limit, retried)          baselines once)
+                      hash; or a trained
+                      ``base`` model)
                                          ─► register each (MLflow registry) ─► summary (markdown + RD plots)
 
     prefect deployment run train-grid/local --param lmbdas='[0.01,0.05]' --param rhos='[0,0.9]'
@@ -35,14 +37,14 @@ from pipelines.summary import register_cells, summarize
 
 
 def ensure_shards(corpus: list[str] | None, shards: str | None, output_dir: Path, split_val: float,
-                  patch_size: int | None) -> str:
+                  patch_size: int | None, max_shorter: int | None = None) -> str:
     """The manifest to train on: ``shards`` as given, or ``shard-corpus`` run on ``corpus``."""
     if shards:
         return shards
     if not corpus:
         raise ValueError("train-grid needs `corpus` (image sources) or `shards` (a manifest)")
     result = shard_corpus(corpus, str(output_dir / "shards"), split_val=split_val, patch_size=patch_size,
-                          max_count=200)
+                          max_shorter=max_shorter, max_count=200)
     return result["manifest"]
 
 
@@ -54,11 +56,13 @@ def train_grid(
     preset: str = "small",
     steps: int = 300,
     warmup_steps: int = 300,
-    warmup_lmbda: float = 1e-6,
+    warmup_lmbda: float = 0.004,
+    base: str | None = None,
     corpus: list[str] | None = None,
     shards: str | None = None,
     split_val: float = 0.1,
     patch_size: int | None = None,
+    max_shorter: int | None = None,
     eval_dataset: str = "shards",
     eval_root: str | None = None,
     eval_protocol: str = "full",
@@ -79,8 +83,13 @@ def train_grid(
     Args:
         lmbdas, rhos: the grid (rate weights; perceptual weights in [0, 1]).
         prediction, preset, steps: per-cell training (``cdc/train.py`` flags).
-        warmup_steps, warmup_lmbda: the shared high-rate warm-up (rho 0); 0 steps skips it.
-        corpus / shards: image sources to shard, or an existing manifest.
+        warmup_steps, warmup_lmbda: the shared warm-up from scratch (rho 0, the config's recipe: the
+            fast-start recipe by default, so a moderate rate works; the paper's recipe needs ~1e-6
+            and hundreds of thousands of steps); 0 steps skips it.
+        base: start every cell from this trained model (a path or a shipped name such as
+            ``small-base``) instead of a warm-up; its fingerprint is part of every cell key.
+        corpus / shards: image sources to shard (``split_val``, ``patch_size``, ``max_shorter`` as in
+            ``shard-corpus``), or an existing manifest.
         eval_dataset, eval_root, eval_protocol, eval_steps (0: each model's default), eval_limit:
             where and how cells are evaluated (``shards`` = the held-out val split).
         baselines: classical codecs evaluated on the same images (default jpeg, webp).
@@ -95,7 +104,7 @@ def train_grid(
 
     logger = get_run_logger()
     out = Path(output_dir).resolve()
-    manifest = ensure_shards(corpus, shards, out, split_val, patch_size)
+    manifest = ensure_shards(corpus, shards, out, split_val, patch_size, max_shorter)
     fingerprint = Manifest.load(Path(manifest) / "manifest.json" if Path(manifest).is_dir() else manifest).fingerprint
     version = code_version()
     overrides = list(overrides or [])
@@ -106,7 +115,14 @@ def train_grid(
 
     warm_dir = None
     warm_key = ""
-    if warmup_steps > 0:
+    if base:
+        from cdc.checkpoint import read_checkpoint_info
+        from cdc.pretrained import resolve_checkpoint
+
+        warm_dir = resolve_checkpoint(base)
+        warm_key = read_checkpoint_info(warm_dir)["fingerprint"][:16]
+        logger.info(f"cells start from {base} ({warm_dir}, fingerprint {warm_key})")
+    elif warmup_steps > 0:
         warm_key = config_key({"preset": preset, "prediction": prediction, "steps": warmup_steps, "lmbda": warmup_lmbda,
                                "overrides": overrides, "shards": fingerprint, "code": version})
         warm_dir = out / f"warmup-{warm_key}"

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-pixels", type=int, default=16384 * 16384, help="decompression-bomb guard")
     b.add_argument("--policy", choices=POLICIES, default="keep", help="how sample images are stored")
     b.add_argument("--resize-shorter", type=int, help="resize so the shorter side has this many pixels")
+    b.add_argument("--max-shorter", type=int, help="downscale images whose shorter side is larger (never upscales)")
     b.add_argument("--patch-size", type=int, help="cut non-overlapping square patches")
     b.add_argument("--chunk-size", type=int, default=256, help="inputs per processing task")
     b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             cfg = BuildConfig(max_count=args.max_count, max_bytes=args.max_bytes, split_val=args.split_val,
                               min_side=args.min_side, max_pixels=args.max_pixels, policy=args.policy,
-                              resize_shorter=args.resize_shorter, patch_size=args.patch_size,
+                              resize_shorter=args.resize_shorter, max_shorter=args.max_shorter,
+                              patch_size=args.patch_size,
                               chunk_size=args.chunk_size)
             manifest = build(args.sources, args.output, cfg, mapper=process_pool_map(args.workers), progress=True,
                              keep_staging=args.keep_staging)

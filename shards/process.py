@@ -33,6 +33,8 @@ class BuildConfig:
         policy: ``keep`` (clean RGB JPEG/PNG kept byte for byte, others -> PNG), ``png``,
             ``jpeg-q95`` (clean JPEGs kept) or ``webp-lossless``.
         resize_shorter: if set, resize (Lanczos) so the shorter side is this many pixels.
+        max_shorter: if set, downscale (Lanczos) images whose shorter side exceeds this many
+            pixels to exactly that; smaller images are kept as they are (never upscaled).
         patch_size: if set, cut non-overlapping patch_size x patch_size patches (one sample each).
         chunk_size: inputs per processing task (the unit of parallelism and of resume).
     """
@@ -44,6 +46,7 @@ class BuildConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     policy: str = "keep"
     resize_shorter: int | None = None
+    max_shorter: int | None = None
     patch_size: int | None = None
     chunk_size: int = 256
 
@@ -54,8 +57,11 @@ class BuildConfig:
             raise ValueError("split_val must be in [0, 1)")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}")
-        if self.patch_size is not None and self.patch_size < 1:
-            raise ValueError("patch_size must be >= 1")
+        for name in ("resize_shorter", "max_shorter", "patch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.resize_shorter and self.max_shorter:
+            raise ValueError("give resize_shorter or max_shorter, not both")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,9 +124,17 @@ def _keep_original(decoded: DecodedImage, policy: str) -> str | None:
     return None
 
 
+def _target_shorter(image: Image.Image, cfg: BuildConfig) -> int | None:
+    """The shorter side the image is resized to, or None to keep its size."""
+    if cfg.max_shorter and min(image.size) > cfg.max_shorter:
+        return cfg.max_shorter
+    return cfg.resize_shorter
+
+
 def _pieces(image: Image.Image, cfg: BuildConfig) -> list[tuple[tuple[int, int] | None, Image.Image]]:
-    if cfg.resize_shorter:
-        scale = cfg.resize_shorter / min(image.size)
+    shorter = _target_shorter(image, cfg)
+    if shorter:
+        scale = shorter / min(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS)
     if not cfg.patch_size:
@@ -142,7 +156,8 @@ def process_image(source: str, cfg: BuildConfig) -> Record:
         return Record(source, "quarantined", str(exc))
     image_hash = content_hash(decoded.image)
     record = Record(source, "ok", image_hash=image_hash, split=split_of(image_hash, cfg.split_val))
-    keep = None if cfg.resize_shorter or cfg.patch_size else _keep_original(decoded, cfg.policy)
+    resized = _target_shorter(decoded.image, cfg) is not None
+    keep = None if resized or cfg.patch_size else _keep_original(decoded, cfg.policy)
     pieces = _pieces(decoded.image, cfg)
     if not pieces:
         return Record(source, "quarantined", f"{decoded.image.width}x{decoded.image.height} yields no "
@@ -152,7 +167,7 @@ def process_image(source: str, cfg: BuildConfig) -> Record:
             ext, payload = keep, data
         else:
             ext, payload = _encode(image, "png" if cfg.policy == "keep" else cfg.policy)
-        key = image_hash[:32] if patch is None and not cfg.resize_shorter else content_hash(image)[:32]
+        key = image_hash[:32] if patch is None and not resized else content_hash(image)[:32]
         meta = {"source": source, "width": image.width, "height": image.height, "image_hash": image_hash,
                 "format": decoded.format, "mode": decoded.mode, "notes": decoded.notes}
         if patch is not None:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from badimages import make_corpus
 from conftest import run_cli
 
@@ -123,3 +124,38 @@ def test_decode_steps_override_and_precision(tmp_path, cdc_file, model):
     assert main(["decompress", str(cdc_file), "-m", str(model), "-o", str(out), "--steps", "2",
                  "--precision", "bf16"]) == 0
     assert out.is_file()
+
+
+def test_existing_outputs_are_never_replaced_without_overwrite(tmp_path, images, cdc_file, model, capsys):
+    """Decoding next to the original photo must not destroy it; the other files are still processed."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    original = photos / "clean.png"
+    original.write_bytes(images["clean.png"].read_bytes())
+    other = tmp_path / "other.cdc"
+    other.write_bytes(cdc_file.read_bytes())
+    assert main(["decompress", str(cdc_file), str(other), "-m", str(model), "-o", str(photos)]) == 1
+    one_error_line(capsys.readouterr().err, str(original), "exists", "--overwrite")
+    assert original.read_bytes() == images["clean.png"].read_bytes() and (photos / "other.png").is_file()
+    assert main(["decompress", str(cdc_file), "-m", str(model), "-o", str(original), "--overwrite"]) == 0
+    assert original.read_bytes() != images["clean.png"].read_bytes()
+    assert main(["compress", str(images["clean.png"]), "-m", str(model), "-o", str(cdc_file)]) == 1
+    one_error_line(capsys.readouterr().err, str(cdc_file), "exists")
+
+
+def test_single_output_with_the_wrong_suffix_is_refused_not_made_a_directory(tmp_path, images, model, capsys):
+    assert main(["compress", str(images["clean.png"]), "-m", str(model), "-o", str(tmp_path / "x.png")]) == 1
+    one_error_line(capsys.readouterr().err, "x.png", "must end in .cdc")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_init_from_a_trained_model_keeps_its_weights(tmp_path, model):
+    from cdc.checkpoint import load_codec
+
+    assert main(["init", "--from", str(model), "-o", str(tmp_path / "copy"), "sampler.steps=2"]) == 0
+    copy, source = load_codec(tmp_path / "copy"), load_codec(model)
+    assert copy.config.sampler.steps == 2
+    assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), source.state_dict().values(),
+                                                 strict=True))
+    assert main(["init", "--from", str(model), "-o", str(tmp_path / "bad"), "model.unet_dim=4"]) == 1
+    assert main(["init", "--from", "no-such-model", "-o", str(tmp_path / "bad")]) == 1

@@ -75,6 +75,23 @@ def test_world_size_check(monkeypatch):
     check_world_size(2)
 
 
+def test_an_exported_model_is_never_clobbered(env, tmp_path):
+    """A run pointed at a model directory refuses before writing anything; --overwrite replaces it."""
+    from cdc.cli import main as cdc_main
+
+    model = tmp_path / "model"
+    assert cdc_main(["init", "--preset", "small", "-o", str(model)]) == 0
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    for extra in ([], ["--init-from", str(model)], ["--resume", "latest"]):
+        r = train(env, model, "--max-steps", "2", *extra, check=False)
+        assert r.returncode == 2 and "holds an exported model" in r.stderr and "Traceback" not in r.stderr
+        assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    r = train(env, model, "--max-steps", "2", "--overwrite", "--init-from", str(tmp_path / "missing"), check=False)
+    assert r.returncode == 2 and {p.name: p.read_bytes() for p in model.iterdir()} == before  # failed: untouched
+    train(env, model, "--max-steps", "2", "--overwrite")
+    assert json.loads((model / "config.json").read_text())["config"]["preset"] == "tiny"
+
+
 def test_train_export_and_compress(env, tmp_path):
     """One process: trains, logs to MLflow (SQLite default), exports a codec `cdc compress` takes."""
     out = tmp_path / "run"
@@ -213,8 +230,9 @@ def test_ddp_two_processes(env, tmp_path):
           launcher=accelerate("cpu.yaml", 29611))
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"]
-    curve = [losses(out)[s] for s in range(1, 31)]
-    assert sum(curve[-10:]) < sum(curve[:10])
+    # the default recipe's autoencoder phase (steps 1-15 of 30) has its own loss: compare within it
+    curve = [losses(out)[s] for s in range(1, 16)]
+    assert sum(curve[-5:]) < sum(curve[:5])
 
 
 @pytest.mark.slow

@@ -1,0 +1,57 @@
+"""The guard that the codec learns: trained from scratch by the real ``cdc/train.py`` with the
+default recipe, the deterministic one-step decode of a held-out photo must beat a flat image of
+its mean colour by 5 dB. The official recipe, same steps, does not (it decodes to grey): the check
+can fail for the reason it names."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from cdc.checkpoint import load_codec
+from cdc.coder import Coder
+from cdc.metrics import psnr
+
+STEPS = 600
+pytestmark = pytest.mark.slow
+
+
+def held_out_crop() -> np.ndarray:
+    """128 x 128 of scikit-learn's china.jpg at 1/3 scale: not among the tiny shard's photos."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    img = Image.fromarray(load_sample_image("china.jpg")).resize((213, 142), Image.Resampling.LANCZOS)
+    return np.ascontiguousarray(np.asarray(img)[:128, 40:168])
+
+
+def train_tiny(out, recipe: str) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(REPO / "cdc" / "train.py"), "--preset", "tiny", "--recipe", recipe,
+                    "--shards", str(REPO / "tests" / "assets" / "tiny-shard"), "--output-dir", str(out / "model"),
+                    "--max-steps", str(STEPS), "--lmbda", "0.001", "train.num_workers=0", "train.sample_every=0",
+                    "train.checkpoint_every=1000"], check=True, env=env, capture_output=True, timeout=900)
+
+
+def one_step_psnr_gain(model_dir) -> tuple[float, float]:
+    """(PSNR of the γ = 0, 1-step decode through a real bitstream, PSNR of the flat mean image)."""
+    img = held_out_crop()
+    coder = Coder(load_codec(model_dir))
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
+    decoded, _ = coder.decode(coder.encode(x, steps=1, gamma=0.0).data)
+    rec = (decoded[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    flat = np.broadcast_to(img.reshape(-1, 3).mean(0).round().astype(np.uint8), img.shape)
+    return psnr(img, rec), psnr(img, flat)
+
+
+def test_default_recipe_learns_and_the_paper_recipe_does_not(tmp_path):
+    for recipe in ("fast", "paper"):
+        train_tiny(tmp_path / recipe, recipe)
+    decoded, flat = one_step_psnr_gain(tmp_path / "fast" / "model")
+    assert decoded >= flat + 5, f"default recipe: {decoded:.2f} dB vs flat {flat:.2f} dB"
+    paper, _ = one_step_psnr_gain(tmp_path / "paper" / "model")
+    assert paper < flat + 5, f"the official recipe unexpectedly learned: {paper:.2f} dB vs flat {flat:.2f} dB"
