@@ -25,6 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = "cdc/train.py"
 
 
+def cpu_share() -> int:
+    """Threads for each of a local grid's two CPU consumers, which run at the same time: the
+    training subprocess and the flow's evaluations. Half the cores each: two 2-thread OpenMP pools
+    on 2 cores made the demo's training steps 12x slower (threads wait at every op's barrier for a
+    descheduled sibling)."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
 class LaunchFailed(RuntimeError):
     """A training job did not finish successfully."""
 
@@ -77,7 +85,7 @@ class LocalLauncher:
         return [*launch, *job.argv()]
 
     def run(self, job: TrainJob, log: Callable[[str], None]) -> None:
-        env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1"}
+        env = {"OMP_NUM_THREADS": str(cpu_share()), **os.environ, **job.env, "PYTHONUNBUFFERED": "1"}
         tail: deque[str] = deque(maxlen=40)
         shown = -10
         with subprocess.Popen(self.command(job), cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -16,8 +16,10 @@ and is listed in the summary. MLflow gets a parent run for the grid and one chil
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import torch
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -32,6 +34,7 @@ from pipelines.cells import (
     run_training,
     train_job,
 )
+from pipelines.launchers import cpu_share
 from pipelines.shard_corpus import shard_corpus
 from pipelines.summary import register_cells, summarize
 
@@ -103,6 +106,8 @@ def train_grid(
     from shards.manifest import Manifest
 
     logger = get_run_logger()
+    if launcher == "local" and "OMP_NUM_THREADS" not in os.environ:  # the other half: the training jobs
+        torch.set_num_threads(cpu_share())
     out = Path(output_dir).resolve()
     manifest = ensure_shards(corpus, shards, out, split_val, patch_size, max_shorter)
     fingerprint = Manifest.load(Path(manifest) / "manifest.json" if Path(manifest).is_dir() else manifest).fingerprint

@@ -216,3 +216,14 @@ def test_reader_errors(tmp_path, photo_shards):
                                               batch_size=None)))
     shutil.copytree(photo_shards, tmp_path / "copy")
     assert len(resolve_shards(str(tmp_path / "copy" / "train-{000000..000001}.tar"))) == 2
+
+
+@pytest.mark.parametrize("field", ["resize_shorter", "max_shorter", "patch_size"])
+def test_non_positive_sizes_are_refused(field):
+    with pytest.raises(ValueError, match=f"{field} must be >= 1"):
+        BuildConfig(**{field: -5})
+
+
+def test_resize_and_max_shorter_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        BuildConfig(resize_shorter=256, max_shorter=512)
