@@ -19,14 +19,6 @@ def available() -> dict[str, Path]:
     return {p.stem: p for p in sorted(PRETRAINED_DIR.glob("*.safetensors"))}
 
 
-def model_card(name: str) -> str:
-    """The model card (markdown) of a shipped model."""
-    card = PRETRAINED_DIR / f"{name}.md"
-    if name not in available() or not card.is_file():
-        raise KeyError(f"{name}: no shipped model card (shipped models: {', '.join(available()) or 'none'})")
-    return card.read_text()
-
-
 def resolve_checkpoint(ref: str | Path) -> Path:
     """A checkpoint path, or the file of a shipped model named ``ref``; an existing path wins.
 
