@@ -56,7 +56,7 @@ lock:
 
 bench: setup
 	$(BIN)/python benchmarks/codec.py
-	$(BIN)/python benchmarks/shards.py
+	$(BIN)/python benchmarks/shard_io.py
 	$(BIN)/python benchmarks/train.py
 
 clean:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +13,6 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).with_name("results")
-
-# benchmarks/shards.py shares its name with the `shards` package: once the scripts have imported
-# this module, take their folder off sys.path so that `import shards` finds the package.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
 
 
 def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import print_table, write_json
+from common import machine, print_table, write_json
 
 from cdc.checkpoint import load_codec
 from cdc.codec import CDCCodec
@@ -39,6 +39,7 @@ from cdc.entropy import build_entropy_model
 from cdc.images import load_image
 from cdc.layers import pad_to_multiple
 from cdc.losses import bits_per_pixel
+from cdc.pretrained import available, resolve_checkpoint
 from cdc.rd import bd_rate
 from shards.reader import train_loader
 
@@ -47,17 +48,17 @@ MODELS = ("hyperprior", "entroformer")
 CROP = 256  # training crop side = held-out patch side, pixels
 
 
-def build_shards(root: Path) -> Path:
-    import sys
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    from demo import build_corpus
-
+def build_shards(root: Path, packages: tuple[str, ...] | None = None) -> Path:
+    """256² patches of the offline development corpus (``shards/devcorpus.py``; ``packages``: its Debian
+    wallpaper packages, default all, ``()`` = the wheel photos only), 15 % held out by image."""
     from shards.build import build
+    from shards.devcorpus import DEBIAN_PACKAGES, assemble
     from shards.process import BuildConfig
 
-    build_corpus(root / "photos")
-    build([str(root / "photos")], root / "shards", BuildConfig(patch_size=256, split_val=0.15, max_count=64))
+    files, _ = assemble(root / "corpus", packages=DEBIAN_PACKAGES if packages is None else packages)
+    sources = root / "sources.txt"
+    sources.write_text("".join(f"{f.path}\n" for f in files))
+    build([str(sources)], root / "shards", BuildConfig(patch_size=256, split_val=0.15, max_count=64, max_shorter=512))
     return root / "shards"
 
 
@@ -148,23 +149,27 @@ def train_base(path: Path, shards: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default=str(REPO / "runs/bench/warmup"), help="a trained codec (the transform)")
+    parser.add_argument("--base", default=str(REPO / "runs/bench/warmup"),
+                        help="a trained codec or a shipped name such as small-base (the transform; trained if missing)")
     parser.add_argument("--steps", type=int, default=1000, help="Adam steps per entropy-model fit")
     parser.add_argument("--scales", default="2,4,8,16")
     parser.add_argument("--batches", type=int, default=32, help="training latent batches (4 x 256^2 crops each)")
     # 2e-3 makes both models' fits diverge intermittently (the hyperprior's more often), which shows up as
     # non-monotonic rate curves; 5e-4 converges for both.
     parser.add_argument("--lr", type=float, default=5e-4, help="peak Adam learning rate of every fit")
+    parser.add_argument("--packages", nargs="*", help="Debian wallpaper packages of the corpus (default: all; "
+                        "none given: the wheel photos only)")
+    parser.add_argument("--json", type=Path, help="write the results here (default benchmarks/results/entropy.json)")
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",")]
     rows, params = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        shards = build_shards(Path(tmp))
+        shards = build_shards(Path(tmp), None if args.packages is None else tuple(args.packages))
         images = shard_split_images(shards)
-        if not (Path(args.base) / "model.safetensors").is_file():
+        if not Path(args.base).exists() and args.base not in available():
             train_base(Path(args.base), shards)
         torch.manual_seed(0)
-        base = load_codec(args.base).eval()
+        base = load_codec(resolve_checkpoint(args.base)).eval()
         latents = training_latents(base, shards, args.batches)
         for model in MODELS:
             cfg = with_updates(base.config, model={"entropy_model": model})
@@ -181,9 +186,14 @@ def main() -> None:
                                ("latent_snr", "latent SNR dB"), ("entropy_encode_s", "entropy encode s"),
                                ("entropy_decode_s", "entropy decode s")])
     print(json.dumps(summary, indent=2))
-    write_json("entropy", {"args": vars(args), "base": asdict(base.config.model), "images": len(images),
-                           "rows": rows, "summary": summary, "table": table,
-                           "goal": "BD-rate <= -5 % (entroformer saves >= 5 % at equal distortion)"})
+    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "base": asdict(base.config.model), "images": len(images), "rows": rows, "summary": summary,
+               "table": table, "goal": "BD-rate <= -5 % (entroformer saves >= 5 % at equal distortion)"}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    else:
+        write_json("entropy", payload)
 
 
 if __name__ == "__main__":

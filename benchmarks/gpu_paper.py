@@ -121,10 +121,10 @@ def _scored(out: Path, originals: dict[str, np.ndarray], suite) -> tuple[dict, l
 
 
 def score(args: argparse.Namespace) -> int:
-    from cdc.metrics import MetricSuite
+    from cdc.metrics import PER_IMAGE_METRICS, MetricSuite
 
     originals = {Path(n).stem: img for n, img in held_out_images(args.shards)}
-    suite = MetricSuite(distribution=False)
+    suite = MetricSuite(metrics=PER_IMAGE_METRICS)
     runs, table = [], []
     for out in args.out:
         raw, rows = _scored(out, originals, suite)

@@ -61,7 +61,7 @@ from cdc.datasets import load_eval_image, shard_split_images
 from cdc.images import to_uint8
 from cdc.layers import pad_to_multiple
 from cdc.losses import RateDistortionPerceptionLoss
-from cdc.metrics import MetricSuite
+from cdc.metrics import PER_IMAGE_METRICS, MetricSuite
 from cdc.training import build_optimizer
 from shards.reader import resolve_shards, train_loader
 
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = json.loads(timing_file.read_text())
     print("[recipes] seconds per step:", timing, flush=True)
     images = held_out_images(plan.shards, plan.limit)
-    suite = MetricSuite(distribution=False)
+    suite = MetricSuite(metrics=PER_IMAGE_METRICS)
     sampler_steps = load_config(plan.preset).sampler.steps
     settings = [(1, 0.0), (4, 0.0), (sampler_steps, 0.8)]
 

@@ -19,13 +19,30 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class Baseline:
-    """A codec swept over ``qualities`` (ordered so that bpp increases)."""
+    """A codec swept over ``qualities`` (ordered so that bpp increases).
+
+    ``version`` names the libraries that make its bytes (the baseline results cache is keyed by it).
+    """
 
     name: str
     description: str
     qualities: tuple[float, ...]
     encode: Callable[[np.ndarray, float], bytes]
     decode: Callable[[bytes], np.ndarray]
+    version: str = ""
+
+
+def _pillow_version(codec: str) -> str:
+    import PIL
+    from PIL import features
+
+    return f"Pillow {PIL.__version__} {codec} {features.version(codec)}"
+
+
+def _imagecodecs_version() -> str:
+    import imagecodecs
+
+    return f"imagecodecs {imagecodecs.__version__}"
 
 
 def _pil_encode(fmt: str, **extra) -> Callable[[np.ndarray, float], bytes]:
@@ -46,7 +63,8 @@ def _heic() -> Baseline:
 
     pillow_heif.register_heif_opener()
     return Baseline("HEIC", "HEIC (pillow-heif, libheif/x265)", (10, 30, 50, 70, 85, 95),
-                    _pil_encode("HEIF"), _pil_decode)
+                    _pil_encode("HEIF"), _pil_decode, f"pillow-heif {pillow_heif.__version__} libheif "
+                    f"{pillow_heif.libheif_version()}")
 
 
 def _jxl() -> Baseline:
@@ -55,7 +73,7 @@ def _jxl() -> Baseline:
     # distance: 0 = lossless ... 15; larger distance means fewer bits, so sweep it downwards
     return Baseline("JPEG XL", "JPEG XL (imagecodecs, libjxl), distance sweep", (8.0, 5.0, 3.0, 2.0, 1.0, 0.5),
                     lambda img, d: imagecodecs.jpegxl_encode(img, distance=d),
-                    lambda data: np.asarray(imagecodecs.jpegxl_decode(data))[..., :3])
+                    lambda data: np.asarray(imagecodecs.jpegxl_decode(data))[..., :3], _imagecodecs_version())
 
 
 def _jp2() -> Baseline:
@@ -65,16 +83,16 @@ def _jp2() -> Baseline:
     return Baseline("JPEG 2000", "JPEG 2000 (imagecodecs, OpenJPEG), PSNR-target sweep",
                     (24, 27, 30, 33, 36, 40),
                     lambda img, q: imagecodecs.jpeg2k_encode(img, level=q, codecformat="j2k"),
-                    lambda data: np.asarray(imagecodecs.jpeg2k_decode(data))[..., :3])
+                    lambda data: np.asarray(imagecodecs.jpeg2k_decode(data))[..., :3], _imagecodecs_version())
 
 
 BUILDERS: dict[str, Callable[[], Baseline]] = {
     "jpeg": lambda: Baseline("JPEG", "JPEG (Pillow, libjpeg-turbo, 4:2:0)", (5, 10, 20, 35, 50, 75, 90),
-                             _pil_encode("JPEG"), _pil_decode),
+                             _pil_encode("JPEG"), _pil_decode, _pillow_version("jpg")),
     "webp": lambda: Baseline("WebP", "WebP (Pillow, libwebp, lossy)", (5, 10, 20, 35, 50, 75, 90),
-                             _pil_encode("WEBP", lossless=False, method=6), _pil_decode),
+                             _pil_encode("WEBP", lossless=False, method=6), _pil_decode, _pillow_version("webp")),
     "avif": lambda: Baseline("AVIF", "AVIF (Pillow native, libavif)", (5, 15, 30, 45, 60, 75, 90),
-                             _pil_encode("AVIF"), _pil_decode),
+                             _pil_encode("AVIF"), _pil_decode, _pillow_version("avif")),
     "jxl": _jxl,
     "jp2": _jp2,
     "heic": _heic,

@@ -33,6 +33,8 @@ MAGIC = b"\x89CDC"
 VERSION = 1
 FINGERPRINT_BYTES = 6
 PREDICTION_IDS = {"sample": 0, "epsilon": 1, "v": 2}
+ENTROPY_MODEL_IDS = {"hyperprior": 0, "entroformer": 1}  # flags bits 2-4 (the format owns the ids)
+_ENTROPY_MODEL_NAMES = {v: k for k, v in ENTROPY_MODEL_IDS.items()}
 _PREDICTION_NAMES = {v: k for k, v in PREDICTION_IDS.items()}
 
 
@@ -136,6 +138,7 @@ class Bitstream:
             "fingerprint": self.fingerprint.hex(),
             "prediction": self.prediction,
             "entropy_model_id": self.entropy_id,
+            "entropy_model": _ENTROPY_MODEL_NAMES.get(self.entropy_id, "unknown"),
             "height": self.height,
             "width": self.width,
             "steps": self.steps,

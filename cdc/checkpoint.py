@@ -76,7 +76,7 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file() or not (path / WEIGHTS_NAME).is_file():
             raise CheckpointError(f"{path}: not a codec checkpoint (needs {WEIGHTS_NAME} and {CONFIG_NAME})")
-        return json.loads(cfg_file.read_text())
+        return _json_info(cfg_file, cfg_file.read_bytes())
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
@@ -86,7 +86,17 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a safetensors file ({exc})") from exc
     if "cdc_config" not in meta:
         raise CheckpointError(f"{path}: safetensors file without a cdc_config entry")
-    return json.loads(meta["cdc_config"])
+    return _json_info(path, meta["cdc_config"])
+
+
+def _json_info(path: Path, text: str | bytes) -> dict[str, Any]:
+    try:
+        info = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: broken checkpoint config ({exc})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise CheckpointError(f"{path}: broken checkpoint config (no 'config' object)")
+    return info
 
 
 def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CDCCodec:
@@ -98,8 +108,11 @@ def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CDCCodec
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{path}: invalid config ({exc})") from exc
     weights = path / WEIGHTS_NAME if path.is_dir() else path
-    with safe_open(str(weights), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as exc:  # truncated or damaged files raise safetensors' own error types
+        raise CheckpointError(f"{weights}: unreadable weights ({str(exc).splitlines()[0]})") from None
     codec = CDCCodec(config)
     try:
         codec.load_state_dict(state, strict=True)

@@ -24,7 +24,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cdc.argtypes import GAMMA, PIXELS, SEED, STEPS
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_MAX_DECODE_STEPS = 256  # the paper's sweeps stop at 129; a stranger's file must not set the cost
+DEFAULT_MAX_CODEC_PIXELS = 4096 * 4096  # whole-image coding: the U-Net's activations grow with pixels
 
 
 class CLIError(Exception):
@@ -79,6 +83,8 @@ def _outputs(inputs: list[str], out: str, suffix: str) -> list[Path]:
         return [target]
     if target.suffix and not target.is_dir():
         raise CLIError(f"{out}: an output file must end in {suffix} (one input), otherwise give a directory")
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"{out}: exists and is not a directory (give a directory, or one input and a {suffix} name)")
     names = [Path(p).stem + suffix for p in inputs]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -102,6 +108,9 @@ def _for_each(items: list[str], work: Callable[[int, str], None], label: str) ->
             work(i, item)
         except CLIError as exc:
             _say("error", str(exc))
+            failed += 1
+        except OSError as exc:  # e.g. an unwritable, missing or clashing output path: one line, next file
+            _say("error", f"{exc.filename or item}: {exc.strerror or exc}")
             failed += 1
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -152,7 +161,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     def work(i: int, image: str) -> None:
         _refuse_existing(outputs[i], args.overwrite)
         try:
-            x, notes = load_image(image)
+            x, notes = load_image(image, max_pixels=args.max_pixels)
             for note in notes:
                 _say("warning", f"{image}: {note}")
             encoded = coder.encode(x, steps=args.steps, gamma=args.gamma, seed=args.seed)
@@ -185,11 +194,13 @@ def cmd_decompress(args: argparse.Namespace) -> int:
             raise CLIError(f"{file}: cannot read ({exc.strerror or exc})") from None
         steps = args.steps
         try:
-            stream = coder.parse(data, steps)
+            limits = {"max_pixels": args.max_pixels, "max_steps": args.max_steps}
+            stream = coder.parse(data, steps, **limits)
             total = stream.steps if steps is None else steps
             with tqdm(total=total, desc=Path(file).name, unit="step", disable=True if len(args.files) > 1 else None,
                       file=sys.stderr, leave=False) as bar:
-                x_hat, stream = coder.decode(data, steps=steps, precision=args.precision, progress=bar.update)
+                x_hat, stream = coder.decode(data, steps=steps, precision=args.precision, progress=bar.update,
+                                             **limits)
         except DecodeError as exc:
             raise CLIError(f"{file}: {exc}") from None
         atomic_write(outputs[i], encode_png(x_hat))
@@ -219,9 +230,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the registered models and their metrics."""
-    from cdc.registry import list_versions, table
+    from cdc.registry import RegistryError, list_versions, table
 
-    versions = list_versions()
+    try:
+        versions = list_versions()
+    except RegistryError as exc:
+        raise CLIError(str(exc)) from None
     if not versions:
         print("no registered cdc-* models (train a grid: prefect deployment run train-grid/local)")
         return EXIT_OK
@@ -239,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", help="start from a trained model (path, shipped name e.g. small-base, "
                    "models:/...) instead of random weights; overrides may change decode settings, not model.*")
     p.add_argument("-o", "--output", required=True, help="checkpoint directory or .safetensors file")
-    p.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
+    p.add_argument("--seed", type=SEED, default=0, help="weight-initialisation seed")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.unet_dim=32")
     p.set_defaults(func=cmd_init)
 
@@ -247,9 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("-m", "--model", required=True, help="checkpoint, models:/NAME@ALIAS, or best:bpp<=X,...")
     p.add_argument("-o", "--output", required=True, help="output directory (or .cdc file for one image)")
-    p.add_argument("--steps", type=int, help="DDIM steps recorded for decoding (default: model config)")
-    p.add_argument("--gamma", type=float, help="start-noise scale recorded for decoding; 0 = deterministic")
-    p.add_argument("--seed", type=int, help="start-noise seed recorded for decoding")
+    p.add_argument("--steps", type=STEPS, help="DDIM steps recorded for decoding (default: model config)")
+    p.add_argument("--gamma", type=GAMMA, help="start-noise scale recorded for decoding, in [0, 65.535]; "
+                   "0 = deterministic")
+    p.add_argument("--seed", type=SEED, help="start-noise seed recorded for decoding, in [0, 2**63)")
+    p.add_argument("--max-pixels", type=PIXELS, default=DEFAULT_MAX_CODEC_PIXELS,
+                   help=f"refuse larger images (memory grows with pixels; default {DEFAULT_MAX_CODEC_PIXELS})")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_compress)
 
@@ -257,7 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("-m", "--model", required=True, help="checkpoint, models:/NAME@ALIAS, or best:bpp<=X,...")
     p.add_argument("-o", "--output", required=True, help="output directory (or .png file for one input)")
-    p.add_argument("--steps", type=int, help="override the DDIM steps stored in the file")
+    p.add_argument("--steps", type=STEPS, help="override the DDIM steps stored in the file")
+    p.add_argument("--max-steps", type=STEPS, default=DEFAULT_MAX_DECODE_STEPS,
+                   help="refuse files that ask for more DDIM steps (a file sets the decoder's cost; "
+                        f"default {DEFAULT_MAX_DECODE_STEPS}; --steps overrides the file)")
+    p.add_argument("--max-pixels", type=PIXELS, default=DEFAULT_MAX_CODEC_PIXELS,
+                   help=f"refuse files whose header claims more pixels (default {DEFAULT_MAX_CODEC_PIXELS})")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="U-Net precision")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_decompress)

@@ -2,7 +2,8 @@
 
     cdc eval MODEL... --dataset div2k|kodak|folder [--root DIR] [--download] --protocol cdc768|full \\
              --steps 17[,65] -o OUT
-    cdc eval --baseline jpeg,webp,avif,jxl,jp2,heic[,zoo:mbt2018-mean] --dataset kodak -o OUT
+    cdc eval --baseline jpeg,webp,avif,jxl,jp2,heic[,zoo:mbt2018-mean] --dataset kodak -o OUT \\
+             [--metrics default|report|all|psnr-rgb,ms-ssim-rgb,stlpips-alex,...] [--no-cache]
     cdc plot OUT/*.json [-o OUT/plots] [--gallery]
     cdc bdrate ANCHOR.json OTHER.json... [--metrics psnr-rgb,stlpips-vgg]
 """
@@ -15,7 +16,22 @@ from pathlib import Path
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v)
+    try:
+        values = tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: steps must be integers >= 1")
+    return values
+
+
+def _metrics(text: str) -> tuple[str, ...]:
+    from cdc.metrics import parse_metrics
+
+    try:
+        return parse_metrics(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -30,7 +46,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(dataset=args.dataset, root=args.root, download=args.download, protocol=args.protocol,
                             steps=args.steps, gamma=args.gamma, seed=args.seed, precision=args.precision,
                             device=args.device, limit=args.limit, save_recon=args.save_recon,
-                            distribution=not args.no_distribution)
+                            metrics=args.metrics, cache=not args.no_cache)
     coders = [load_coder(m, args.device) for m in args.models]
     baselines = [b for b in (_baseline(n) for n in filter(None, (args.baseline or "").split(","))) if b]
     try:
@@ -81,6 +97,7 @@ def cmd_bdrate(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``eval``, ``plot`` and ``bdrate`` on the ``cdc`` parser."""
+    from cdc.argtypes import COUNT, GAMMA, SEED
     p = sub.add_parser("eval", help="evaluate CDC models and/or classical baselines on a dataset")
     p.add_argument("models", nargs="*", help="codec checkpoints (one RD point each)")
     p.add_argument("--baseline", help="comma list: jpeg,webp,avif,jxl,jp2,heic,zoo:<compressai arch>")
@@ -90,13 +107,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true", help="download a missing dataset into the cache")
     p.add_argument("--protocol", default="full", choices=("cdc768", "full"))
     p.add_argument("--steps", type=_csv_ints, default=(17,), help="DDIM steps, e.g. 1,2,4,8,17,33,65,129")
-    p.add_argument("--gamma", type=float, help="start-noise scale (default: model config)")
-    p.add_argument("--seed", type=int, help="start-noise seed (default: model config)")
+    p.add_argument("--gamma", type=GAMMA, help="start-noise scale (default: model config)")
+    p.add_argument("--seed", type=SEED, help="start-noise seed (default: model config)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--limit", type=int, default=0, help="only the first N images")
-    p.add_argument("--save-recon", type=int, default=2, help="reconstructions kept per point (for galleries)")
-    p.add_argument("--no-distribution", action="store_true", help="skip FID/KID/fd-stlpips-vgg")
+    p.add_argument("--limit", type=COUNT, default=0, help="only the first N images")
+    p.add_argument("--save-recon", type=COUNT, default=2, help="reconstructions kept per point (for galleries)")
+    p.add_argument("--metrics", type=_metrics, default="default",
+                   help="comma list of metrics, or default (psnr-rgb,ms-ssim-rgb,stlpips-alex), report (default + "
+                        "stlpips-vgg,fd-stlpips-vgg: what the grid records) or all")
+    p.add_argument("--no-cache", action="store_true",
+                   help="measure classical baselines again instead of reusing $CDC_EVAL_CACHE (~/.cache/cdc/baselines)")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_eval)
 

@@ -68,10 +68,17 @@ class Coder:
         """Compress a (1, 3, H, W) image in [0, 1]; unset decode parameters come from the config."""
         cfg = self.codec.config.sampler
         steps = cfg.steps if steps is None else steps
+        gamma = cfg.gamma if gamma is None else gamma
+        seed = cfg.seed if seed is None else seed
         try:
             ddim_timesteps(self.codec.diffusion.timesteps, steps)
         except SamplerError as exc:
             raise DecodeError(str(exc)) from None
+        # what the format holds and the decoder accepts: refuse now, never write an undecodable file
+        if not 0 <= round(gamma * 1000) <= 0xFFFF:  # also refuses nan (comparisons are False)
+            raise DecodeError(f"gamma {gamma} outside [0, 65.535]")
+        if not 0 <= seed < 2**63:
+            raise DecodeError(f"seed {seed} outside [0, 2**63)")
         height, width = x.shape[-2:]
         out = self.codec.compress(x)
         stream = Bitstream(
@@ -81,8 +88,8 @@ class Coder:
             height=height,
             width=width,
             steps=steps,
-            gamma=cfg.gamma if gamma is None else gamma,
-            seed=cfg.seed if seed is None else seed,
+            gamma=gamma,
+            seed=seed,
             latent_hw=out["shape"],
             strings=out["strings"],
         )
@@ -90,12 +97,23 @@ class Coder:
         pixels = height * width
         return Encoded(data, 8 * len(data) / pixels, self.estimate_bits(x) / pixels)
 
-    def parse(self, data: bytes, steps: int | None = None) -> Bitstream:
-        """Parse ``data`` and check it belongs to this model; raises :class:`DecodeError`."""
+    def parse(self, data: bytes, steps: int | None = None, max_pixels: int | None = None,
+              max_steps: int | None = None) -> Bitstream:
+        """Parse ``data`` and check it belongs to this model; raises :class:`DecodeError`.
+
+        ``max_pixels`` / ``max_steps`` bound what a file may make the decoder do (memory, time)
+        before anything is allocated; ``steps`` (the caller's own choice) is not bounded by them.
+        """
         try:
             stream = Bitstream.from_bytes(data)
         except BitstreamError as exc:
             raise DecodeError(str(exc)) from None
+        if max_pixels is not None and stream.height * stream.width > max_pixels:
+            raise DecodeError(f"header claims {stream.width}x{stream.height} pixels, over the limit of {max_pixels} "
+                              "(--max-pixels)")
+        if steps is None and max_steps is not None and stream.steps > max_steps:
+            raise DecodeError(f"header asks for {stream.steps} DDIM steps, over the limit of {max_steps} "
+                              "(--max-steps; or choose --steps)")
         if stream.fingerprint != self.fingerprint_prefix:
             raise DecodeError(
                 f"made by a different model (fingerprint {stream.fingerprint.hex()}, "
@@ -116,7 +134,8 @@ class Coder:
 
     @torch.no_grad()
     def decode(self, data: bytes, steps: int | None = None, precision: str = "fp32",
-               progress: Callable[[int], None] | None = None) -> tuple[Tensor, Bitstream]:
+               progress: Callable[[int], None] | None = None, max_pixels: int | None = None,
+               max_steps: int | None = None) -> tuple[Tensor, Bitstream]:
         """Decode a ``.cdc`` file to a (1, 3, H, W) image in [0, 1].
 
         Args:
@@ -124,8 +143,9 @@ class Coder:
             steps: override the header's DDIM steps (the header's gamma and seed still apply).
             precision: ``fp32`` or ``bf16`` for the U-Net (the entropy model is always fp32).
             progress: called once per denoising step.
+            max_pixels, max_steps: refuse files asking for more (see :meth:`parse`).
         """
-        stream = self.parse(data, steps)
+        stream = self.parse(data, steps, max_pixels, max_steps)
         try:
             out = self.codec.decompress(
                 stream.strings, stream.latent_hw, (stream.height, stream.width),

@@ -231,6 +231,10 @@ class TrainConfig:
         freeze_latent_fraction: second phase, fraction of ``max_steps``: the decoder (context
             decoder, U-Net, g_s) trains on the frozen latent (g_a and the entropy model get no
             gradient); then everything trains jointly. Skipped by ``--init-from``.
+        skip_bad_shards: skip missing or damaged shards with a warning (default: the run fails
+            naming the shard, so that no run silently trains on part of its data).
+        data_timeout_s: the run fails (one line; resume from its last checkpoint) when the loader
+            delivers no batch for this many seconds (a stalled mount or object store); 0 disables.
     """
 
     batch_size: int = 4
@@ -255,9 +259,12 @@ class TrainConfig:
     mixed_precision: str = "auto"
     autoencoder_fraction: float = 0.0
     freeze_latent_fraction: float = 0.0
+    skip_bad_shards: bool = False
+    data_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _check(self.data_timeout_s >= 0, "train.data_timeout_s must be >= 0")
         _check(self.crop >= 64 and self.crop % 64 == 0, "train.crop must be a multiple of 64")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(0 < self.lr_decay <= 1 and 0 < self.lr_floor <= 1, "train.lr_decay/lr_floor in (0, 1]")

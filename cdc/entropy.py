@@ -29,9 +29,9 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
+from cdc.bitstream import ENTROPY_MODEL_IDS
 from cdc.config import ModelConfig
 
-ENTROPY_MODEL_IDS = {"hyperprior": 0, "entroformer": 1}
 """Stable ids written into the bitstream header."""
 
 

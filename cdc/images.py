@@ -14,15 +14,17 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from shards.images import ImageDecodeError, decode_image
+from shards.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
 
 class InputError(ValueError):
     """A user-supplied file cannot be used; the message starts with the file name."""
 
 
-def load_image(path: str | Path) -> tuple[Tensor, list[str]]:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, list[str]]:
     """Read an image file as a (1, 3, H, W) tensor in [0, 1] plus the conversions applied.
+
+    ``max_pixels``: refuse (from the header, before decoding) images with more pixels.
 
     Raises:
         InputError: ``"<path>: <reason>"`` for a missing, unreadable or non-image file.
@@ -35,7 +37,7 @@ def load_image(path: str | Path) -> tuple[Tensor, list[str]]:
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        decoded = decode_image(data)
+        decoded = decode_image(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         raise InputError(f"{path}: {exc}") from None
     return pil_to_tensor(decoded.image), decoded.notes

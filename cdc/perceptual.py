@@ -73,6 +73,23 @@ class PerceptualDistance(nn.Module):
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return self.net(a.float(), b.float()).reshape(a.shape[0])
 
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The unit-normalised backbone features of ``x`` ((B, 3, H, W) in [-1, 1]), one tensor per layer.
+
+        With :meth:`distance_from_features` this is ``forward`` split in two, so that an image compared
+        with many others (one reference, every quality of a codec) passes the backbone once.
+        """
+        net = self.net
+        x = net.scaling_layer(x.float()) if net.version == "0.1" else x.float()
+        # the packages' normalize_tensor, written out so that both packages share one path
+        return [f / (torch.sqrt(torch.sum(f**2, dim=1, keepdim=True)) + 1e-10) for f in net.net(x)]
+
+    def distance_from_features(self, fa: list[Tensor], fb: list[Tensor]) -> Tensor:
+        """``d`` from two :meth:`features` lists (batch sizes broadcast: 1 reference vs B images) -> (B,)."""
+        layers = zip(self.net.lins, fa, fb, strict=True)
+        total = sum(lin((a - b) ** 2).mean(dim=(2, 3), keepdim=True) for lin, a, b in layers)
+        return total.reshape(-1)
+
 
 def _quiet():
     return contextlib.redirect_stdout(io.StringIO())

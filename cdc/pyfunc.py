@@ -5,10 +5,14 @@
     out["reconstruction"], out["bpp"]
 
 The codec checkpoint travels as the artifact ``checkpoint`` (safetensors + JSON), so consumers need
-``cdc-pipeline`` installed but no training code.
+``cdc-pipeline`` installed but no training code. The model is logged *from code*
+(``cdc/pyfunc_model.py``), never as a CloudPickle, with the signature below and a small input
+example.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -21,6 +25,15 @@ SIGNATURE = ModelSignature(
                     TensorSpec(np.dtype(np.float64), (-1,), "bpp")]),
     params=ParamSchema([ParamSpec("steps", "long", 0)]),
 )
+
+
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def input_example() -> np.ndarray:
+    """A 64 x 64 RGB uint8 gradient: the smallest image every preset codes (one latent 4 x 4)."""
+    ramp = np.linspace(0, 255, 64, dtype=np.float64)
+    return np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 255 - ramp[None, :]), -1).astype(np.uint8)
 
 
 class CDCPyfunc(mlflow.pyfunc.PythonModel):

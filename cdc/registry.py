@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdc.tracking import configure_tracking
+from cdc.tracking import TrackingUnavailable, configure_tracking
 
 PERCEPTION_METRICS = ("lpips-vgg", "stlpips-vgg", "dists", "fid", "fd-stlpips-vgg")  # lower is better, in order
 DISTORTION_METRIC = "psnr-rgb"
@@ -57,8 +57,19 @@ class Version:
 
 
 def client():
-    """An ``MlflowClient`` on the configured tracking URI."""
-    return configure_tracking().MlflowClient()
+    """An ``MlflowClient`` on the configured tracking URI.
+
+    Raises:
+        RegistryError: the tracking store cannot be reached (one line naming it and the fix).
+    """
+    return _mlflow().MlflowClient()
+
+
+def _mlflow():
+    try:
+        return configure_tracking()
+    except TrackingUnavailable as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def list_versions(prefix: str = "cdc-") -> list[Version]:
@@ -119,7 +130,7 @@ def resolve(ref: str, cache: Path | None = None) -> Path:
     if not ref.startswith("models:/"):
         raise RegistryError(f"{ref}: not a models:/ URI or best: query")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow = configure_tracking()
+    mlflow = _mlflow()
     c = mlflow.MlflowClient()
     name, _, rest = ref[len("models:/"):].partition("/")
     name, at, alias = name.partition("@")
@@ -153,7 +164,7 @@ def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_
     import mlflow
 
     from cdc.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_info
-    from cdc.pyfunc import SIGNATURE, CDCPyfunc
+    from cdc.pyfunc import MODEL_CODE, SIGNATURE, input_example
 
     info = read_checkpoint_info(checkpoint)
     cfg, meta = info["config"], info.get("metadata", {})
@@ -164,9 +175,9 @@ def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_
         staged.mkdir()
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             shutil.copy2(Path(checkpoint) / name, staged / name)
-        model_info = mlflow.pyfunc.log_model(name="codec", python_model=CDCPyfunc(),
+        model_info = mlflow.pyfunc.log_model(name="codec", python_model=str(MODEL_CODE),
                                              artifacts={"checkpoint": str(staged)}, signature=SIGNATURE,
-                                             registered_model_name=family)
+                                             input_example=input_example(), registered_model_name=family)
     version = str(model_info.registered_model_version)
     all_tags = {
         "lmbda": cfg["loss"]["lmbda"], "rho": cfg["loss"]["rho"], "prediction": cfg["diffusion"]["prediction"],

@@ -45,6 +45,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from cdc import __version__  # noqa: E402
+from cdc.argtypes import LAMBDA, RHO, TRAIN_STEPS  # noqa: E402
 from cdc.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_codec, save_codec  # noqa: E402
 from cdc.codec import CDCCodec  # noqa: E402
 from cdc.config import RECIPES, Config, ConfigError, load_config  # noqa: E402
@@ -54,7 +55,7 @@ from cdc.losses import RateDistortionPerceptionLoss  # noqa: E402
 from cdc.perceptual import MissingWeightsError  # noqa: E402
 from cdc.pretrained import resolve_checkpoint  # noqa: E402
 from cdc.tracking import RunTracker, code_version  # noqa: E402
-from cdc.train_state import Preemption, checkpoint_dirs, resume, save_checkpoint  # noqa: E402
+from cdc.train_state import DataWatchdog, Preemption, checkpoint_dirs, resume, save_checkpoint  # noqa: E402
 from cdc.training import build_optimizer, log_samples, shards_fingerprint, training_phase  # noqa: E402
 from shards.reader import ShardError, resolve_shards, train_loader  # noqa: E402
 
@@ -67,9 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fast (default: autoencoder first, residual diffusion) or paper (the official recipe)")
     p.add_argument("--shards", required=True, nargs="+", help="manifest.json, its directory, or shard URLs")
     p.add_argument("--output-dir", required=True, type=Path)
-    p.add_argument("--max-steps", type=int, help="optimisation steps (train.max_steps)")
-    p.add_argument("--lmbda", type=float, help="rate weight lambda (loss.lmbda)")
-    p.add_argument("--rho", type=float, help="perceptual weight rho in [0, 1] (loss.rho)")
+    p.add_argument("--max-steps", type=TRAIN_STEPS, help="optimisation steps (train.max_steps)")
+    p.add_argument("--lmbda", type=LAMBDA, help="rate weight lambda (loss.lmbda)")
+    p.add_argument("--rho", type=RHO, help="perceptual weight rho in [0, 1] (loss.rho)")
     p.add_argument("--prediction", choices=("sample", "epsilon", "v"), help="diffusion.prediction")
     p.add_argument("--init-from", help="codec checkpoint or shipped model name (e.g. small-base) to start from")
     p.add_argument("--resume", help="'latest' or a checkpoint directory")
@@ -114,7 +115,7 @@ def train(args: argparse.Namespace, cfg: Config) -> dict:
     tc = cfg.train
     out: Path = args.output_dir
     check_output_dir(out, args.resume, args.overwrite)
-    urls = resolve_shards(args.shards, "train")  # fail fast on missing or empty shards
+    urls = resolve_shards(args.shards, "train", skip_missing=tc.skip_bad_shards)  # fail fast on missing shards
     phased = not args.init_from and any(tc.phase_steps())
     # phases leave parts of the model without gradients for a while: DDP must look for them
     accelerator = make_accelerator(tc.mixed_precision, out, tc.batch_size, tc.grad_clip, find_unused=bool(phased))
@@ -145,7 +146,8 @@ def train(args: argparse.Namespace, cfg: Config) -> dict:
                           f"{ {k: meta.get(k) for k in launch} }: the data order will differ")
     loader = train_loader(urls, tc.batch_size, tc.crop, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=tc.seed, num_workers=tc.num_workers,
-                          shuffle_buffer=tc.shuffle_buffer, epoch_batches=tc.checkpoint_every, start_batch=step)
+                          shuffle_buffer=tc.shuffle_buffer, epoch_batches=tc.checkpoint_every, start_batch=step,
+                          skip_bad=tc.skip_bad_shards)
     tracker = RunTracker(main, args.experiment, args.run_name, run_id=meta.get("mlflow_run_id") if meta else None,
                          tags=dict(t.split("=", 1) for t in args.tag))
     tracker.log_params({**cfg.flat(), "launch.world_size": accelerator.num_processes,
@@ -155,6 +157,7 @@ def train(args: argparse.Namespace, cfg: Config) -> dict:
     tracker.set_tags({"code_version": code_version(), "perceptual": cfg.loss.perceptual if cfg.loss.rho > 0 else "none",
                       "perceptual_pretrained": loss_fn.perceptual.pretrained if loss_fn.perceptual else "n/a"})
     preemption = Preemption()
+    watchdog = DataWatchdog(tc.data_timeout_s, " ".join(args.shards))
     ckpt_meta = {**launch, "mlflow_run_id": tracker.run_id}
     metrics_file = out / "metrics.jsonl"
     data_iter = iter(loader)
@@ -165,6 +168,7 @@ def train(args: argparse.Namespace, cfg: Config) -> dict:
     while step < tc.max_steps:
         t0 = time.perf_counter()
         batch = next(data_iter).to(accelerator.device, non_blocking=True)
+        watchdog.fed()
         window["wait"] += time.perf_counter() - t0
         phase = training_phase(step, tc, fine_tune=bool(args.init_from))
         with accelerator.autocast():
@@ -201,10 +205,12 @@ def train(args: argparse.Namespace, cfg: Config) -> dict:
         if step % tc.checkpoint_every == 0 or stop or step == tc.max_steps:
             save_checkpoint(accelerator, out, step, ckpt_meta, tc.keep_checkpoints)
         if stop:
+            watchdog.stop()
             accelerator.print(f"preempted: checkpoint saved at step {step}; rerun with --resume latest")
             tracker.end(status="KILLED")
             return {"step": step, "preempted": True}
     bar.close()
+    watchdog.stop()
     checksums = replica_checksums(accelerator, raw)
     summary = {"step": step, "preempted": False, "final": last, "world_size": accelerator.num_processes,
                "replica_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1,
@@ -254,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = build_config(args)
         summary = train(args, cfg)
     except (ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError, FileNotFoundError) as exc:
-        print(f"cdc train: error: {exc}", file=sys.stderr)
+        # a DataLoader worker's error arrives wrapped with its traceback: keep its last line
+        line = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+        print(f"cdc train: error: {line.removeprefix('shards.reader.ShardError: ')}", file=sys.stderr)
         return 2
     if not summary.get("preempted") and summary.get("model"):
         print(f"model: {summary['model']} (fingerprint {summary['fingerprint'][:12]})")

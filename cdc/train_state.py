@@ -9,8 +9,12 @@ fails to load is skipped with a warning in favour of the previous one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -73,7 +77,9 @@ def resume(accelerator, output_dir: Path, which: str) -> dict | None:
 class Preemption:
     """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at a step boundary.
 
-    ``requested(accelerator)`` agrees across ranks (one signalled rank stops them all).
+    ``requested(accelerator)`` agrees across ranks (one signalled rank stops them all). A second
+    signal exits at once (the loop may be stuck outside a step, e.g. waiting for data): the last
+    periodic checkpoint is what ``--resume latest`` continues from.
     """
 
     def __init__(self) -> None:
@@ -82,6 +88,10 @@ class Preemption:
             signal.signal(sig, self._handler)
 
     def _handler(self, signum: int, frame) -> None:
+        if self._flag:
+            print(f"cdc train: error: {signal.Signals(signum).name} again: stopping now; --resume latest "
+                  "continues from the last checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         self._flag = True
 
     def requested(self, accelerator) -> bool:
@@ -90,3 +100,32 @@ class Preemption:
             return self._flag
         flag = torch.tensor([1.0 if self._flag else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+class DataWatchdog:
+    """Ends the process when the loader delivers no batch for ``timeout_s`` seconds.
+
+    A stalled mount or object store would otherwise hang a run forever, deaf to its step-boundary
+    signal handling. Call :meth:`fed` after every batch; 0 disables the watchdog.
+    """
+
+    def __init__(self, timeout_s: float, what: str) -> None:
+        self.timeout_s, self.what = timeout_s, what
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        if timeout_s > 0:
+            threading.Thread(target=self._watch, name="data-watchdog", daemon=True).start()
+
+    def fed(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(self.timeout_s, 5.0)):
+            if time.monotonic() - self._last > self.timeout_s:
+                print(f"cdc train: error: {self.what}: no training batch for {self.timeout_s:g} s "
+                      "(train.data_timeout_s); --resume latest continues from the last checkpoint",
+                      file=sys.stderr, flush=True)
+                os._exit(3)

@@ -95,7 +95,7 @@ def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str) -> t
     coder = Coder(load_codec(model_dir))
     steps = settings["steps"][0] or coder.codec.config.sampler.steps  # 0: the model's own default
     cfg = EvalSettings(**{**settings, "steps": (steps,)})
-    suite = MetricSuite(cfg.device, distribution=cfg.distribution)
+    suite = MetricSuite(cfg.device, cfg.metrics)
     path = run_curve(name, "CDC grid cell, real bitstreams", cdc_points([coder], steps, cfg), cfg, suite,
                      Path(out_dir), meta={"model": model_dir, "steps": steps})
     results = json.loads(path.read_text())["results"]
@@ -110,7 +110,7 @@ def evaluate_baselines(names: list[str], settings: dict, out_dir: str) -> list[s
     from cdc.metrics import MetricSuite
 
     cfg = EvalSettings(**settings)
-    suite = MetricSuite(cfg.device, distribution=cfg.distribution)
+    suite = MetricSuite(cfg.device, cfg.metrics)
     paths = []
     for name in names:
         baseline = build_baseline(name)

@@ -14,18 +14,23 @@ from prefect.artifacts import create_markdown_artifact
 @flow(name="evaluate", log_prints=True)
 def evaluate(models: list[str] | None = None, baselines: list[str] | None = None, dataset: str = "kodak",
              root: str | None = None, download: bool = False, protocol: str = "full", steps: list[int] | None = None,
-             limit: int = 0, device: str = "cpu", output_dir: str = "runs/eval") -> list[str]:
-    """Write CompressAI-schema results (and RD plots) for ``models`` and ``baselines``; returns the files."""
+             limit: int = 0, device: str = "cpu", output_dir: str = "runs/eval", metrics: str = "report") -> list[str]:
+    """Write CompressAI-schema results (and RD plots) for ``models`` and ``baselines``; returns the files.
+
+    ``metrics``: as ``cdc eval --metrics`` (default ``report``: what the grid and the registry record).
+    """
     from cdc.baselines import build_baseline, zoo_baseline
     from cdc.checkpoint import load_codec
     from cdc.cli import resolve_model
     from cdc.coder import Coder
     from cdc.evaluate import EvalSettings, evaluate_all
+    from cdc.metrics import parse_metrics
     from cdc.rd import plot
 
     logger = get_run_logger()
     settings = EvalSettings(dataset=dataset, root=root, download=download, protocol=protocol,
-                            steps=tuple(steps or (17,)), limit=limit, device=device)
+                            steps=tuple(steps or (17,)), limit=limit, device=device,
+                            metrics=parse_metrics(metrics))
     coders = [Coder(load_codec(resolve_model(m), device)) for m in models or []]
     chosen = [zoo_baseline(b[4:]) if b.startswith("zoo:") else build_baseline(b) for b in baselines or []]
     files = evaluate_all(coders, chosen, settings, Path(output_dir), warn=logger.warning)

@@ -24,6 +24,7 @@ from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from cdc.metrics import REPORT_METRICS
 from pipelines.cells import (
     CONCURRENCY_LIMIT,
     Cell,
@@ -146,7 +147,7 @@ def train_grid(
 
     settings = {"dataset": eval_dataset, "root": eval_root or (manifest if eval_dataset == "shards" else None),
                 "protocol": eval_protocol, "steps": (eval_steps,) if eval_steps else (0,), "limit": eval_limit,
-                "save_recon": 1}
+                "save_recon": 1, "metrics": REPORT_METRICS}
     eval_dir = out / "eval"
     futures = {}
     for cell in todo:
@@ -156,7 +157,8 @@ def train_grid(
         trained = train.submit(job, launcher, launcher_options or {})
         evaluated = evaluate_model.submit(trained, f"CDC {cell.label}", settings, str(eval_dir))
         futures[cell] = (cell_dir, trained, evaluated)
-    baseline_files = evaluate_baselines.submit(baselines or ["jpeg", "webp"], settings, str(eval_dir))
+    baseline_files = evaluate_baselines.submit(["jpeg", "webp"] if baselines is None else baselines, settings,
+                                               str(eval_dir))
 
     results, failures, attempts = [], {}, {}
     for cell, (cell_dir, trained, evaluated) in futures.items():

@@ -47,14 +47,14 @@ def evaluate(model: Path, shards: str, out: Path) -> list[dict]:
     from cdc.checkpoint import load_codec
     from cdc.coder import Coder
     from cdc.evaluate import EvalSettings, cdc_points, run_curve
-    from cdc.metrics import MetricSuite
+    from cdc.metrics import PER_IMAGE_METRICS, MetricSuite
 
     coder = Coder(load_codec(model))
-    suite = MetricSuite(distribution=False)
+    suite = MetricSuite(metrics=PER_IMAGE_METRICS)
     rows = []
     for steps, gamma in DECODES:
         settings = EvalSettings(dataset="shards", root=shards, steps=(steps,), gamma=gamma, seed=0, save_recon=0,
-                                distribution=False)
+                                metrics=PER_IMAGE_METRICS)
         path = run_curve(f"{NAME} {steps} steps gamma {gamma:g}", "held-out split, real bitstreams",
                          cdc_points([coder], steps, settings), settings, suite, out)
         results = json.loads(path.read_text())["results"]

@@ -16,8 +16,39 @@ from shards.verify import verify
 
 def _size(text: str) -> int:
     units = {"k": 2**10, "m": 2**20, "g": 2**30}
-    text = text.strip().lower().rstrip("b")
-    return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    clean = text.strip().lower().rstrip("b")
+    try:
+        value = int(float(clean[:-1]) * units[clean[-1]]) if clean and clean[-1] in units else int(clean)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512M") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive")
+    return value
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below {low}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1)")
+    return value
+
+
+POSITIVE = _int_at_least(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,17 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build or resume shards from directories, globs, list files or URLs")
     b.add_argument("sources", nargs="+")
     b.add_argument("-o", "--output", required=True, help="output directory (shards + manifest.json)")
-    b.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    b.add_argument("--max-count", type=POSITIVE, default=1000, help="samples per shard")
     b.add_argument("--max-bytes", type=_size, default=512 * 2**20, help="bytes per shard, e.g. 512M")
-    b.add_argument("--split-val", type=float, default=0.0, help="fraction of images for the val split")
-    b.add_argument("--min-side", type=int, default=64, help="quarantine images with a shorter side")
-    b.add_argument("--max-pixels", type=int, default=16384 * 16384, help="decompression-bomb guard")
+    b.add_argument("--split-val", type=_fraction, default=0.0, help="fraction of images for the val split")
+    b.add_argument("--min-side", type=POSITIVE, default=64, help="quarantine images with a shorter side")
+    b.add_argument("--max-pixels", type=POSITIVE, default=16384 * 16384, help="decompression-bomb guard")
     b.add_argument("--policy", choices=POLICIES, default="keep", help="how sample images are stored")
-    b.add_argument("--resize-shorter", type=int, help="resize so the shorter side has this many pixels")
-    b.add_argument("--max-shorter", type=int, help="downscale images whose shorter side is larger (never upscales)")
-    b.add_argument("--patch-size", type=int, help="cut non-overlapping square patches")
-    b.add_argument("--chunk-size", type=int, default=256, help="inputs per processing task")
-    b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    b.add_argument("--resize-shorter", type=POSITIVE, help="resize so the shorter side has this many pixels")
+    b.add_argument("--max-shorter", type=POSITIVE, help="downscale images whose shorter side is larger (no upscaling)")
+    b.add_argument("--patch-size", type=POSITIVE, help="cut non-overlapping square patches")
+    b.add_argument("--chunk-size", type=POSITIVE, default=256, help="inputs per processing task")
+    b.add_argument("--workers", type=POSITIVE, default=os.cpu_count() or 1, help="processes")
     b.add_argument("--keep-staging", action="store_true", help="keep .staging/ after a successful build")
     v = sub.add_parser("verify", help="re-hash every shard and decode every sample")
     v.add_argument("manifest")
@@ -46,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "build":
+            if os.path.exists(args.output) and not os.path.isdir(args.output):
+                raise ValueError(f"{args.output}: exists and is not a directory (-o names the output directory)")
             cfg = BuildConfig(max_count=args.max_count, max_bytes=args.max_bytes, split_val=args.split_val,
                               min_side=args.min_side, max_pixels=args.max_pixels, policy=args.policy,
                               resize_shorter=args.resize_shorter, max_shorter=args.max_shorter,
@@ -73,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (SourceError, ValueError) as exc:
         print(f"shards: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"shards: error: {exc.filename or args.command}: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

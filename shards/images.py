@@ -5,23 +5,37 @@ codec's CLI, so both treat odd inputs the same way:
 
 * EXIF orientation is applied;
 * grayscale, palette and CMYK become RGB; alpha (LA, RGBA, PA, palette transparency) is
-  composited over white; 16-bit samples are scaled to 8 bits;
+  composited over white; 16-bit samples are scaled to 8 bits; of a multi-frame file (GIF, APNG,
+  TIFF) the first frame is used — each of these is reported in ``notes`` (the CLI warns);
 * a header claiming more than ``max_pixels`` pixels is refused before decoding (bomb guard).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-import warnings
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps
 
-# Pillow's own guard would warn or raise at 2x its limit; we apply an explicit limit instead.
-Image.MAX_IMAGE_PIXELS = None
-
 DEFAULT_MAX_PIXELS = 16384 * 16384
+_PILLOW_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _explicit_limit() -> Iterator[None]:
+    """Pillow's own bomb guard (a process-wide setting) off for one ``Image.open`` only: we apply
+    ``max_pixels`` ourselves, which may be above Pillow's limit. Every other Pillow call in the
+    process keeps Pillow's guard."""
+    with _PILLOW_GUARD:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
 
 class ImageDecodeError(ValueError):
@@ -97,7 +111,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        with _explicit_limit():
+            img = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
     except Exception as exc:  # malformed headers raise a zoo of exception types
@@ -106,13 +121,20 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
     if width * height > max_pixels:
         raise ImageDecodeError(f"header claims {width}x{height} pixels, over the limit of {max_pixels}")
     fmt, mode = img.format or "unknown", img.mode
+    notes: list[str] = []
+    if any(";16" in str(tile.args) for tile in getattr(img, "tile", None) or ()):
+        notes.append(f"16-bit {mode} samples reduced to 8 bits")  # Pillow decodes them to 8 bits itself
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        notes.append(f"{frames} frames: only the first is used")
+    # some plugins (GIF, BLP, ...) repeat Pillow's check while loading: lift it there too, but only
+    # for the rare image above Pillow's own limit that passed ours
+    above_pillow = width * height > (Image.MAX_IMAGE_PIXELS or width * height)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _explicit_limit() if above_pillow else contextlib.nullcontext():
             img.load()
     except Exception as exc:
         raise ImageDecodeError(f"truncated or corrupt {fmt} data ({exc})") from None
-    notes: list[str] = []
     if _has_rotation(img):
         img = ImageOps.exif_transpose(img)
         notes.append("EXIF orientation applied")

@@ -98,13 +98,18 @@ class Manifest:
             raise ValueError(f"{path}: not a readable manifest ({exc})") from None
         if data.get("format") != FORMAT:
             raise ValueError(f"{path}: not a {FORMAT} manifest")
-        totals = data["totals"]
-        manifest = cls(
-            config=data["config"], sources=data["sources"], inputs_digest=data["inputs_digest"],
-            fingerprint=data["fingerprint"], shards=[ShardInfo(**s) for s in data["shards"]],
-            quarantine=data["quarantine"], duplicates=data["duplicates"], scanned=totals["scanned"],
-            written=totals["written"], duplicate_samples=totals.get("duplicate_samples", 0),
-        )
+        try:
+            totals = data["totals"]
+            manifest = cls(
+                config=data["config"], sources=data["sources"], inputs_digest=data["inputs_digest"],
+                fingerprint=data["fingerprint"], shards=[ShardInfo(**s) for s in data["shards"]],
+                quarantine=data["quarantine"], duplicates=data["duplicates"], scanned=totals["scanned"],
+                written=totals["written"], duplicate_samples=totals.get("duplicate_samples", 0),
+            )
+        except KeyError as exc:
+            raise ValueError(f"{path}: incomplete manifest (no {exc.args[0]!r})") from None
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: malformed manifest ({exc})") from None
         if manifest.written + len(manifest.quarantine) + len(manifest.duplicates) != manifest.scanned:
             raise ValueError(f"{path}: accounting mismatch (written + quarantined + duplicates != scanned)")
         return manifest

@@ -25,6 +25,7 @@ import hashlib
 import io
 import itertools
 import random
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,11 +47,14 @@ class ShardError(ValueError):
     """The shard source is missing, empty or unusable."""
 
 
-def resolve_shards(source: str | Path | list[str], split: str = "train") -> list[str]:
+def resolve_shards(source: str | Path | list[str], split: str = "train", skip_missing: bool = False) -> list[str]:
     """Shard URLs from a manifest, a directory with a manifest, or URLs/brace patterns.
 
+    Local shard files are checked to exist: a missing one is an error, or with ``skip_missing``
+    a warning (and it is left out).
+
     Raises:
-        ShardError: nothing to read (missing manifest, no shards of ``split``).
+        ShardError: nothing to read (missing manifest or shard files, no shards of ``split``).
     """
     items = [str(s) for s in source] if isinstance(source, list | tuple) else [str(source)]
     urls: list[str] = []
@@ -69,7 +73,13 @@ def resolve_shards(source: str | Path | list[str], split: str = "train") -> list
             urls += wds.shardlists.expand_urls(item)
     if not urls:
         raise ShardError(f"{', '.join(items)}: no {split} shards")
-    return urls
+    missing = [u for u in urls if _local_path(u) and not _local_path(u).is_file()]
+    if missing and (not skip_missing or len(missing) == len(urls)):
+        raise ShardError(f"{len(missing)} of {len(urls)} {split} shards missing (first: {missing[0]})"
+                         + ("" if len(missing) == len(urls) else "; set train.skip_bad_shards=true to skip them"))
+    for url in missing:
+        warnings.warn(f"{url}: missing shard skipped", stacklevel=2)
+    return [u for u in urls if u not in missing]
 
 
 def shards_for_rank(urls: list[str], rank: int, world_size: int) -> list[str]:
@@ -86,15 +96,48 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-def _tar_files(urls: Iterable[str]) -> Iterator[dict]:
-    """Members of each shard as webdataset file dicts, an end-of-shard marker after each shard."""
+REMOTE_RETRIES = 3  # attempts after the first, with 1, 2, 4 s pauses: a flaky object store, not a dead one
+
+
+def _local_path(url: str) -> Path | None:
+    """The file of a local URL (plain path or ``file://``), None for remote ones."""
+    return Path(url.removeprefix("file://")) if "://" not in url or url.startswith("file://") else None
+
+
+def _open(url: str):
+    """``fsspec.open(url, "rb")`` opened, retrying transient failures of remote URLs."""
+    attempts = 1 if _local_path(url) else 1 + REMOTE_RETRIES
+    for attempt in range(attempts):
+        try:
+            return fsspec.open(url, "rb").open()
+        except OSError as exc:
+            if attempt + 1 == attempts or isinstance(exc, FileNotFoundError):
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _tar_files(urls: Iterable[str], skip_bad: bool = False, distinct: int = 0) -> Iterator[dict]:
+    """Members of each shard as webdataset file dicts, an end-of-shard marker after each shard.
+
+    A missing or damaged shard raises :class:`ShardError` naming it; with ``skip_bad`` it is
+    skipped with a warning instead, until all ``distinct`` shards proved bad (then it raises:
+    an endless stream of nothing must never spin silently).
+    """
+    bad: set[str] = set()
     for url in urls:
         try:
-            with fsspec.open(url, "rb") as stream:
+            with _open(url) as stream:
                 for name, data in iter_tar(stream):
                     yield {"fname": name, "data": data, "__url__": url}
-        except (OSError, ValueError) as exc:  # a damaged shard must not stop a long training run
-            warnings.warn(f"{url}: {exc}; skipping the rest of this shard", stacklevel=2)
+        except (OSError, ValueError) as exc:
+            reason = f"{url}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{url}: {exc}"
+            if not skip_bad:
+                raise ShardError(f"{reason} (set train.skip_bad_shards=true to skip bad shards)") from None
+            bad.add(url)
+            warnings.warn(f"{reason}; skipping the rest of this shard ({len(bad)} bad so far)", stacklevel=2)
+            if distinct and len(bad) >= distinct:
+                raise ShardError(f"every one of the {distinct} shards is unreadable (last: {reason})") from None
         yield {}
 
 
@@ -128,12 +171,14 @@ class ShardStream(IterableDataset):
         epoch_batches: batches per lane epoch (bounds the work to skip on resume).
         start_batch: index of the first batch to produce (batches already consumed).
         num_workers: DataLoader workers that will iterate this dataset (0 = main process).
+        skip_bad: skip (with a warning) instead of failing on a damaged or vanished shard.
     """
 
     def __init__(self, urls: list[str], batch_size: int, crop: int, *, rank: int = 0, world_size: int = 1,
                  seed: int = 0, shuffle_buffer: int = 1000, epoch_batches: int = 1000, start_batch: int = 0,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, skip_bad: bool = False) -> None:
         super().__init__()
+        self.skip_bad = skip_bad
         self.urls = shards_for_rank(list(urls), rank, world_size)
         self.batch_size, self.crop = batch_size, crop
         self.rank, self.seed = rank, seed
@@ -143,7 +188,8 @@ class ShardStream(IterableDataset):
     def _lane_samples(self, lane: int, epoch: int) -> Iterator[dict]:
         rng = random.Random(_seed(self.seed, self.rank, lane, epoch))
         urls = (rng.choice(self.urls) for _ in itertools.count())  # resampled: with replacement
-        samples = wds.tariterators.group_by_keys(_tar_files(urls), handler=wds.warn_and_continue)
+        files = _tar_files(urls, self.skip_bad, len(set(self.urls)))
+        samples = wds.tariterators.group_by_keys(files, handler=wds.warn_and_continue)
         initial = min(self.shuffle_buffer, 100)
         return wds.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
 
@@ -173,11 +219,15 @@ class ShardStream(IterableDataset):
 
 def train_loader(source: str | Path | list[str], batch_size: int, crop: int, *, rank: int = 0, world_size: int = 1,
                  seed: int = 0, num_workers: int = 0, shuffle_buffer: int = 1000, epoch_batches: int = 1000,
-                 start_batch: int = 0, split: str = "train") -> DataLoader:
-    """The training data: a DataLoader over a :class:`ShardStream` (batching happens in the workers)."""
-    stream = ShardStream(resolve_shards(source, split), batch_size, crop, rank=rank, world_size=world_size,
-                         seed=seed, shuffle_buffer=shuffle_buffer, epoch_batches=epoch_batches,
-                         start_batch=start_batch, num_workers=num_workers)
+                 start_batch: int = 0, split: str = "train", skip_bad: bool = False) -> DataLoader:
+    """The training data: a DataLoader over a :class:`ShardStream` (batching happens in the workers).
+
+    ``skip_bad``: see :class:`ShardStream`.
+    """
+    stream = ShardStream(resolve_shards(source, split, skip_missing=skip_bad), batch_size, crop, rank=rank,
+                         world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer,
+                         epoch_batches=epoch_batches, start_batch=start_batch, num_workers=num_workers,
+                         skip_bad=skip_bad)
     # A private generator: creating the iterator must not consume the global torch RNG, or a
     # resumed run (iterator created after the RNG state is restored) would diverge.
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,

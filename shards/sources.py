@@ -15,6 +15,9 @@ to quarantine.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -82,21 +85,48 @@ def expand_sources(sources: list[str]) -> list[str]:
     return sorted(found)
 
 
-def read_bytes(location: str, retries: int = 3, backoff: float = 0.5) -> bytes:
-    """Read a local path or URL; transient errors of remote reads are retried with backoff.
+MAX_INPUT_BYTES = 2**30  # no image file of a corpus is this large; /dev/zero behind a symlink is
+
+
+def _local_read(path: str, max_bytes: int) -> bytes:
+    """Read a regular file of at most ``max_bytes`` (symlinks followed); FIFOs, devices and sockets
+    are refused without being opened (opening a FIFO blocks until a writer appears)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode) else
+                "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
+        raise OSError(errno.EINVAL, f"not a regular file ({kind})", path)
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", path)
+    return data
+
+
+def read_bytes(location: str, retries: int = 3, backoff: float = 0.5, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """Read a local path or URL of at most ``max_bytes``; transient errors of remote reads are retried
+    with backoff. Local inputs must be regular files (see :func:`_local_read`).
 
     Raises:
-        OSError: the location cannot be read (after the retries for remote locations).
+        OSError: the location cannot be read (after the retries for remote locations), is not a
+            regular file, or is larger than ``max_bytes``.
     """
     fs, path = fsspec.core.url_to_fs(location)
-    attempts = 1 if _protocol(fs) == "file" else retries
-    for attempt in range(attempts):
+    if _protocol(fs) == "file":
+        return _local_read(path, max_bytes)
+    for attempt in range(retries):
         try:
-            return fs.cat_file(path)
+            with fs.open(path, "rb") as f:
+                data = f.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", location)
+            return data
         except (FileNotFoundError, IsADirectoryError, PermissionError):
             raise
-        except OSError:
-            if attempt == attempts - 1:
+        except OSError as exc:
+            if attempt == retries - 1 or exc.errno == errno.EFBIG:
                 raise
             time.sleep(backoff * 2**attempt)
     raise AssertionError("unreachable")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).with_name("golden")
 REGENERATE = os.environ.get("CDC_REGENERATE_GOLDEN") == "1"
+# Tests never read or fill the user's baseline results cache (subprocesses inherit this).
+os.environ["CDC_EVAL_CACHE"] = tempfile.mkdtemp(prefix="cdc-eval-cache-")
 
 
 def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.ndarray:

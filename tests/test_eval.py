@@ -42,6 +42,71 @@ def test_identical_images_have_perfect_scores(suite):
     assert suite.distribution_metrics()["fd-stlpips-vgg"] == pytest.approx(0.0, abs=1e-6)
 
 
+def _jpegs(img: np.ndarray, qualities=(5, 30, 90)) -> list[np.ndarray]:
+    jpeg = build_baseline("jpeg")
+    return [jpeg.decode(jpeg.encode(img, q)) for q in qualities]
+
+
+def test_batched_comparison_equals_the_networks_own_forward(suite):
+    ref = photo("chelsea")
+    recs = _jpegs(ref)
+    rows = suite.compare(ref, recs, batch=2)
+    for name in ("stlpips-alex", "stlpips-vgg"):
+        net = suite.distances[name]
+        a = torch.from_numpy(ref.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        for row, rec in zip(rows, recs, strict=True):
+            b = torch.from_numpy(rec.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+            with torch.no_grad():
+                assert row[name] == pytest.approx(float(net(a, b)), rel=1e-5, abs=1e-7), name
+    assert [r["psnr-rgb"] for r in rows] == [psnr(ref, r) for r in recs]
+    assert suite.distribution_metrics("")["patches"] == 3 * patch_count(*ref.shape[:2])
+
+
+def test_metric_selection_builds_only_what_it_needs():
+    from cdc.metrics import DEFAULT_METRICS, parse_metrics
+
+    fast = MetricSuite("cpu", parse_metrics("default"))
+    assert set(fast.distances) == {"stlpips-alex"} and fast.fd_net is None
+    row = fast.pair(photo("chelsea"), _jpegs(photo("chelsea"))[0])
+    assert set(row) == set(DEFAULT_METRICS)
+    assert fast.distribution_metrics() == {}
+    assert parse_metrics("psnr-rgb,report")[:2] == ("psnr-rgb", "ms-ssim-rgb")
+    with pytest.raises(ValueError, match=r"unknown metric 'psnr'.*known: psnr-rgb"):
+        parse_metrics("psnr")
+
+
+def test_unknown_metric_is_refused_at_parse_time(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--baseline", "jpeg", "--metrics", "ssim", "-o", "x"])
+    assert exc.value.code == 2 and "unknown metric 'ssim'" in capsys.readouterr().err
+
+
+def test_baseline_results_come_from_the_cache_unchanged(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CDC_EVAL_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "photos"
+    data.mkdir()
+    for name in ("chelsea", "coffee"):
+        Image.fromarray(photo(name, (256, 320))).save(data / f"{name}.png")
+    args = ["eval", "--baseline", "jpeg", "--dataset", "folder", "--root", str(data), "--metrics",
+            "psnr-rgb,stlpips-alex,fd-stlpips-vgg", "--save-recon", "1"]
+    runs = []
+    for i, extra in enumerate(([], [], ["--no-cache"])):
+        assert main([*args, *extra, "-o", str(tmp_path / f"out{i}")]) == 0
+        runs.append(json.loads((tmp_path / f"out{i}" / "JPEG.json").read_text())["results"])
+        assert (tmp_path / f"out{i}" / "recon" / "JPEG" / "q5" / "chelsea.png").is_file()
+    n = len(build_baseline("jpeg").qualities) * 2
+    err = capsys.readouterr().err
+    assert f"0 hits, {n} measured" in err and f"{n} hits, 0 measured" in err
+    assert runs[1] == runs[0]  # every value, times included, from the cache
+    for key in ("bpp", "psnr-rgb", "stlpips-alex", "fd-stlpips-vgg"):  # measured again: the same values
+        assert runs[2][key] == pytest.approx(runs[0][key], rel=1e-5), key
+    # a metric the cache lacks is measured, and the entry keeps the metrics it had
+    assert main([*args[:-4], "--metrics", "ms-ssim-rgb", "-o", str(tmp_path / "out3")]) == 0
+    assert main([*args, "-o", str(tmp_path / "out4")]) == 0
+    err = capsys.readouterr().err
+    assert f"0 hits, {n} measured" in err and f"{n} hits, 0 measured" in err
+
+
 def test_small_images_have_no_ms_ssim():
     img = photo("astronaut", (100, 300))
     assert ms_ssim(img, img) is None
@@ -111,7 +176,7 @@ def test_cdc768_protocol():
 def test_corrupt_image_in_a_dataset_is_named(tmp_path, capsys):
     make_corpus(tmp_path / "data")
     rc = main(["eval", "--baseline", "jpeg", "--dataset", "folder", "--root", str(tmp_path / "data"),
-               "-o", str(tmp_path / "out"), "--no-distribution"])
+               "-o", str(tmp_path / "out"), "--metrics", "psnr-rgb"])
     assert rc == 1
     err = capsys.readouterr().err
     assert ("cdc: error:" in err and "bomb.png" in err) or "empty.png" in err
@@ -132,7 +197,7 @@ def eval_run(tmp_path_factory):
         models.append(str(out))
     out = root / "out"
     assert main(["eval", *models, "--baseline", "jpeg,webp", "--dataset", "folder", "--root", str(data),
-                 "--steps", "1,2", "-o", str(out)]) == 0
+                 "--steps", "1,2", "--metrics", "all", "-o", str(out)]) == 0
     return out
 
 

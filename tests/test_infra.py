@@ -30,7 +30,7 @@ def _port() -> int:
 
 
 def test_dockerfile_is_hadolint_clean():
-    r = subprocess.run([str(BIN / "hadolint"), str(REPO / "infra" / "docker" / "Dockerfile")], capture_output=True,
+    r = subprocess.run([str(BIN / "hadolint"), str(REPO / "Dockerfile")], capture_output=True,
                        text=True)
     assert r.returncode == 0 and not r.stdout.strip(), r.stdout + r.stderr
 
@@ -56,7 +56,7 @@ def test_compose_file_is_valid_and_demands_secrets(tmp_path):
     r = subprocess.run([compose, "-f", str(REPO / "infra" / "compose.yaml"), "--env-file",
                         str(REPO / "infra" / ".env.example"), "config"], capture_output=True, text=True)
     assert r.returncode != 0 and "set POSTGRES_PASSWORD" in r.stderr
-    assert "PASSWORD" not in (REPO / "infra" / "docker" / "Dockerfile").read_text()
+    assert "PASSWORD" not in (REPO / "Dockerfile").read_text()
 
 
 def test_slurm_launch_logic_as_two_nodes_on_localhost(tmp_path):

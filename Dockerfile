@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # cdc-pipeline image: the `cdc` CLI, `accelerate launch cdc/train.py`, Prefect server/worker, MLflow server.
-#   GPU (default): docker build -f infra/docker/Dockerfile -t cdc:latest .
-#   CPU:           docker build -f infra/docker/Dockerfile --build-arg BASE_IMAGE=debian:bookworm-slim -t cdc:cpu .
+#   GPU (default): docker build -t cdc:latest .
+#   CPU:           docker build --build-arg BASE_IMAGE=debian:bookworm-slim -t cdc:cpu .
 # The PyTorch wheels bring their CUDA libraries; the CUDA runtime base adds the rest of the user-space
 # stack (needs the NVIDIA container toolkit on the host). Dependencies come from the lock file only.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm

@@ -4,7 +4,7 @@ One run, the same images for everything: ~256 px JPEG crops of the real photos s
 scikit-image's and scikit-learn's wheels. All loaders use the same decode + random-crop function
 and the same number of worker processes.
 
-    python benchmarks/shards.py [--images 600] [--workers 2] [--crop 128] [--batch 16]
+    python benchmarks/shard_io.py [--images 600] [--workers 2] [--crop 128] [--batch 16]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import print_table, write_json  # first: it takes this folder off sys.path (see there)
+from common import print_table, write_json
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
