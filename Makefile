@@ -12,7 +12,7 @@ LOCK := requirements/requirements.lock
 STAMP := $(VENV)/.installed-$(shell sha256sum $(LOCK) pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo serve stop test test-fast lint lock bench clean
+.PHONY: setup demo serve stop test test-fast lint lock bench science clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,10 @@ bench: setup
 	$(BIN)/python benchmarks/codec.py
 	$(BIN)/python benchmarks/shard_io.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/eval.py
+
+science: setup
+	$(BIN)/python benchmarks/science.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ import itertools
 import json
 from pathlib import Path
 
-from cdc.rd import bd_rate, plot
+from cdc import rd
 
 METRICS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "stlpips-vgg", "stlpips-alex", "fd-stlpips-vgg")
 HANDFUL = 4  # "a handful of steps"
@@ -35,11 +35,10 @@ def cdc_curves(cells: list[dict]) -> dict[float, dict]:
     """CompressAI-schema curves of the grid, one per ρ (points ordered by bpp)."""
     curves = {}
     for rho in sorted({c["rho"] for c in cells}):
-        points = sorted((c for c in cells if c["rho"] == rho), key=lambda c: c["bpp"])
-        metrics = [m for m in METRICS if all(m in p for p in points)]
-        curves[rho] = {"name": f"CDC x-param rho{rho:g}", "description": "benchmarks/science.py grid",
-                       "meta": {"lmbdas": [p["lmbda"] for p in points]},
-                       "results": {m: [p[m] for p in points] for m in metrics}}
+        row = [c for c in cells if c["rho"] == rho]
+        curves[rho] = rd.curve(f"CDC x-param rho{rho:g}", "benchmarks/science.py grid",
+                               [{m: c[m] for m in METRICS if m in c} for c in row],
+                               point_meta=[{"lmbda": c["lmbda"]} for c in row])
     return curves
 
 
@@ -70,27 +69,46 @@ def claim_steps(sweep: dict[str, list[dict]], spread: dict[str, float]) -> dict:
                       f"ε {needed['eps']}", "gaps_db": gaps, "steps_needed": needed}
 
 
-def claim_rho(cells: list[dict], spread: dict[str, float]) -> dict:
-    """2. At about equal bpp, PSNR falls and ST-LPIPS / fd-stlpips-vgg improve as ρ grows."""
-    per_lmbda, oks = [], []
+def rho_steps(cells: list[dict], spread: dict[str, float]) -> list[dict]:
+    """Every step to the next larger ρ at equal λ: the changes in bpp (%), PSNR, ST-LPIPS-VGG and
+    fd-stlpips-vgg, and whether each moved the expected way by more than the seed spread."""
+    steps = []
     for lmbda in sorted({c["lmbda"] for c in cells}):
         row = sorted((c for c in cells if c["lmbda"] == lmbda), key=lambda c: c["rho"])
-        lo, hi = row[0], row[-1]
-        checks = {
-            "psnr falls": lo["psnr-rgb"] - hi["psnr-rgb"] > spread.get("psnr-rgb", 0.0),
-            "st-lpips improves": lo["stlpips-vgg"] - hi["stlpips-vgg"] > spread.get("stlpips-vgg", 0.0),
-            "fd improves": ("fd-stlpips-vgg" not in lo) or
-                           lo["fd-stlpips-vgg"] - hi["fd-stlpips-vgg"] > spread.get("fd-stlpips-vgg", 0.0),
-            "equal bpp": abs(hi["bpp"] / lo["bpp"] - 1) <= EQUAL_RATE,
-        }
-        oks.append(all(checks.values()))
-        per_lmbda.append({"lmbda": lmbda, "rho": [c["rho"] for c in row], **{
-            m: [c.get(m) for c in row] for m in ("bpp", "psnr-rgb", "stlpips-vgg", "fd-stlpips-vgg")}, **checks})
-    verdict = "reproduced" if all(oks) else "partly reproduced" if any(oks) else "not reproduced"
+        for lo, hi in itertools.pairwise(row):
+            step = {"lmbda": lmbda, "rho": (lo["rho"], hi["rho"]),
+                    "bpp_change_pct": 100 * (hi["bpp"] / lo["bpp"] - 1),
+                    "psnr_change": hi["psnr-rgb"] - lo["psnr-rgb"],
+                    "stlpips_change": hi["stlpips-vgg"] - lo["stlpips-vgg"]}
+            step["psnr_falls"] = -step["psnr_change"] > spread.get("psnr-rgb", 0.0)
+            step["stlpips_improves"] = -step["stlpips_change"] > spread.get("stlpips-vgg", 0.0)
+            step["equal_bpp"] = abs(step["bpp_change_pct"]) <= 100 * EQUAL_RATE
+            if "fd-stlpips-vgg" in lo and "fd-stlpips-vgg" in hi:
+                step["fd_change"] = hi["fd-stlpips-vgg"] - lo["fd-stlpips-vgg"]
+                step["fd_improves"] = -step["fd_change"] > spread.get("fd-stlpips-vgg", 0.0)
+            step["holds"] = step["psnr_falls"] and step["stlpips_improves"] and step["equal_bpp"]
+            steps.append(step)
+    return steps
+
+
+def claim_rho(cells: list[dict], spread: dict[str, float]) -> dict:
+    """2. At about equal bpp, PSNR falls and ST-LPIPS improves (fd-stlpips-vgg reported) as ρ grows;
+    judged on every step to the next larger ρ at every λ."""
+    steps = rho_steps(cells, spread)
+    held = [s for s in steps if s["holds"]]
+    verdict = "reproduced" if len(held) == len(steps) else "partly reproduced" if held else "not reproduced"
+    by_pair: dict[tuple, list[dict]] = {}
+    for s in steps:
+        by_pair.setdefault(s["rho"], []).append(s)
+    def span(group: list[dict], key: str, fmt: str) -> str:
+        return f"{min(s[key] for s in group):{fmt}} to {max(s[key] for s in group):{fmt}}"
+
+    parts = [f"ρ {a:g}→{b:g}: holds at {sum(s['holds'] for s in group)} of {len(group)} λ (PSNR "
+             f"{span(group, 'psnr_change', '+.2f')} dB, ST-LPIPS {span(group, 'stlpips_change', '+.4f')}, bpp "
+             f"{span(group, 'bpp_change_pct', '+.1f')} %)" for (a, b), group in by_pair.items()]
     return {"claim": "ρ trades PSNR for perceptual quality at about equal bpp", "verdict": verdict,
-            "detail": f"holds at {sum(oks)} of {len(oks)} λ (ρ {min(c['rho'] for c in cells):g} vs "
-                      f"{max(c['rho'] for c in cells):g}; differences must exceed the seed spread)",
-            "per_lmbda": per_lmbda}
+            "detail": "; ".join(parts) + f" (each change must exceed the seed spread; equal bpp: within "
+                      f"{100 * EQUAL_RATE:.0f} %)", "steps": steps}
 
 
 def claim_lambda(cells: list[dict], curves: dict, baselines: dict[str, dict], spread: dict[str, float]) -> dict:
@@ -107,7 +125,7 @@ def claim_lambda(cells: list[dict], curves: dict, baselines: dict[str, dict], sp
         bd[name] = {}
         for metric in ("psnr-rgb", "stlpips-vgg"):
             try:
-                bd[name][metric] = bd_rate(anchor, curve, metric) if anchor else "no AVIF curve"
+                bd[name][metric] = rd.bd_rate(anchor, curve, metric) if anchor else "no AVIF curve"
             except (ValueError, KeyError, ArithmeticError) as exc:
                 bd[name][metric] = f"n/a ({exc})"
     return {"claim": "λ orders the rate: a larger λ codes at fewer bits, at every ρ",
@@ -171,7 +189,7 @@ def write_report(data: dict, out: Path) -> None:
         path = out / f"cdc-rho{rho:g}.json"
         path.write_text(json.dumps(curve, indent=1))
         curve_files.append(path)
-    plots = plot([*curve_files, *data["baselines"], data["anchor"]], out / "plots")
+    plots = rd.plot([*curve_files, *data["baselines"], data["anchor"]], out / "plots")
     plots.append(_plot_sweep(data["sweep"], out / "plots" / "steps-x-vs-eps.png"))
     lines = ["# What this reproduces (benchmarks/science.py)", "",
              f"Study settings: `{json.dumps(data['study'])}`", "", "| # | claim | verdict | evidence |",
@@ -184,6 +202,13 @@ def write_report(data: dict, out: Path) -> None:
         for r in rows:
             lines.append(f"| {name} | {r['steps']} | {r['gamma']:g} | {r['psnr-rgb']:.2f} | {r['ms-ssim-rgb']:.4f} "
                          f"| {r['stlpips-vgg']:.4f} |")
+    lines += ["", "## The ρ trade-off, step by step (changes to the next larger ρ at equal λ)", "",
+              "| λ | ρ | bpp change | PSNR change (dB) | ST-LPIPS-VGG change | fd-stlpips-vgg change | holds |",
+              "|---|---|---|---|---|---|---|"]
+    for s in data["claims"][1]["steps"]:
+        lines.append(f"| {s['lmbda']:g} | {s['rho'][0]:g} → {s['rho'][1]:g} | {s['bpp_change_pct']:+.1f} % | "
+                     f"{s['psnr_change']:+.2f} | {s['stlpips_change']:+.4f} | {_fmt(s.get('fd_change', ''))} | "
+                     f"{'yes' if s['holds'] else 'no'} |")
     lines += ["", "## Grid cells (held-out images, real bitstreams)", "",
               "| section | λ | ρ | " + " | ".join(METRICS) + " |", "|---|---|---|" + "---|" * len(METRICS)]
     for section, cells in data["cells"].items():

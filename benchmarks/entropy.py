@@ -32,10 +32,9 @@ import torch
 from common import machine, print_table, write_json
 
 from cdc.checkpoint import load_codec
-from cdc.codec import CDCCodec
+from cdc.codec import CDCCodec, build_entropy_model
 from cdc.config import with_updates
 from cdc.datasets import shard_split_images
-from cdc.entropy import build_entropy_model
 from cdc.images import load_image
 from cdc.layers import pad_to_multiple
 from cdc.losses import bits_per_pixel

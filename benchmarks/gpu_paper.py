@@ -36,7 +36,7 @@ from cdc.checkpoint import load_codec
 from cdc.codec import CDCCodec
 from cdc.coder import Coder
 from cdc.config import load_config
-from cdc.images import to_uint8
+from cdc.images import from_uint8, to_uint8
 
 CANDIDATE = next(c for c in CANDIDATES if c.name == "d-residual")
 
@@ -77,7 +77,7 @@ def train(args: argparse.Namespace) -> int:
         key = _key(steps, gamma)
         with tarfile.open(args.out / f"recon-{key}.tar", "w") as tar:
             for name, img in held_out_images(args.shards, args.limit):
-                x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
+                x = from_uint8(img, device)
                 encoded = coder.encode(x, steps=steps, gamma=gamma, seed=0)
                 rec = to_uint8(coder.decode(encoded.data)[0].cpu())
                 mse = float(np.mean(((img.astype(np.float64) - rec) / 255) ** 2))

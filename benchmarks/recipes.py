@@ -58,7 +58,7 @@ from cdc.codec import CDCCodec
 from cdc.coder import Coder
 from cdc.config import RECIPES, load_config
 from cdc.datasets import load_eval_image, shard_split_images
-from cdc.images import to_uint8
+from cdc.images import from_uint8, to_uint8
 from cdc.layers import pad_to_multiple
 from cdc.losses import RateDistortionPerceptionLoss
 from cdc.metrics import PER_IMAGE_METRICS, MetricSuite
@@ -256,10 +256,6 @@ def run_candidate(candidate: Candidate, work: Path, preset: str, shards: str, lm
 
 
 # ------------------------------------------------------------------------------ evaluation
-def _tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)[None].float() / 255
-
-
 def held_out_images(shards: str, limit: int = 0) -> list[tuple[str, np.ndarray]]:
     files = shard_split_images(shards, "val")
     files = files[:limit] if limit else files
@@ -280,7 +276,7 @@ def evaluate_cdc(model: str, images, suite: MetricSuite, settings: list[tuple[in
     for steps, gamma in settings:
         rows = []
         for _, img in images:
-            encoded = coder.encode(_tensor(img), steps=steps, gamma=gamma, seed=0)
+            encoded = coder.encode(from_uint8(img), steps=steps, gamma=gamma, seed=0)
             rec = to_uint8(coder.decode(encoded.data)[0])
             mse = float(np.mean(((img.astype(np.float64) - rec) / 255) ** 2))
             rows.append({"bpp": encoded.bpp, "mse": mse, **suite.pair(img, rec)})
@@ -298,7 +294,7 @@ def evaluate_anchor(path: Path, images, suite: MetricSuite) -> dict:
     rows = []
     with torch.no_grad():
         for _, img in images:
-            x = _tensor(img)
+            x = from_uint8(img)
             h, w = x.shape[-2:]
             enc = net.compress(pad_to_multiple(x, 64))
             nbytes = sum(len(s[0]) for s in enc["strings"])

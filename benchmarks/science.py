@@ -18,7 +18,7 @@ offline development corpus; every number comes from real bitstreams of the corpu
     python benchmarks/science.py            # the study, ≈ 1.5 h on 2 CPU cores
     python benchmarks/science.py --quick    # the whole script with tiny settings, ≈ 5 min (CI)
     python benchmarks/science.py --preset paper --base PAPER_BASE --shards s3://…/manifest.json \\
-        --launcher slurm --launcher-option partition=gpu --steps 100000   # at paper scale (not run here)
+        --launcher slurm --launcher-option partition=gpu --cell-train-steps 100000   # at paper scale (not run here)
 
 Resumable: each section's trained cells are skipped by their registry keys, every evaluation by its
 results file (``--work``, default ``runs/science``). Writes ``benchmarks/results/science/``
@@ -53,9 +53,9 @@ class Study:
     shards: str = str(DEV_SHARDS)
     lmbdas: tuple[float, ...] = (0.002, 0.01, 0.05, 0.25)
     rhos: tuple[float, ...] = (0.0, 0.5, 0.9)
-    steps: int = 200  # fine-tune steps per cell
+    cell_train_steps: int = 200  # fine-tune steps per cell
     eval_limit: int = 6  # held-out images per evaluation (0: all)
-    eval_steps: int = 9  # DDIM steps of the grid evaluation (γ: each model's default, 0.8)
+    decode_steps: int = 9  # DDIM steps of the grid evaluation (γ: each model's default, 0.8)
     sweep_lmbda: float = 0.01  # the X vs ε pair and the warm-up ablation train at (λ, ρ = 0)
     sweep_steps: tuple[int, ...] = (1, 2, 4, 8, 17, 65)
     sweep_gammas: tuple[float, ...] = (0.0, 0.8)
@@ -71,9 +71,9 @@ class Study:
     overrides: tuple[str, ...] = ("train.num_workers=1", "train.sample_every=0")
 
 
-QUICK = Study(lmbdas=(0.01, 0.2), rhos=(0.0, 0.9), steps=4, eval_limit=1, eval_steps=2, sweep_steps=(1, 2),
-              sweep_limit=1, seed_cells=((0.01, 0.0),), baselines=("jpeg", "avif"), anchor_steps=5, entropy_steps=5,
-              entropy_scales="4,8", entropy_packages=())
+QUICK = Study(lmbdas=(0.01, 0.2), rhos=(0.0, 0.9), cell_train_steps=4, eval_limit=1, decode_steps=2,
+              sweep_steps=(1, 2), sweep_limit=1, seed_cells=((0.01, 0.0),), baselines=("jpeg", "avif"),
+              anchor_steps=5, entropy_steps=5, entropy_scales="4,8", entropy_packages=())
 
 
 # ------------------------------------------------------------------------------ training (train-grid)
@@ -84,9 +84,10 @@ def run_grid(study: Study, work: Path, section: str, **params) -> dict:
     done = out / "grid.json"
     if done.is_file():
         return json.loads(done.read_text())
-    spec = {"lmbdas": list(study.lmbdas), "rhos": list(study.rhos), "preset": study.preset, "steps": study.steps,
+    spec = {"lmbdas": list(study.lmbdas), "rhos": list(study.rhos), "preset": study.preset,
+            "cell_train_steps": study.cell_train_steps,
             "base": study.base, "shards": study.shards, "eval_dataset": "shards", "eval_limit": study.eval_limit,
-            "eval_steps": study.eval_steps, "baselines": [], "launcher": study.launcher,
+            "decode_steps": study.decode_steps, "baselines": [], "launcher": study.launcher,
             "launcher_options": study.launcher_options, "output_dir": str(out),
             "experiment": f"cdc-science-{section}", "overrides": list(study.overrides), **params}
     env = {**os.environ, "CDC_HOME": str(work / "registry" / section),
@@ -163,7 +164,8 @@ def step_sweep(study: Study, work: Path, models: dict[str, str]) -> dict[str, li
 def baseline_curves(study: Study, work: Path) -> list[Path]:
     """The classical codecs on the grid's evaluation images (CompressAI-schema files)."""
     from cdc.baselines import build_baseline
-    from cdc.evaluate import evaluate_all, slug
+    from cdc.evaluate import evaluate_all
+    from cdc.rd import slug
 
     folder = work / "baselines"
     chosen = [build_baseline(n) for n in study.baselines]
@@ -201,6 +203,7 @@ def _anchor_codec(weights: Path):
     import torch
     from compressai.models import MeanScaleHyperprior
 
+    from cdc.images import from_uint8
     from cdc.layers import pad_to_multiple
 
     net = MeanScaleHyperprior(128, 192)
@@ -209,7 +212,7 @@ def _anchor_codec(weights: Path):
     header = struct.Struct(">HHHHI")  # image h, w; hyper-latent shape; y string length (counted in the bpp)
 
     def encode(img: np.ndarray) -> bytes:
-        x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
+        x = from_uint8(img)
         with torch.no_grad():
             enc = net.compress(pad_to_multiple(x, 64))
         y, z = enc["strings"][0][0], enc["strings"][1][0]
@@ -250,7 +253,7 @@ def run(study: Study, work: Path, out: Path) -> dict:
         ("grid: λ x ρ from the base", lambda: run_grid(study, work, "grid")),
         ("ε-parameterization", lambda: run_grid(study, work, "eps", lmbdas=[lx], rhos=[0.0], prediction="epsilon")),
         ("warm-up ablation: from scratch", lambda: run_grid(study, work, "scratch", lmbdas=[lx], rhos=[0.0],
-                                                            base=None, warmup_steps=0)),
+                                                            base=None, warmup_train_steps=0)),
         ("seeds", lambda: run_grid(study, work, "seed1", lmbdas=seed_lmbdas, rhos=seed_rhos,
                                    overrides=[*study.overrides, "train.seed=1"])),
         ("baselines", lambda: baseline_curves(study, work)),
@@ -296,13 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset")
     parser.add_argument("--base")
     parser.add_argument("--shards")
-    parser.add_argument("--steps", type=int, help="fine-tune steps per cell")
+    parser.add_argument("--cell-train-steps", type=int, help="fine-tune steps per cell")
     parser.add_argument("--launcher", choices=("local", "slurm", "k8s"))
     parser.add_argument("--launcher-option", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     study = QUICK if args.quick else Study()
-    changes = {k: v for k, v in {"preset": args.preset, "base": args.base, "shards": args.shards,
-                                  "steps": args.steps, "launcher": args.launcher}.items() if v is not None}
+    given = {"preset": args.preset, "base": args.base, "shards": args.shards,
+             "cell_train_steps": args.cell_train_steps, "launcher": args.launcher}
+    changes = {k: v for k, v in given.items() if v is not None}
     if args.launcher_option:
         changes["launcher_options"] = dict(o.split("=", 1) for o in args.launcher_option)
     study = replace(study, **changes)

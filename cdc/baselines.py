@@ -141,7 +141,9 @@ def zoo_baseline(arch: str) -> Baseline:
     def encode(img: np.ndarray, q: float) -> bytes:
         from compressai.ops import compute_padding
 
-        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        from cdc.images import from_uint8
+
+        x = from_uint8(img)
         pad, unpad = compute_padding(x.shape[-2], x.shape[-1], min_div=64)
         with torch.no_grad():
             out = model(int(q)).compress(torch.nn.functional.pad(x, pad))

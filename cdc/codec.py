@@ -1,8 +1,12 @@
 """The CDC codec: transform coding with a conditional diffusion decoder.
 
 Yang & Mandt, "Lossy Image Compression with Conditional Diffusion Models", NeurIPS 2023
-(arXiv:2209.06950). Follows CompressAI's ``CompressionModel`` contract (``forward``,
-``compress``, ``decompress``, ``update``, ``aux_loss``)::
+(arXiv:2209.06950). A ``CompressionModel`` subclass with CompressAI's method names (``forward``,
+``update``, ``aux_loss``, ``compress``, ``decompress``), but not its exact layout: ``compress``
+returns one batch-1 image's strings as a flat list (CompressAI: one list per stream, one entry per
+batch item) and ``shape`` is y's, not z's; ``decompress`` takes the original image size and decode
+parameters. CompressAI's ``eval_model`` cannot drive it as is; :class:`cdc.coder.Coder` and the
+``.cdc`` container are the supported interface::
 
             ┌─────┐  y  ┌───────────────┐  ŷ  ┌─────────────────┐ c0..c3
     x ──►───┤ g_a ├──►──┤ entropy model ├──►──┤ context decoder ├───►───┐
@@ -25,15 +29,24 @@ import torch
 from compressai.models import CompressionModel
 from torch import Tensor, nn
 
-from cdc.config import Config
+from cdc.config import Config, ModelConfig
 from cdc.diffusion import GaussianDiffusion
-from cdc.entropy import build_entropy_model
+from cdc.entroformer import EntroformerEntropyModel
+from cdc.entropy import LatentEntropyModel, MeanScaleHyperprior
 from cdc.layers import pad_to_multiple
 from cdc.sampler import DDIMSampler
 from cdc.transforms import AnalysisTransform, AuxSynthesis, ContextDecoder
 from cdc.unet import ConditionalUNet
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def build_entropy_model(cfg: ModelConfig) -> LatentEntropyModel:
+    """The entropy model named by ``cfg.entropy_model`` (``hyperprior`` or ``entroformer``)."""
+    models = {"hyperprior": MeanScaleHyperprior, "entroformer": EntroformerEntropyModel}
+    if cfg.entropy_model not in models:
+        raise ValueError(f"unknown entropy model {cfg.entropy_model!r}")
+    return models[cfg.entropy_model](cfg)
 
 
 class CDCCodec(CompressionModel):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.config import ModelConfig
-from cdc.entropy import HyperLatentModel, _decoder_values
+from cdc.entropy import HyperLatentModel, decoder_values
 from cdc.layers import ChannelLayerNorm
 
 
@@ -133,12 +133,12 @@ class EntroformerEntropyModel(HyperLatentModel):
             mask = anchor_mask(*y.shape[-2:], device=y.device)
             mean1, scale1 = self._pass_params(hyper, None)
             y_tilde = y + torch.empty_like(y).uniform_(-0.5, 0.5) if noise and self.training else None
-            anchors_hat = _decoder_values(y, y_tilde, mean1, noise, self.training) * mask
+            anchors_hat = decoder_values(y, y_tilde, mean1, noise, self.training) * mask
             mean2, scale2 = self._pass_params(hyper, anchors_hat)
             mean = mean1 * mask + mean2 * (1 - mask)
             scale = scale1 * mask + scale2 * (1 - mask)
             _, y_likelihoods = self.gaussian_conditional(y, scale, means=mean)
-            y_hat = _decoder_values(y, y_tilde, mean, noise, self.training)
+            y_hat = decoder_values(y, y_tilde, mean, noise, self.training)
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     # -- coding ---------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def _ste_round(x: Tensor, offset: Tensor) -> Tensor:
     return x + (torch.round(x - offset) + offset - x).detach()
 
 
-def _decoder_values(x: Tensor, x_tilde: Tensor, offset: Tensor, noise: bool, training: bool) -> Tensor:
+def decoder_values(x: Tensor, x_tilde: Tensor, offset: Tensor, noise: bool, training: bool) -> Tensor:
     """The decoder path's latent: the coder's noisy ``x_tilde`` (noise proxy, training only) or
     ``round(x - offset) + offset`` with a straight-through gradient."""
     return x_tilde if noise and training else _ste_round(x, offset)
@@ -105,7 +105,7 @@ class HyperLatentModel(LatentEntropyModel):
         """Training/eval pass of z: (ẑ, likelihoods of z); ẑ is noisy or STE-rounded (see ``forward``)."""
         z = self.h_a(y)
         z_tilde, z_likelihoods = self.entropy_bottleneck(z)
-        return _decoder_values(z, z_tilde, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1), noise,
+        return decoder_values(z, z_tilde, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1), noise,
                                self.training), z_likelihoods
 
     def _z_compress(self, y: Tensor) -> tuple[bytes, Tensor]:
@@ -154,7 +154,7 @@ class MeanScaleHyperprior(HyperLatentModel):
             z_hat, z_likelihoods = self._z_forward(y, noise)
             mean, scale = self._params(z_hat)
             y_tilde, y_likelihoods = self.gaussian_conditional(y, scale, means=mean)
-            y_hat = _decoder_values(y, y_tilde, mean, noise, self.training)
+            y_hat = decoder_values(y, y_tilde, mean, noise, self.training)
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     @torch.no_grad()
@@ -173,13 +173,3 @@ class MeanScaleHyperprior(HyperLatentModel):
         indexes = self.gaussian_conditional.build_indexes(scale)
         return self.gaussian_conditional.decompress([strings[1]], indexes, means=mean)
 
-
-def build_entropy_model(cfg: ModelConfig) -> LatentEntropyModel:
-    """The entropy model named by ``cfg.entropy_model``."""
-    if cfg.entropy_model == "hyperprior":
-        return MeanScaleHyperprior(cfg)
-    if cfg.entropy_model == "entroformer":
-        from cdc.entroformer import EntroformerEntropyModel  # imports this module: keep it lazy
-
-        return EntroformerEntropyModel(cfg)
-    raise ValueError(f"unknown entropy model {cfg.entropy_model!r}")

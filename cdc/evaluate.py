@@ -20,7 +20,6 @@ network once and batches the reconstructions; classical-baseline points come fro
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +33,8 @@ from tqdm import tqdm
 from cdc.datasets import dataset_images, load_eval_image
 from cdc.eval_cache import BaselineCache, default_cache_dir, image_key
 from cdc.metrics import DEFAULT_METRICS, MetricSuite, metric_versions
+from cdc.rd import curve as rd_curve
+from cdc.rd import slug
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,6 @@ class Curve:
     description: str
     points: list[Point]
     meta: dict = field(default_factory=dict)
-
-
-def slug(name: str) -> str:
-    """A file-name-safe form of a curve or point name."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
 
 
 def images_for(settings: EvalSettings) -> list[Path]:
@@ -165,23 +161,15 @@ def _save_recon(out_dir: Path, curve: str, label: str, image: Path, rec: np.ndar
 
 def _write_curve(curve: Curve, point_rows: list[list[dict]], distribution: list[dict], settings: EvalSettings,
                  suite: MetricSuite, out_dir: Path, images: int) -> Path:
-    results: dict[str, list[float]] = {}
+    averages = []
     for rows, extra in zip(point_rows, distribution, strict=True):
         # metrics every image has (MS-SSIM is absent for images under 161 px)
-        averages = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]
-                    if k != "image" and all(k in r for r in rows)}
-        for key, value in {**averages, **extra}.items():
-            results.setdefault(key, []).append(value)
-    order = np.argsort(results["bpp"])  # curves are drawn from low to high rate
-    results = {k: [v[i] for i in order] for k, v in results.items() if len(v) == len(order)}
-    point_meta = [{"label": p.label, **p.meta} for p in curve.points]
-    payload = {
-        "name": curve.name,
-        "description": curve.description,
-        "meta": {**asdict(settings), "images": images, "points": [point_meta[i] for i in order],
-                 "unavailable_metrics": suite.unavailable, **curve.meta},
-        "results": results,
-    }
+        averages.append({**{k: float(np.mean([r[k] for r in rows])) for k in rows[0]
+                            if k != "image" and all(k in r for r in rows)}, **extra})
+    payload = rd_curve(curve.name, curve.description, averages,  # ordered from low to high rate
+                       {**asdict(settings), "images": images, "unavailable_metrics": suite.unavailable, **curve.meta},
+                       [{"label": p.label, **p.meta} for p in curve.points])
+    order = sorted(range(len(averages)), key=lambda i: averages[i]["bpp"])
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{slug(curve.name)}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -199,13 +187,7 @@ def baseline_points(baseline) -> list[Point]:
 
 def cdc_points(coders: list, steps: int, settings: EvalSettings) -> list[Point]:
     """One point per CDC model (a ``Coder``), decoded with ``steps`` DDIM steps."""
-    import torch
-
-    from cdc.images import to_uint8
-
-    def tensor(img: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)[None].float() / 255
-        return x.to(settings.device)
+    from cdc.images import from_uint8, to_uint8
 
     points = []
     for coder in coders:
@@ -213,13 +195,15 @@ def cdc_points(coders: list, steps: int, settings: EvalSettings) -> list[Point]:
         label = f"lmbda{info.loss.lmbda:g}"
 
         def encode(img: np.ndarray, coder=coder) -> bytes:
-            return coder.encode(tensor(img), steps=steps, gamma=settings.gamma, seed=settings.seed).data
+            x = from_uint8(img, settings.device)
+            return coder.encode(x, steps=steps, gamma=settings.gamma, seed=settings.seed).data
 
         def decode(data: bytes, coder=coder) -> np.ndarray:
             return to_uint8(coder.decode(data, precision=settings.precision)[0])
 
         def extra(img: np.ndarray, coder=coder) -> dict:
-            return {"bpp_estimated": coder.estimate_bits(tensor(img)) / (img.shape[0] * img.shape[1])}
+            bits = coder.estimate_bits(from_uint8(img, settings.device))
+            return {"bpp_estimated": bits / (img.shape[0] * img.shape[1])}
 
         points.append(Point(label, encode, decode, extra, meta={"fingerprint": coder.fingerprint[:12],
                                                                 "lmbda": info.loss.lmbda, "rho": info.loss.rho}))

@@ -45,8 +45,16 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
 
 def pil_to_tensor(image: Image.Image) -> Tensor:
     """8-bit RGB Pillow image -> (1, 3, H, W) float32 in [0, 1]."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+    return from_uint8(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def from_uint8(img: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """H x W x 3 uint8 -> (1, 3, H, W) float32 in [0, 1] on ``device`` (the inverse of :func:`to_uint8`).
+
+    Copies: decoded images can be read-only views of Pillow's buffer, which torch refuses to wrap.
+    """
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float().div_(255).to(
+        device)
 
 
 def to_uint8(x: Tensor) -> np.ndarray:

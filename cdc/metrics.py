@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from cdc.images import from_uint8
 from cdc.perceptual import MissingWeightsError, build_perceptual, torchvision_weights_path
 
 PATCH = 256
@@ -36,19 +37,13 @@ def psnr(ref: np.ndarray, rec: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
-def _tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """H x W x 3 uint8 -> (1, 3, H, W) float in [0, 1]."""
-    # A copy: decoded images can be read-only views of Pillow's buffer, which torch refuses to wrap.
-    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)[None].float().div(255).to(device)
-
-
 def ms_ssim(ref: np.ndarray, rec: np.ndarray) -> float | None:
     """MS-SSIM (5 scales) on the 8-bit values; None when a side is <= 160 px (too small for 5 scales)."""
     from pytorch_msssim import ms_ssim as _ms_ssim
 
     if min(ref.shape[:2]) <= 160:
         return None
-    return float(_ms_ssim(_tensor(ref) * 255, _tensor(rec) * 255, data_range=255))
+    return float(_ms_ssim(from_uint8(ref) * 255, from_uint8(rec) * 255, data_range=255))
 
 
 def patch_count(height: int, width: int, size: int = PATCH) -> int:
@@ -195,16 +190,16 @@ class MetricSuite:
             value = ms_ssim(ref, rec) if "ms-ssim-rgb" in self.metrics else None
             if value is not None:
                 row["ms-ssim-rgb"] = value
-        a = _tensor(ref, self.device)
+        a = from_uint8(ref, self.device)
         for name, net in self.distances.items():
             fa = net.features(a * 2 - 1)
             for i in range(0, len(recs), batch):
-                b = torch.cat([_tensor(r, self.device) for r in recs[i : i + batch]])
+                b = torch.cat([from_uint8(r, self.device) for r in recs[i : i + batch]])
                 values = net.distance_from_features(fa, net.features(b * 2 - 1))
                 for row, value in zip(out[i : i + batch], values, strict=True):
                     row[name] = float(value)
         for point, row, rec in zip(points, out, recs, strict=True):
-            b = _tensor(rec, self.device)
+            b = from_uint8(rec, self.device)
             if self.dists is not None:
                 row["dists"] = float(self.dists(a, b))
             if self.distribution:
@@ -228,7 +223,7 @@ class MetricSuite:
         """fd-stlpips-vgg features of the HiFiC patches of ``ref`` (computed once per image)."""
         key = hashlib.sha1(ref.tobytes()).hexdigest()
         if key not in self._ref_features:
-            self._ref_features[key] = self.patch_features(hific_patches(_tensor(ref, self.device)), batch)
+            self._ref_features[key] = self.patch_features(hific_patches(from_uint8(ref, self.device)), batch)
         return self._ref_features[key]
 
     @torch.no_grad()

@@ -46,12 +46,10 @@ class CDCPyfunc(mlflow.pyfunc.PythonModel):
         self.coder = Coder(load_codec(context.artifacts["checkpoint"]))
 
     def predict(self, context, model_input, params: dict | None = None) -> dict:
-        import torch
-
-        from cdc.images import to_uint8
+        from cdc.images import from_uint8, to_uint8
 
         image = np.asarray(model_input["image"] if isinstance(model_input, dict) else model_input, dtype=np.uint8)
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+        x = from_uint8(image)
         steps = int((params or {}).get("steps") or 0) or None
         encoded = self.coder.encode(x, steps=steps)
         x_hat, _ = self.coder.decode(encoded.data)

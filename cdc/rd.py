@@ -9,6 +9,7 @@ lower is better (LPIPS, DISTS, FID, KID, FD) the quality axis is negated before 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,26 @@ from PIL import Image, ImageDraw
 
 LOWER_IS_BETTER = ("lpips", "dists", "fid", "kid", "fd-")
 SKIP = ("bpp", "bpp_estimated", "bytes", "encoding_time", "decoding_time", "patches")
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a curve or point name (results and reconstruction file names)."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
+
+
+def curve(name: str, description: str, points: list[dict[str, float]], meta: dict | None = None,
+          point_meta: list[dict] | None = None) -> dict:
+    """A CompressAI-schema curve (``name``, ``description``, ``meta``, ``results{metric: [...]}``) from
+    one dict of metric values per RD point (``bpp`` included): points ordered by ``bpp``, keeping the
+    metrics every point has; ``point_meta`` (one dict per point, e.g. its λ) goes to
+    ``meta["points"]`` in the same order."""
+    order = sorted(range(len(points)), key=lambda i: points[i]["bpp"])
+    keys = [k for k in points[order[0]] if all(k in p for p in points)] if points else []
+    out_meta = dict(meta or {})
+    if point_meta is not None:
+        out_meta["points"] = [point_meta[i] for i in order]
+    return {"name": name, "description": description, "meta": out_meta,
+            "results": {k: [points[i][k] for i in order] for k in keys}}
 
 
 def load(path: str | Path) -> dict:
@@ -115,8 +136,6 @@ def gallery(paths: list[str | Path], out_path: str | Path, crop: int = 256, targ
     """Same crop of the first image across codecs, each at its point nearest ``target_bpp`` (bpp in
     the caption). Uses the reconstructions the harness saved next to the results files; with
     ``originals`` (the folder of the evaluated images) the original comes first."""
-    from cdc.evaluate import slug
-
     panels: list[tuple[str, Image.Image]] = []
     image_name = None
     for path in paths:

@@ -53,7 +53,7 @@ from cdc.distributed import LaunchError, check_world_size, make_accelerator, rep
 from cdc.ema import EMA  # noqa: E402
 from cdc.losses import RateDistortionPerceptionLoss  # noqa: E402
 from cdc.perceptual import MissingWeightsError  # noqa: E402
-from cdc.pretrained import resolve_checkpoint  # noqa: E402
+from cdc.resolve import ModelNotFoundError, resolve_model  # noqa: E402
 from cdc.tracking import RunTracker, code_version  # noqa: E402
 from cdc.train_state import DataWatchdog, Preemption, checkpoint_dirs, resume, save_checkpoint  # noqa: E402
 from cdc.training import build_optimizer, log_samples, shards_fingerprint, training_phase  # noqa: E402
@@ -72,7 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lmbda", type=LAMBDA, help="rate weight lambda (loss.lmbda)")
     p.add_argument("--rho", type=RHO, help="perceptual weight rho in [0, 1] (loss.rho)")
     p.add_argument("--prediction", choices=("sample", "epsilon", "v"), help="diffusion.prediction")
-    p.add_argument("--init-from", help="codec checkpoint or shipped model name (e.g. small-base) to start from")
+    p.add_argument("--init-from", help="model to start from: checkpoint, shipped name (e.g. small-base), "
+                   "models:/NAME@ALIAS or best:bpp<=X")
     p.add_argument("--resume", help="'latest' or a checkpoint directory")
     p.add_argument("--overwrite", action="store_true", help="replace a model already exported in --output-dir")
     p.add_argument("--experiment", default="cdc-train", help="MLflow experiment")
@@ -91,8 +92,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def init_weights(codec: CDCCodec, ref: str) -> None:
-    """Load checkpoint ``ref`` (a path or shipped name) into ``codec``; the architectures must agree."""
-    path = resolve_checkpoint(ref)
+    """Load checkpoint ``ref`` (any :mod:`cdc.resolve` form) into ``codec``; the architectures must agree."""
+    path = resolve_model(ref)
     source = load_codec(path)
     if source.config.model != codec.config.model:
         diff = {k: (v, getattr(codec.config.model, k)) for k, v in vars(source.config.model).items()
@@ -131,7 +132,7 @@ def train(args: argparse.Namespace, cfg: Config) -> dict:
         (out / CONFIG_NAME).unlink(missing_ok=True)  # an old export must not look like this run's
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(accelerator.device)
-    optimizer, scheduler = build_optimizer(codec, tc)
+    optimizer, scheduler = build_optimizer(codec, tc, fine_tune=bool(args.init_from))
     ema = EMA(codec, tc.ema_decay, tc.ema_every, tc.ema_start)
     ema.shadow.to(accelerator.device)
     codec, optimizer, scheduler = accelerator.prepare(codec, optimizer, scheduler)
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         summary = train(args, cfg)
-    except (ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError, FileNotFoundError) as exc:
+    except (ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError, FileNotFoundError,
+            ModelNotFoundError) as exc:
         # a DataLoader worker's error arrives wrapped with its traceback: keep its last line
         line = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
         print(f"cdc train: error: {line.removeprefix('shards.reader.ShardError: ')}", file=sys.stderr)

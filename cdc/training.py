@@ -44,13 +44,16 @@ def training_phase(step: int, tc: TrainConfig, fine_tune: bool = False) -> str:
     return "autoencoder" if step < autoencoder else "decoder"
 
 
-def build_optimizer(codec: CDCCodec, tc: TrainConfig) -> tuple[torch.optim.Optimizer, Scheduler]:
-    """Adam over every parameter (quantiles in their own group) and the LR schedule."""
+def build_optimizer(codec: CDCCodec, tc: TrainConfig, fine_tune: bool = False) -> tuple[torch.optim.Optimizer,
+                                                                                        Scheduler]:
+    """Adam over every parameter (quantiles in their own group) and the LR schedule; a fine-tune
+    (``--init-from``) starts from ``tc.finetune_lr`` when it is set."""
+    lr = tc.finetune_lr if fine_tune and tc.finetune_lr else tc.lr
     quantiles = [p for n, p in codec.named_parameters() if n.endswith("quantiles")]
     others = [p for n, p in codec.named_parameters() if not n.endswith("quantiles")]
     optimizer = torch.optim.Adam([
-        {"params": others, "lr": tc.lr},
-        {"params": quantiles, "lr": tc.lr * QUANTILE_LR_FACTOR},
+        {"params": others, "lr": lr},
+        {"params": quantiles, "lr": lr * QUANTILE_LR_FACTOR},
     ])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, tc))
     return optimizer, scheduler

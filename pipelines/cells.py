@@ -28,13 +28,13 @@ def config_key(payload: dict) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid point and everything that defines its result."""
+    """One grid point and everything that defines its result (``train_steps``: its fine-tune length)."""
 
     lmbda: float
     rho: float
     preset: str
     prediction: str
-    steps: int
+    train_steps: int
     overrides: tuple[str, ...] = ()
     warmup_key: str = ""
     shards_fingerprint: str = ""
@@ -58,11 +58,54 @@ class CellResult:
     results_file: str = ""
 
 
-def train_job(name: str, output_dir: Path, shards: str, preset: str, prediction: str, steps: int, lmbda: float,
-              rho: float, overrides: list[str], init_from: Path | None, tags: dict[str, str],
+@dataclass(frozen=True)
+class CellJob:
+    """A planned cell: what it is and the training run that makes it."""
+
+    cell: Cell
+    job: TrainJob
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.job.output_dir)
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """Every cell of a grid in order (ρ-major), the ones to train with their jobs, the skipped ones."""
+
+    cells: list[Cell]
+    todo: list[CellJob]
+    skipped: list[Cell]
+
+
+def plan_grid(lmbdas: list[float], rhos: list[float], *, preset: str, prediction: str, cell_train_steps: int,
+              shards: str, shards_fingerprint: str, code_version: str, out: Path, experiment: str,
+              overrides: list[str] | None = None, cell_overrides: dict[str, list[str]] | None = None,
+              warm_key: str = "", warm_dir: Path | None = None,
+              registered: set[str] | frozenset[str] = frozenset()) -> GridPlan:
+    """The grid's work, without running anything: the cells to train with their ``cdc/train.py`` jobs
+    and the cells already registered under their key (skipped). Pure: tests check it without Prefect.
+
+    ``cell_overrides`` maps ``"lambda/rho"`` (``%g``) to extra overrides of that cell; ``warm_dir`` is
+    the model every cell starts from (``warm_key`` its identity, part of every cell key).
+    """
+    base = list(overrides or [])
+    extra = cell_overrides or {}
+    cells = [Cell(lmbda, rho, preset, prediction, cell_train_steps, tuple(base + extra.get(f"{lmbda:g}/{rho:g}", [])),
+                  warm_key, shards_fingerprint, code_version) for rho in rhos for lmbda in lmbdas]
+    todo = [CellJob(c, train_job(c.label, out / "cells" / f"{c.label}-{c.key}", shards, preset, prediction,
+                                 cell_train_steps, c.lmbda, c.rho, list(c.overrides), warm_dir,
+                                 {"cdc.role": "cell", "cdc.cell_key": c.key}, experiment))
+            for c in cells if c.key not in registered]
+    return GridPlan(cells, todo, [c for c in cells if c.key in registered])
+
+
+def train_job(name: str, output_dir: Path, shards: str, preset: str, prediction: str, train_steps: int,
+              lmbda: float, rho: float, overrides: list[str], init_from: Path | None, tags: dict[str, str],
               experiment: str) -> TrainJob:
     """The ``cdc/train.py`` arguments of one grid run (always ``--resume latest``: retries continue)."""
-    args = ["--preset", preset, "--shards", shards, "--max-steps", str(steps), "--lmbda", f"{lmbda:g}",
+    args = ["--preset", preset, "--shards", shards, "--max-steps", str(train_steps), "--lmbda", f"{lmbda:g}",
             "--rho", f"{rho:g}", "--prediction", prediction, "--resume", "latest", "--experiment", experiment,
             "--run-name", name]
     if init_from is not None:
@@ -85,15 +128,17 @@ def run_training(job: TrainJob, launcher: str, launcher_options: dict) -> str:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str) -> tuple[str, dict[str, float]]:
-    """Evaluate one trained model (one RD point); returns (results file, averaged metrics)."""
+def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str,
+                   decode_steps: int | None = None) -> tuple[str, dict[str, float]]:
+    """Evaluate one trained model (one RD point) with ``decode_steps`` DDIM steps (None: the model's
+    default); returns (results file, averaged metrics)."""
     from cdc.checkpoint import load_codec
     from cdc.coder import Coder
     from cdc.evaluate import EvalSettings, cdc_points, run_curve
     from cdc.metrics import MetricSuite
 
     coder = Coder(load_codec(model_dir))
-    steps = settings["steps"][0] or coder.codec.config.sampler.steps  # 0: the model's own default
+    steps = decode_steps if decode_steps is not None else coder.codec.config.sampler.steps
     cfg = EvalSettings(**{**settings, "steps": (steps,)})
     suite = MetricSuite(cfg.device, cfg.metrics)
     path = run_curve(name, "CDC grid cell, real bitstreams", cdc_points([coder], steps, cfg), cfg, suite,
@@ -106,8 +151,9 @@ def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str) -> t
 def evaluate_baselines(names: list[str], settings: dict, out_dir: str) -> list[str]:
     """The classical codecs on the same images (skipped when their results already exist)."""
     from cdc.baselines import build_baseline
-    from cdc.evaluate import EvalSettings, baseline_points, run_curve, slug
+    from cdc.evaluate import EvalSettings, baseline_points, run_curve
     from cdc.metrics import MetricSuite
+    from cdc.rd import slug
 
     cfg = EvalSettings(**settings)
     suite = MetricSuite(cfg.device, cfg.metrics)

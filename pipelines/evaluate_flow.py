@@ -21,11 +21,11 @@ def evaluate(models: list[str] | None = None, baselines: list[str] | None = None
     """
     from cdc.baselines import build_baseline, zoo_baseline
     from cdc.checkpoint import load_codec
-    from cdc.cli import resolve_model
     from cdc.coder import Coder
     from cdc.evaluate import EvalSettings, evaluate_all
     from cdc.metrics import parse_metrics
     from cdc.rd import plot
+    from cdc.resolve import resolve_model
 
     logger = get_run_logger()
     settings = EvalSettings(dataset=dataset, root=root, download=download, protocol=protocol,

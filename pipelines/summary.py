@@ -44,17 +44,17 @@ def register_cells(results: list[CellResult], dataset: str, experiment: str, set
 
 def _family_curves(names: set[str], dataset: str, out_dir: Path) -> list[Path]:
     """A CompressAI-schema curve per registered family, from its versions' tags (all lambdas so far)."""
+    from cdc.rd import curve
     from cdc.registry import list_versions
 
     paths = []
     for name in sorted(names):
-        versions = sorted((v for v in list_versions(name) if v.name == name and v.metric(dataset, "bpp") is not None),
-                          key=lambda v: v.metric(dataset, "bpp"))
-        metrics = [m for m in SHOWN if all(v.metric(dataset, m) is not None for v in versions)]
-        results = {m: [v.metric(dataset, m) for v in versions] for m in metrics}
+        versions = [v for v in list_versions(name) if v.name == name and v.metric(dataset, "bpp") is not None]
+        points = [{m: v.metric(dataset, m) for m in SHOWN if v.metric(dataset, m) is not None} for v in versions]
+        data = curve(name, "registered CDC family", points, {"dataset": dataset},
+                     [{"version": v.version} for v in versions])
         path = out_dir / f"grid-{name}.json"
-        path.write_text(json.dumps({"name": name, "description": "registered CDC family", "meta": {
-            "dataset": dataset, "versions": [v.version for v in versions]}, "results": results}, indent=2))
+        path.write_text(json.dumps(data, indent=2))
         paths.append(path)
     return paths
 

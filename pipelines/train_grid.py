@@ -27,11 +27,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from cdc.metrics import REPORT_METRICS
 from pipelines.cells import (
     CONCURRENCY_LIMIT,
-    Cell,
     CellResult,
     config_key,
     evaluate_baselines,
     evaluate_model,
+    plan_grid,
     run_training,
     train_job,
 )
@@ -58,8 +58,8 @@ def train_grid(
     rhos: list[float],
     prediction: str = "sample",
     preset: str = "small",
-    steps: int = 300,
-    warmup_steps: int = 300,
+    cell_train_steps: int = 300,
+    warmup_train_steps: int = 300,
     warmup_lmbda: float = 0.004,
     base: str | None = None,
     corpus: list[str] | None = None,
@@ -70,7 +70,7 @@ def train_grid(
     eval_dataset: str = "shards",
     eval_root: str | None = None,
     eval_protocol: str = "full",
-    eval_steps: int = 0,
+    decode_steps: int | None = None,
     eval_limit: int = 0,
     baselines: list[str] | None = None,
     launcher: str = "local",
@@ -86,15 +86,16 @@ def train_grid(
 
     Args:
         lmbdas, rhos: the grid (rate weights; perceptual weights in [0, 1]).
-        prediction, preset, steps: per-cell training (``cdc/train.py`` flags).
-        warmup_steps, warmup_lmbda: the shared warm-up from scratch (rho 0, the config's recipe: the
+        prediction, preset, cell_train_steps: per-cell training (``cdc/train.py`` flags; the cell's
+            fine-tune length in optimisation steps).
+        warmup_train_steps, warmup_lmbda: the shared warm-up from scratch (rho 0, the config's recipe: the
             fast-start recipe by default, so a moderate rate works; the paper's recipe needs ~1e-6
             and hundreds of thousands of steps); 0 steps skips it.
         base: start every cell from this trained model (a path or a shipped name such as
             ``small-base``) instead of a warm-up; its fingerprint is part of every cell key.
         corpus / shards: image sources to shard (``split_val``, ``patch_size``, ``max_shorter`` as in
             ``shard-corpus``), or an existing manifest.
-        eval_dataset, eval_root, eval_protocol, eval_steps (0: each model's default), eval_limit:
+        eval_dataset, eval_root, eval_protocol, decode_steps (DDIM steps; None: each model's default), eval_limit:
             where and how cells are evaluated (``shards`` = the held-out val split).
         baselines: classical codecs evaluated on the same images (default jpeg, webp).
         launcher, launcher_options: ``local`` | ``slurm`` | ``k8s`` and their keyword options.
@@ -123,40 +124,34 @@ def train_grid(
     warm_key = ""
     if base:
         from cdc.checkpoint import read_checkpoint_info
-        from cdc.pretrained import resolve_checkpoint
+        from cdc.resolve import resolve_model
 
-        warm_dir = resolve_checkpoint(base)
+        warm_dir = resolve_model(base)
         warm_key = read_checkpoint_info(warm_dir)["fingerprint"][:16]
         logger.info(f"cells start from {base} ({warm_dir}, fingerprint {warm_key})")
-    elif warmup_steps > 0:
-        warm_key = config_key({"preset": preset, "prediction": prediction, "steps": warmup_steps, "lmbda": warmup_lmbda,
-                               "overrides": overrides, "shards": fingerprint, "code": version})
+    elif warmup_train_steps > 0:
+        warm_key = config_key({"preset": preset, "prediction": prediction, "steps": warmup_train_steps,
+                               "lmbda": warmup_lmbda, "overrides": overrides, "shards": fingerprint, "code": version})
         warm_dir = out / f"warmup-{warm_key}"
-        job = train_job(f"warmup-{warm_key[:8]}", warm_dir, manifest, preset, prediction, warmup_steps, warmup_lmbda,
-                        0.0, overrides, None, {"cdc.role": "warmup"}, experiment)
+        job = train_job(f"warmup-{warm_key[:8]}", warm_dir, manifest, preset, prediction, warmup_train_steps,
+                        warmup_lmbda, 0.0, overrides, None, {"cdc.role": "warmup"}, experiment)
         train(job, launcher, launcher_options or {})
 
-    extra = cell_overrides or {}
-    cells = [Cell(lmbda, rho, preset, prediction, steps, tuple(overrides + extra.get(f"{lmbda:g}/{rho:g}", [])),
-                  warm_key, fingerprint, version) for rho in rhos for lmbda in lmbdas]
-    done = registered_cell_keys()
-    todo = [c for c in cells if c.key not in done]
-    skipped = [c for c in cells if c.key in done]
-    for cell in skipped:
+    plan = plan_grid(lmbdas, rhos, preset=preset, prediction=prediction, cell_train_steps=cell_train_steps,
+                              shards=manifest, shards_fingerprint=fingerprint, code_version=version, out=out,
+                              experiment=experiment, overrides=overrides, cell_overrides=cell_overrides,
+                              warm_key=warm_key, warm_dir=warm_dir, registered=registered_cell_keys())
+    for cell in plan.skipped:
         logger.info(f"{cell.label}: already registered (cell key {cell.key}), skipped")
 
     settings = {"dataset": eval_dataset, "root": eval_root or (manifest if eval_dataset == "shards" else None),
-                "protocol": eval_protocol, "steps": (eval_steps,) if eval_steps else (0,), "limit": eval_limit,
-                "save_recon": 1, "metrics": REPORT_METRICS}
+                "protocol": eval_protocol, "limit": eval_limit, "save_recon": 1, "metrics": REPORT_METRICS}
     eval_dir = out / "eval"
     futures = {}
-    for cell in todo:
-        cell_dir = out / "cells" / f"{cell.label}-{cell.key}"
-        job = train_job(cell.label, cell_dir, manifest, preset, prediction, steps, cell.lmbda, cell.rho,
-                        list(cell.overrides), warm_dir, {"cdc.role": "cell", "cdc.cell_key": cell.key}, experiment)
-        trained = train.submit(job, launcher, launcher_options or {})
-        evaluated = evaluate_model.submit(trained, f"CDC {cell.label}", settings, str(eval_dir))
-        futures[cell] = (cell_dir, trained, evaluated)
+    for planned in plan.todo:
+        trained = train.submit(planned.job, launcher, launcher_options or {})
+        evaluated = evaluate_model.submit(trained, f"CDC {planned.cell.label}", settings, str(eval_dir), decode_steps)
+        futures[planned.cell] = (planned.output_dir, trained, evaluated)
     baseline_files = evaluate_baselines.submit(["jpeg", "webp"] if baselines is None else baselines, settings,
                                                str(eval_dir))
 
@@ -172,7 +167,7 @@ def train_grid(
             failures[cell.label] = lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}"
             logger.error(f"{cell.label}: failed after {attempts[cell.label]} attempt(s): {failures[cell.label]}")
     registered = register_cells(results, eval_dataset, experiment, settings)
-    summary = summarize(cells, skipped, registered, failures, eval_dataset, baseline_files.result(), out)
+    summary = summarize(plan.cells, plan.skipped, registered, failures, eval_dataset, baseline_files.result(), out)
     summary["attempts"] = attempts
     create_markdown_artifact(summary["markdown"], key="train-grid-summary", description=f"Grid in {out}")
     print(summary["markdown"])

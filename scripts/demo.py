@@ -36,8 +36,7 @@ def make_gallery() -> Path:
     import json
 
     from cdc.datasets import shard_split_images
-    from cdc.evaluate import slug
-    from cdc.rd import gallery
+    from cdc.rd import gallery, slug
 
     def results(name: str) -> Path:
         return OUT / "eval" / f"{slug(name)}.json"
@@ -62,7 +61,7 @@ def main() -> None:
     # Prefect's local server keeps its SQLite database here and does not create the folder itself.
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     summary = train_grid(
-        lmbdas=LMBDAS, rhos=[0.0, 0.9], preset="small", steps=STEPS, base="small-base",
+        lmbdas=LMBDAS, rhos=[0.0, 0.9], preset="small", cell_train_steps=STEPS, base="small-base",
         corpus=[str(sources)], max_shorter=512, split_val=0.15,  # the base model's corpus and split
         eval_dataset="shards", eval_limit=EVAL_IMAGES, baselines=["jpeg", "webp", "avif"], output_dir=str(OUT),
         experiment="cdc-demo", overrides=["train.num_workers=1"],

@@ -245,13 +245,24 @@ def serial_map(fn: Callable, items: Iterable, *args) -> Iterator:
         yield fn(item, *args)
 
 
+def _die_with_parent() -> None:
+    """Pool-worker initializer: on Linux, the kernel kills the worker when the builder dies (even by
+    ``kill -9``), so no orphan keeps decoding images for nobody."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: workers exit at their next queue read
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def process_pool_map(workers: int) -> Mapper:
     """A mapper running on ``workers`` processes (serial when ``workers`` is 1)."""
     if workers <= 1:
         return serial_map
 
     def mapper(fn: Callable, items: Iterable, *args) -> Iterator:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=_die_with_parent) as pool:
             futures = [pool.submit(fn, item, *args) for item in items]
             for future in futures:
                 yield future.result()
@@ -275,6 +286,8 @@ def build(sources: list[str], out: str | Path, cfg: BuildConfig, mapper: Mapper 
     locations = expand_sources(sources)
     existing = up_to_date(out, locations, cfg)
     if existing is not None:
+        if not keep_staging:  # a build killed after its manifest, before cleaning up
+            shutil.rmtree(_staging(out), ignore_errors=True)
         return existing
     prepare_staging(out, cfg)
     chunks = plan_chunks(locations, cfg)

@@ -58,9 +58,10 @@ def model_dir(tmp_path):
     return save_codec(tiny_codec(), tmp_path / "model")
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m cdc ARGS`` in a real subprocess."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m cdc ARGS`` in a real subprocess (``timeout`` seconds: a hang fails the test)."""
     return subprocess.run(
         [sys.executable, "-m", "cdc", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=600,
+        env={**os.environ, **(env or {})}, timeout=timeout,
     )

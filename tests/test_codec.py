@@ -110,8 +110,14 @@ def test_bf16_decoding_is_close_to_fp32(codec):
 
 
 def test_perceptual_network_is_not_in_the_checkpoint(tmp_path):
+    from safetensors import safe_open
+
     cfg = load_config("tiny", ["loss.rho=0.9"])
     codec = tiny_codec()
-    RateDistortionPerceptionLoss(cfg.loss, codec.diffusion)
+    loss = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion)
     save_codec(codec, tmp_path / "m")
-    assert {k.split(".")[0] for k in codec.state_dict()} == {"g_a", "entropy", "context", "unet", "g_s"}
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), framework="pt") as f:
+        saved = set(f.keys())
+    assert {k.split(".")[0] for k in saved} == {"g_a", "entropy", "context", "unet", "g_s"}
+    perceptual = {k for k in loss.state_dict() if k.startswith("perceptual.")}
+    assert perceptual and not any(k.removeprefix("perceptual.") in k2 for k in perceptual for k2 in saved)

@@ -52,7 +52,7 @@ def services(tmp_path_factory):
 
 
 def run_grid(env: dict, home: Path, lmbdas: str, cell_overrides: str = "{}") -> subprocess.CompletedProcess:
-    params = {"lmbdas": lmbdas, "rhos": "[0]", "preset": "tiny", "steps": "10", "warmup_steps": "10",
+    params = {"lmbdas": lmbdas, "rhos": "[0]", "preset": "tiny", "cell_train_steps": "10", "warmup_train_steps": "10",
               "corpus": json.dumps([str(home / "corpus")]), "patch_size": "256", "split_val": "0.3",
               "eval_limit": "2", "baselines": '["jpeg"]', "output_dir": str(home / "grid"),
               "cell_overrides": cell_overrides, "retries": "1"}

@@ -28,6 +28,9 @@ def test_a_claim_must_exceed_the_seed_spread():
     assert claim_rho(grid, small)["verdict"] == "reproduced"
     large = seed_spread({"grid": grid, "seed1": [_cell(0.01, 0.0, 0.30, 31.5, 0.26)]})
     assert claim_rho(grid, large)["verdict"] == "not reproduced"  # the effect is within the noise
+    beyond = [*grid[:1], _cell(0.01, 0.5, 0.30, 29.5, 0.15), _cell(0.01, 0.9, 0.30, 29.0, 0.17)]
+    result = claim_rho(beyond, small)  # 0 -> 0.5 helps, 0.5 -> 0.9 hurts ST-LPIPS
+    assert result["verdict"] == "partly reproduced" and [s["holds"] for s in result["steps"]] == [True, False]
 
 
 def test_lambda_must_order_the_rate_at_every_rho():

@@ -14,6 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
+from cdc.argtypes import COUNT, GAMMA, SEED
+from cdc.cli.common import CLIError, load_coder, say
+
 
 def _csv_ints(text: str) -> tuple[int, ...]:
     try:
@@ -36,7 +39,6 @@ def _metrics(text: str) -> tuple[str, ...]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate models and baselines; print a short summary per curve."""
-    from cdc.cli import CLIError, _say, load_coder
     from cdc.datasets import DatasetError
     from cdc.evaluate import EvalSettings, evaluate_all
     from cdc.rd import load
@@ -50,7 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     coders = [load_coder(m, args.device) for m in args.models]
     baselines = [b for b in (_baseline(n) for n in filter(None, (args.baseline or "").split(","))) if b]
     try:
-        written = evaluate_all(coders, baselines, settings, Path(args.output), warn=lambda m: _say("warning", m))
+        written = evaluate_all(coders, baselines, settings, Path(args.output), warn=lambda m: say("warning", m))
     except DatasetError as exc:
         raise CLIError(str(exc)) from None
     for path in written:
@@ -63,12 +65,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _baseline(name: str):
     from cdc.baselines import build_baseline, zoo_baseline
-    from cdc.cli import CLIError, _say
 
     try:
         return zoo_baseline(name[4:]) if name.startswith("zoo:") else build_baseline(name)
     except FileNotFoundError as exc:
-        _say("warning", f"baseline {name} skipped: {exc}")
+        say("warning", f"baseline {name} skipped: {exc}")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     return None
@@ -97,7 +98,6 @@ def cmd_bdrate(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``eval``, ``plot`` and ``bdrate`` on the ``cdc`` parser."""
-    from cdc.argtypes import COUNT, GAMMA, SEED
     p = sub.add_parser("eval", help="evaluate CDC models and/or classical baselines on a dataset")
     p.add_argument("models", nargs="*", help="codec checkpoints (one RD point each)")
     p.add_argument("--baseline", help="comma list: jpeg,webp,avif,jxl,jp2,heic,zoo:<compressai arch>")

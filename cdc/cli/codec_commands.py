@@ -1,118 +1,27 @@
-"""The ``cdc`` command line (also ``python -m cdc``).
-
-Subcommands::
-
-    cdc init --preset tiny|small|paper -o MODEL        an untrained codec checkpoint
-    cdc compress IMG... -m MODEL -o OUT                 images -> .cdc files
-    cdc decompress FILE.cdc... -m MODEL -o OUT          .cdc files -> PNG
-    cdc info FILE.cdc...                                header as JSON (no model needed)
-    cdc models list                                     registered models (MLflow registry)
-    cdc eval | plot | bdrate                            evaluation harness (see cdc/cli_eval.py)
-
-MODEL is a checkpoint path, ``models:/NAME@ALIAS`` or ``best:bpp<=0.2,objective=perception``.
-
-Every failure prints one line ``cdc: error: <file>: <problem>`` and the exit status is non-zero;
-other files in the same call are still processed, and no partial output file is left behind.
-"""
+"""``cdc init``, ``compress``, ``decompress``, ``info`` and ``models`` (registered into the ``cdc`` parser)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import warnings
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cdc.argtypes import GAMMA, PIXELS, SEED, STEPS
+from cdc.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CLIError,
+    for_each,
+    load_coder,
+    output_paths,
+    refuse_existing,
+    resolve,
+    say,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_MAX_DECODE_STEPS = 256  # the paper's sweeps stop at 129; a stranger's file must not set the cost
 DEFAULT_MAX_CODEC_PIXELS = 4096 * 4096  # whole-image coding: the U-Net's activations grow with pixels
-
-
-class CLIError(Exception):
-    """A fatal, user-facing error (printed as one line)."""
-
-
-def _quiet_third_party_warnings() -> None:
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
-
-
-def _say(kind: str, message: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"cdc: {kind}: {message}", file=sys.stderr)  # does not tear an active progress bar
-
-
-def load_coder(ref: str, device: str = "cpu"):
-    """A ``Coder`` for a model reference; failures become a one-line :class:`CLIError`."""
-    from cdc.checkpoint import CheckpointError, load_codec
-    from cdc.coder import Coder
-
-    try:
-        return Coder(load_codec(resolve_model(ref), device))
-    except CheckpointError as exc:
-        raise CLIError(str(exc)) from None
-
-
-def resolve_model(ref: str) -> Path:
-    """A model reference -> a local checkpoint: a path, a shipped model name (``small-base``),
-    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``
-    (the MLflow registry, downloaded once into ``~/.cache/cdc/models``), or a query
-    ``best:bpp<=0.2[,objective=perception|distortion][,dataset=div2k]``."""
-    if ref.startswith(("models:/", "best:")):
-        from cdc.registry import RegistryError, resolve
-
-        try:
-            return resolve(ref)
-        except RegistryError as exc:
-            raise CLIError(str(exc)) from None
-    from cdc.pretrained import resolve_checkpoint
-
-    try:
-        return resolve_checkpoint(ref)
-    except FileNotFoundError as exc:
-        raise CLIError(str(exc)) from None
-
-
-def _outputs(inputs: list[str], out: str, suffix: str) -> list[Path]:
-    """Output paths: OUT itself for one input with the right suffix, else OUT/<stem><suffix>."""
-    target = Path(out)
-    if len(inputs) == 1 and target.suffix == suffix and not target.is_dir():
-        return [target]
-    if target.suffix and not target.is_dir():
-        raise CLIError(f"{out}: an output file must end in {suffix} (one input), otherwise give a directory")
-    if target.exists() and not target.is_dir():
-        raise CLIError(f"{out}: exists and is not a directory (give a directory, or one input and a {suffix} name)")
-    names = [Path(p).stem + suffix for p in inputs]
-    duplicates = {n for n in names if names.count(n) > 1}
-    if duplicates:
-        raise CLIError(f"inputs would overwrite each other in {out}: {', '.join(sorted(duplicates))}")
-    return [target / n for n in names]
-
-
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    """Never replace a file the user did not name for replacement (e.g. the original photo)."""
-    if path.exists() and not overwrite:
-        raise CLIError(f"{path}: exists; pass --overwrite to replace it")
-
-
-def _for_each(items: list[str], work: Callable[[int, str], None], label: str) -> int:
-    from tqdm import tqdm
-
-    failed = 0
-    for i, item in enumerate(tqdm(items, desc=label, unit="file", disable=True if len(items) < 2 else None,
-                                file=sys.stderr)):
-        try:
-            work(i, item)
-        except CLIError as exc:
-            _say("error", str(exc))
-            failed += 1
-        except OSError as exc:  # e.g. an unwritable, missing or clashing output path: one line, next file
-            _say("error", f"{exc.filename or item}: {exc.strerror or exc}")
-            failed += 1
-    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -125,7 +34,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     try:
         if args.source:
-            source = resolve_model(args.source)
+            source = resolve(args.source)
             base = load_codec(source)
             config = config_from_dict(base.config.to_dict(), args.overrides)
             if config.model != base.config.model:
@@ -156,14 +65,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from cdc.images import InputError, load_image
 
     coder = load_coder(args.model)
-    outputs = _outputs(args.images, args.output, ".cdc")
+    outputs = output_paths(args.images, args.output, ".cdc")
 
     def work(i: int, image: str) -> None:
-        _refuse_existing(outputs[i], args.overwrite)
+        refuse_existing(outputs[i], args.overwrite)
         try:
             x, notes = load_image(image, max_pixels=args.max_pixels)
             for note in notes:
-                _say("warning", f"{image}: {note}")
+                say("warning", f"{image}: {note}")
             encoded = coder.encode(x, steps=args.steps, gamma=args.gamma, seed=args.seed)
         except (InputError, DecodeError) as exc:
             raise CLIError(str(exc) if isinstance(exc, InputError) else f"{image}: {exc}") from None
@@ -172,7 +81,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         tqdm.write(f"{outputs[i]}: {w}x{h}, {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp "
               f"(estimated {encoded.bpp_estimated:.4f})")
 
-    return _for_each(args.images, work, "compress")
+    return for_each(args.images, work, "compress")
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -184,10 +93,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from cdc.images import encode_png
 
     coder = load_coder(args.model)
-    outputs = _outputs(args.files, args.output, ".png")
+    outputs = output_paths(args.files, args.output, ".png")
 
     def work(i: int, file: str) -> None:
-        _refuse_existing(outputs[i], args.overwrite)
+        refuse_existing(outputs[i], args.overwrite)
         try:
             data = Path(file).read_bytes()
         except OSError as exc:
@@ -206,7 +115,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         atomic_write(outputs[i], encode_png(x_hat))
         tqdm.write(f"{outputs[i]}: {stream.width}x{stream.height}, {total} steps, {args.precision}")
 
-    return _for_each(args.files, work, "decompress")
+    return for_each(args.files, work, "decompress")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -219,7 +128,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             data = Path(file).read_bytes()
             stream = Bitstream.from_bytes(data)
         except (OSError, BitstreamError) as exc:
-            _say("error", f"{file}: {getattr(exc, 'strerror', None) or exc}")
+            say("error", f"{file}: {getattr(exc, 'strerror', None) or exc}")
             failed += 1
             continue
         info = {"file": file, "bytes": len(data), "bpp": 8 * len(data) / (stream.height * stream.width)}
@@ -243,11 +152,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``cdc`` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="cdc", description="Conditional-diffusion image codec.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the codec subcommands on the ``cdc`` parser."""
     p = sub.add_parser("init", help="write an untrained codec checkpoint, or copy a trained one (--from)")
     p.add_argument("--preset", default="tiny", help="tiny | small | paper | path to a YAML config")
     p.add_argument("--from", dest="source", help="start from a trained model (path, shipped name e.g. small-base, "
@@ -292,26 +198,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list",))
     p.add_argument("--dataset", default="div2k", help="which evaluation's metrics to show")
     p.set_defaults(func=cmd_models)
-
-    from cdc.cli_eval import add_commands
-
-    add_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cdc`` console script; returns the exit status."""
-    _quiet_third_party_warnings()
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except CLIError as exc:
-        _say("error", str(exc))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        _say("error", "interrupted")
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The ``cdc`` command line (also ``python -m cdc``).
+
+Subcommands::
+
+    cdc init --preset tiny|small|paper -o MODEL        an untrained codec checkpoint
+    cdc compress IMG... -m MODEL -o OUT                 images -> .cdc files
+    cdc decompress FILE.cdc... -m MODEL -o OUT          .cdc files -> PNG
+    cdc info FILE.cdc...                                header as JSON (no model needed)
+    cdc models list                                     registered models (MLflow registry)
+    cdc eval | plot | bdrate                            evaluation harness (see cdc/cli/eval_commands.py)
+
+MODEL is a checkpoint path, ``models:/NAME@ALIAS`` or ``best:bpp<=0.2,objective=perception``.
+
+Every failure prints one line ``cdc: error: <file>: <problem>`` and the exit status is non-zero;
+other files in the same call are still processed, and no partial output file is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cdc.cli.common import EXIT_FAILED, CLIError, quiet_third_party_warnings, say
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cdc`` argument parser with every subcommand."""
+    from cdc.cli import codec_commands, eval_commands
+
+    parser = argparse.ArgumentParser(prog="cdc", description="Conditional-diffusion image codec.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    codec_commands.add_commands(sub)
+    eval_commands.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cdc`` console script; returns the exit status."""
+    quiet_third_party_warnings()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        say("error", str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        say("error", "interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Unit tests of the outer ring's pure parts: the grid plan, the EMA, registry queries, launchers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cdc.ema import EMA
+from pipelines.cells import plan_grid
+from pipelines.launchers import cpu_share
+
+PLAN = {"preset": "tiny", "prediction": "sample", "cell_train_steps": 10, "shards": "s/manifest.json",
+        "shards_fingerprint": "f" * 8, "code_version": "0.1.0+gabc", "out": Path("/grid"), "experiment": "e"}
+
+
+def test_plan_grid_orders_cells_keys_them_and_skips_registered_ones():
+    plan = plan_grid([0.01, 0.05], [0.0, 0.9], **PLAN, overrides=["train.crop=64"],
+                     cell_overrides={"0.05/0.9": ["train.lr=1e-4"]}, warm_key="w" * 16, warm_dir=Path("/base"))
+    assert [c.label for c in plan.cells] == ["lmbda0.01-rho0", "lmbda0.05-rho0", "lmbda0.01-rho0.9",
+                                             "lmbda0.05-rho0.9"]
+    assert len({c.key for c in plan.cells}) == 4 and not plan.skipped
+    last = plan.todo[-1]
+    assert last.cell.overrides == ("train.crop=64", "train.lr=1e-4")
+    assert last.output_dir == Path("/grid/cells") / f"lmbda0.05-rho0.9-{last.cell.key}"
+    args = last.job.args
+    assert args[args.index("--max-steps") + 1] == "10" and args[args.index("--init-from") + 1] == "/base"
+    assert args[args.index("--resume") + 1] == "latest" and args[-2:] == ["train.crop=64", "train.lr=1e-4"]
+    again = plan_grid([0.01, 0.05], [0.0, 0.9], **PLAN, overrides=["train.crop=64"],
+                      cell_overrides={"0.05/0.9": ["train.lr=1e-4"]}, warm_key="w" * 16, warm_dir=Path("/base"),
+                      registered={plan.cells[0].key})
+    assert again.skipped == [plan.cells[0]] and [j.cell for j in again.todo] == plan.cells[1:]
+
+
+def test_a_cells_key_changes_with_its_data_code_and_starting_point():
+    key = plan_grid([0.01], [0.0], **PLAN).cells[0].key
+    assert plan_grid([0.01], [0.0], **{**PLAN, "shards_fingerprint": "g" * 8}).cells[0].key != key
+    assert plan_grid([0.01], [0.0], **{**PLAN, "code_version": "0.1.1"}).cells[0].key != key
+    assert plan_grid([0.01], [0.0], **PLAN, warm_key="x").cells[0].key != key
+    assert plan_grid([0.01], [0.0], **PLAN).cells[0].key == key
+
+
+def test_ema_copies_until_start_then_averages_every_n_steps():
+    model = nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.5, every=2, start=1)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.update(model, 1)  # within start: a copy
+    assert torch.equal(ema.shadow.weight, model.weight)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    ema.update(model, 3)  # not a multiple of every: unchanged
+    assert torch.all(ema.shadow.weight == 2.0)
+    ema.update(model, 4)  # 0.5 * 2 + 0.5 * 4
+    assert torch.all(ema.shadow.weight == 3.0)
+    restored = EMA(nn.Linear(2, 1, bias=False))
+    restored.load_state_dict(ema.state_dict())
+    assert torch.equal(restored.shadow.weight, ema.shadow.weight) and not restored.shadow.weight.requires_grad
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A real MLflow SQLite registry with three versions of known metrics (no artifacts needed)."""
+    monkeypatch.setenv("CDC_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from cdc.registry import client
+
+    c = client()
+    rows = {"cdc-x-rho0": [(0.1, 28.0, 0.30), (0.3, 31.0, 0.25)], "cdc-x-rho0.9": [(0.12, 27.0, 0.20)]}
+    for name, points in rows.items():
+        c.create_registered_model(name)
+        for bpp, psnr, lpips in points:
+            v = c.create_model_version(name, source=str(tmp_path))
+            for key, value in {"div2k.bpp": bpp, "div2k.psnr-rgb": psnr, "div2k.stlpips-vgg": lpips}.items():
+                c.set_model_version_tag(name, v.version, key, str(value))
+    return c
+
+
+def test_registry_find_picks_by_objective_under_the_rate(registry):
+    from cdc.registry import RegistryError, find
+
+    best = find(0.2, "distortion")
+    assert best.metric("div2k", "bpp") <= 0.2 and best.metric("div2k", "psnr-rgb") == 28.0
+    perceptual = find(0.2, "perception")
+    assert perceptual.name == "cdc-x-rho0.9" and perceptual.metric("div2k", "stlpips-vgg") == 0.20
+    assert find(1.0, "distortion").metric("div2k", "psnr-rgb") == 31.0
+    with pytest.raises(RegistryError, match=r"at or under 0\.05 bpp"):
+        find(0.05)
+    with pytest.raises(RegistryError, match="no registered model evaluated on kodak"):
+        find(1.0, dataset="kodak")
+
+
+def test_local_launcher_commands_and_failure_report(tmp_path):
+    from pipelines.launchers import LaunchFailed, LocalLauncher, TrainJob
+
+    job = TrainJob("cell", str(tmp_path / "out"), ["--preset", "tiny", "--shards", str(tmp_path / "none")])
+    assert LocalLauncher().command(job)[1:4] == [job.argv()[0], "--output-dir", job.output_dir]
+    launch = LocalLauncher("infra/accelerate/cpu.yaml", num_processes=2).command(job)
+    assert launch[1:4] == ["launch", "--config_file", "infra/accelerate/cpu.yaml"] and "--num_processes" in launch
+    lines: list[str] = []
+    with pytest.raises(LaunchFailed, match=r"cell: exit status 2\n.*shards"):
+        LocalLauncher().run(job, lines.append)
+    assert any(line.startswith("[cell] ") for line in lines) and cpu_share() >= 1
