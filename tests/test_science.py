@@ -31,6 +31,9 @@ def test_a_claim_must_exceed_the_seed_spread():
     beyond = [*grid[:1], _cell(0.01, 0.5, 0.30, 29.5, 0.15), _cell(0.01, 0.9, 0.30, 29.0, 0.17)]
     result = claim_rho(beyond, small)  # 0 -> 0.5 helps, 0.5 -> 0.9 hurts ST-LPIPS
     assert result["verdict"] == "partly reproduced" and [s["holds"] for s in result["steps"]] == [True, False]
+    realism = [grid[0], _cell(0.01, 0.9, 0.30, 29.0, 0.20, fd=5.0)]  # ST-LPIPS flat, fd better
+    assert claim_rho(realism, small)["verdict"] == "partly reproduced"
+    assert claim_rho([grid[0], _cell(0.01, 0.9, 0.30, 29.0, 0.20, fd=10.0)], small)["verdict"] == "not reproduced"
 
 
 def test_lambda_must_order_the_rate_at_every_rho():
