@@ -263,13 +263,17 @@ def run(study: Study, work: Path, out: Path) -> dict:
         ("entropy models", lambda: entropy_study(study, work)),
     ]
     results: dict[str, object] = {}
-    seconds: dict[str, float] = {}
+    ledger = work / "seconds.json"  # a resumed run keeps the time each stage took when it ran
+    seconds: dict[str, float] = json.loads(ledger.read_text()) if ledger.is_file() else {}
     for name, stage in (bar := tqdm(stages, desc="science", unit="stage")):
         bar.set_postfix_str(name)
         start = time.perf_counter()
         results[name] = stage()
-        seconds[name] = time.perf_counter() - start
-        tqdm.write(f"[science] {name}: {seconds[name]:.0f} s")
+        took = time.perf_counter() - start
+        if took > 5 or name not in seconds:  # under 5 s: found done, keep when it ran
+            seconds[name] = took
+        ledger.write_text(json.dumps(seconds, indent=1))
+        tqdm.write(f"[science] {name}: {took:.0f} s")
     data = {
         "study": asdict(study),
         "cells": {s: cell_results(work / s) for s in ("grid", "eps", "scratch", "seed1")},
