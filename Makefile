@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python benchmarks/shard_io.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/eval.py
+	$(BIN)/python benchmarks/tiling.py
 
 science: setup
 	$(BIN)/python benchmarks/science.py

@@ -79,6 +79,26 @@ def step_time(codec: CDCCodec, shape: tuple[int, ...], precision: str, repeat: i
         return timed(run, repeat=repeat)
 
 
+def conv_rates(device: str, size: tuple[int, int] = (256, 384), widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+               ) -> list[dict]:
+    """GFLOP/s of one 3x3 convolution C -> C (channels-last, batch 1, ``size``) in fp32 and bf16: the
+    kernel rates that bound the U-Net's bf16 speed-up (its convolutions are 16-256 channels wide)."""
+    rows = []
+    for c in widths:
+        conv = torch.nn.Conv2d(c, c, 3, padding=1).to(device).eval()
+        x = torch.randn(1, c, *size, device=device).contiguous(memory_format=torch.channels_last)
+        flops = 2 * 9 * c * c * size[0] * size[1]
+        row = {"channels": c}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            layer = conv.to(dtype=dtype, memory_format=torch.channels_last)
+            inp = x.to(dtype)
+            with torch.no_grad():
+                row[f"{name}_gflops"] = flops / timed(lambda layer=layer, inp=inp: layer(inp), repeat=5) / 1e9
+        row["bf16_speedup"] = row["bf16_gflops"] / row["fp32_gflops"]
+        rows.append(row)
+    return rows
+
+
 def run(preset: str, checkpoint: str | None, x: torch.Tensor, peaks: dict, stlpips, device: str) -> dict:
     if checkpoint:
         codec, trained = load_codec(checkpoint, device), True
@@ -161,8 +181,11 @@ def main() -> None:
         ("psnr_bf16_vs_fp32", "PSNR bf16 vs fp32"), ("stlpips_fp32", "ST-LPIPS fp32"),
         ("stlpips_bf16", "ST-LPIPS bf16"),
     ])
+    kernels = conv_rates(args.device)
+    kernel_table = print_table(kernels, [("channels", "3x3 conv C->C at 384x256"), ("fp32_gflops", "fp32 GFLOP/s"),
+                                         ("bf16_gflops", "bf16 GFLOP/s"), ("bf16_speedup", "bf16 speed-up")])
     write_json(args.output, {"peaks_flops": peaks, "image": "sklearn china.jpg resized to 768x512", "rows": rows,
-                         "table": table})
+                             "table": table, "kernels": kernels, "kernel_table": kernel_table})
 
 
 if __name__ == "__main__":

@@ -32,3 +32,14 @@ GAMMA = number(float, 0.0, 65.535, "a number")  # the header stores gamma x 1000
 PIXELS = number(int, 1, 2**40, "an integer")
 LAMBDA = number(float, 0.0, 1e6, "a number")
 RHO = number(float, 0.0, 1.0, "a number")
+
+
+def _tile(text: str) -> str | int:
+    """``--tile``: ``auto``, ``off`` or a core tile side in pixels (a multiple of 64)."""
+    if text in ("auto", "off"):
+        return text
+    value = number(int, 64, 2**20, "auto, off or an integer")(text)
+    if value % 64:
+        raise argparse.ArgumentTypeError(f"{text} is not a multiple of 64")
+    return value
+TILE = _tile

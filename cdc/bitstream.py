@@ -1,6 +1,6 @@
 """The ``.cdc`` container: a versioned, checksummed file around the entropy-coded strings.
 
-Format version 1 (integers are unsigned LEB128 varints unless a width is given)::
+Format version 1, whole-image coding (integers are unsigned LEB128 varints unless a width is given)::
 
     offset  field         size      meaning
     0       magic         4 bytes   89 43 44 43 ("\\x89CDC"; the high bit catches 7-bit transfers)
@@ -19,6 +19,14 @@ Format version 1 (integers are unsigned LEB128 varints unless a width is given):
             strings       n x (varint length + bytes)
     end-4   crc32         4 bytes   big-endian CRC-32 of every preceding byte
 
+Version 2, tile-by-tile coding (:mod:`cdc.tiling`), adds two fields after ``latent_w``::
+
+            tile          varint    core tile side / 64 (>= 1)
+            margin        varint    overlap on each side / 16
+
+and its strings are every tile's strings in raster order (tiles x strings per tile). A file is
+written with the lowest version that holds it, so whole-image files stay version 1.
+
 A 2-string hyperprior file of a small image spends 31 bytes outside the entropy-coded payload.
 Bits per pixel are always ``8 * len(file) / (height * width)``.
 """
@@ -30,7 +38,7 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"\x89CDC"
-VERSION = 1
+VERSION = 2  # the newest this build writes and reads; whole-image files are written as version 1
 FINGERPRINT_BYTES = 6
 PREDICTION_IDS = {"sample": 0, "epsilon": 1, "v": 2}
 ENTROPY_MODEL_IDS = {"hyperprior": 0, "entroformer": 1}  # flags bits 2-4 (the format owns the ids)
@@ -52,8 +60,10 @@ class Bitstream:
         entropy_id: entropy model id (0 = mean-scale hyperprior).
         height, width: original image size in pixels.
         steps, gamma, seed: DDIM decode parameters (gamma kept to 1e-3).
-        latent_hw: spatial size of y.
-        strings: entropy-coded strings in decode order.
+        latent_hw: spatial size of y (of the whole padded image, also when tiled).
+        strings: entropy-coded strings in decode order (tile after tile when tiled).
+        tile: core tile side in pixels (a multiple of 64), 0 for whole-image coding.
+        margin: tile overlap on each side in pixels (a multiple of 16).
     """
 
     fingerprint: bytes
@@ -66,6 +76,13 @@ class Bitstream:
     seed: int
     latent_hw: tuple[int, int]
     strings: list[bytes] = field(default_factory=list)
+    tile: int = 0
+    margin: int = 0
+
+    @property
+    def version(self) -> int:
+        """The format version this file needs: 2 if tiled, else 1."""
+        return 2 if self.tile else 1
 
     def to_bytes(self) -> bytes:
         """Serialise; raises ``ValueError`` for values the format cannot hold."""
@@ -78,13 +95,16 @@ class Bitstream:
             raise ValueError(f"gamma {self.gamma} outside [0, 65.535]")
         if min(self.height, self.width, self.steps) < 1:
             raise ValueError("height, width and steps must be >= 1")
+        if self.tile % 64 or self.margin % 16 or (self.margin and not self.tile):
+            raise ValueError(f"tile {self.tile} must be a multiple of 64 and margin {self.margin} of 16")
         flags = PREDICTION_IDS[self.prediction] | (self.entropy_id << 2)
         out = bytearray(MAGIC)
-        out += bytes([VERSION]) + self.fingerprint + bytes([flags])
+        out += bytes([self.version]) + self.fingerprint + bytes([flags])
         for value in (self.height, self.width, self.steps):
             out += _varint(value)
         out += struct.pack(">H", gamma_milli)
-        for value in (self.seed, *self.latent_hw, len(self.strings)):
+        tiling = (self.tile // 64, self.margin // 16) if self.tile else ()
+        for value in (self.seed, *self.latent_hw, *tiling, len(self.strings)):
             out += _varint(value)
         for s in self.strings:
             out += _varint(len(s)) + s
@@ -98,16 +118,20 @@ class Bitstream:
             raise BitstreamError("not a CDC bitstream (wrong magic bytes)")
         reader = _Reader(data, len(MAGIC))
         version = reader.byte()
-        if version != VERSION:
-            raise BitstreamError(f"unsupported bitstream format version {version} (this build reads {VERSION})")
+        if not 1 <= version <= VERSION:
+            raise BitstreamError(f"unsupported bitstream format version {version} (this build reads 1 to {VERSION})")
         fingerprint = reader.take(FINGERPRINT_BYTES)
         flags = reader.byte()
         if flags >> 5 or (flags & 3) not in _PREDICTION_NAMES:
             raise BitstreamError(f"invalid flags byte 0x{flags:02x}")
         height, width, steps = reader.varint(), reader.varint(), reader.varint()
         (gamma_milli,) = struct.unpack(">H", reader.take(2))
-        seed, latent_h, latent_w, n_strings = (reader.varint() for _ in range(4))
-        if n_strings > 64:
+        seed, latent_h, latent_w = (reader.varint() for _ in range(3))
+        tile, margin = (64 * reader.varint(), 16 * reader.varint()) if version == 2 else (0, 0)
+        if version == 2 and not tile:
+            raise BitstreamError("invalid header: zero tile size")
+        n_strings = reader.varint()
+        if n_strings > (64 if version == 1 else len(data)):  # each string takes at least a byte
             raise BitstreamError(f"implausible number of strings ({n_strings})")
         strings = [reader.take(reader.varint()) for _ in range(n_strings)]
         body_end = reader.pos
@@ -129,12 +153,14 @@ class Bitstream:
             seed=seed,
             latent_hw=(latent_h, latent_w),
             strings=strings,
+            tile=tile,
+            margin=margin,
         )
 
     def header_dict(self) -> dict:
         """JSON-friendly description of the header (what ``cdc info`` prints)."""
         return {
-            "format_version": VERSION,
+            "format_version": self.version,
             "fingerprint": self.fingerprint.hex(),
             "prediction": self.prediction,
             "entropy_model_id": self.entropy_id,
@@ -145,6 +171,8 @@ class Bitstream:
             "gamma": self.gamma,
             "seed": self.seed,
             "latent_hw": list(self.latent_hw),
+            "tile": self.tile,
+            "tile_margin": self.margin,
             "string_bytes": [len(s) for s in self.strings],
         }
 

@@ -191,8 +191,12 @@ class CDCCodec(CompressionModel):
         seed: int | None = None,
         precision: str = "fp32",
         progress: Callable[[int], None] | None = None,
+        x_start: Tensor | None = None,
     ) -> Tensor:
-        """Run the diffusion decoder conditioned on ŷ; returns the padded image in [-1, 1]."""
+        """Run the diffusion decoder conditioned on ŷ; returns the padded image in [-1, 1].
+
+        ``x_start``: the start state (see :meth:`cdc.sampler.DDIMSampler.sample`), else drawn from ``seed``.
+        """
         cfg = self.config.sampler
         sampler = DDIMSampler(
             self.diffusion,
@@ -210,7 +214,7 @@ class CDCCodec(CompressionModel):
 
         b, _, h, w = y_hat.shape
         shape = (b, 3, h * 16, w * 16)
-        return sampler.sample(denoise, shape, cfg.seed if seed is None else seed, y_hat.device, progress)
+        return sampler.sample(denoise, shape, cfg.seed if seed is None else seed, y_hat.device, progress, x_start)
 
     def _unet_for(self, dtype: torch.dtype) -> ConditionalUNet:
         """The U-Net in ``dtype`` and channels-last layout (a cached copy for bf16).

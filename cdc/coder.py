@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from cdc.bitstream import FINGERPRINT_BYTES, Bitstream, BitstreamError
 from cdc.checkpoint import fingerprint
 from cdc.codec import CDCCodec
+from cdc.images import to_uint8
 from cdc.layers import pad_to_multiple, padded_size
 from cdc.sampler import SamplerError, ddim_timesteps
+from cdc.tiling import DEFAULT_MARGIN, RowSink, TileGrid, TilingError, decode_tiles, encode_tiles
 
 
 class DecodeError(ValueError):
@@ -57,15 +60,24 @@ class Coder:
 
     @torch.no_grad()
     def estimate_bits(self, x: Tensor) -> float:
-        """The entropy model's estimate of the payload size in bits for a (1, 3, H, W) image."""
+        """The entropy model's estimate of the payload size in bits for a (1, 3, H, W) image in [0, 1]."""
         y = self.codec.g_a(pad_to_multiple(x.float() * 2 - 1, self.codec.downsampling_factor))
         _, likelihoods = self.codec.entropy(y)
         return float(sum(-torch.log2(lk).sum() for lk in likelihoods.values()))
 
     @torch.no_grad()
     def encode(self, x: Tensor, steps: int | None = None, gamma: float | None = None,
-               seed: int | None = None) -> Encoded:
-        """Compress a (1, 3, H, W) image in [0, 1]; unset decode parameters come from the config."""
+               seed: int | None = None, tile: int | None = None, margin: int | None = None) -> Encoded:
+        """Compress a (1, 3, H, W) image; unset decode parameters come from the config.
+
+        Args:
+            x: float in [0, 1], or uint8 in [0, 255] (converted tile by tile: a large image never
+                exists in float).
+            tile: code tile by tile with ``tile``-pixel cores (a multiple of 64, see
+                :mod:`cdc.tiling`): memory bounded by the tile; ``None`` codes the whole image.
+            margin: tile overlap on each side in pixels (0-64, a multiple of 16); default 64, or half
+                of a smaller tile.
+        """
         cfg = self.codec.config.sampler
         steps = cfg.steps if steps is None else steps
         gamma = cfg.gamma if gamma is None else gamma
@@ -80,7 +92,19 @@ class Coder:
         if not 0 <= seed < 2**63:
             raise DecodeError(f"seed {seed} outside [0, 2**63)")
         height, width = x.shape[-2:]
-        out = self.codec.compress(x)
+        hp, wp = padded_size(height, width, self.codec.downsampling_factor)
+        if tile is None:
+            unit = x.float() / 255 if x.dtype == torch.uint8 else x
+            out = self.codec.compress(unit)
+            strings, bits = out["strings"], self.estimate_bits(unit)
+        else:
+            margin = min(DEFAULT_MARGIN, tile // 2) if margin is None else margin
+            try:
+                grid = TileGrid(height, width, tile, margin, self.codec.downsampling_factor)
+            except TilingError as exc:
+                raise DecodeError(str(exc)) from None
+            tiles, bits = encode_tiles(self.codec, x, grid)
+            strings = [s for t in tiles for s in t]
         stream = Bitstream(
             fingerprint=self.fingerprint_prefix,
             prediction=self.codec.config.diffusion.prediction,
@@ -90,27 +114,34 @@ class Coder:
             steps=steps,
             gamma=gamma,
             seed=seed,
-            latent_hw=out["shape"],
-            strings=out["strings"],
+            latent_hw=(hp // 16, wp // 16),
+            strings=strings,
+            tile=tile or 0,
+            margin=margin if tile else 0,
         )
         data = stream.to_bytes()
         pixels = height * width
-        return Encoded(data, 8 * len(data) / pixels, self.estimate_bits(x) / pixels)
+        return Encoded(data, 8 * len(data) / pixels, bits / pixels)
 
     def parse(self, data: bytes, steps: int | None = None, max_pixels: int | None = None,
-              max_steps: int | None = None) -> Bitstream:
+              max_steps: int | None = None, max_whole_pixels: int | None = None) -> Bitstream:
         """Parse ``data`` and check it belongs to this model; raises :class:`DecodeError`.
 
         ``max_pixels`` / ``max_steps`` bound what a file may make the decoder do (memory, time)
-        before anything is allocated; ``steps`` (the caller's own choice) is not bounded by them.
+        before anything is allocated, ``max_whole_pixels`` the size of whole-image (untiled)
+        files, whose memory grows with pixels; ``steps`` (the caller's own choice) is not bounded.
         """
         try:
             stream = Bitstream.from_bytes(data)
         except BitstreamError as exc:
             raise DecodeError(str(exc)) from None
-        if max_pixels is not None and stream.height * stream.width > max_pixels:
+        pixels = stream.height * stream.width
+        if max_pixels is not None and pixels > max_pixels:
             raise DecodeError(f"header claims {stream.width}x{stream.height} pixels, over the limit of {max_pixels} "
                               "(--max-pixels)")
+        if not stream.tile and max_whole_pixels is not None and pixels > max_whole_pixels:
+            raise DecodeError(f"header claims {stream.width}x{stream.height} pixels coded as one tile, over the "
+                              f"whole-image limit of {max_whole_pixels} (memory grows with pixels; tile it)")
         if steps is None and max_steps is not None and stream.steps > max_steps:
             raise DecodeError(f"header asks for {stream.steps} DDIM steps, over the limit of {max_steps} "
                               "(--max-steps; or choose --steps)")
@@ -126,32 +157,72 @@ class Coder:
         ph, pw = padded_size(stream.height, stream.width, self.codec.downsampling_factor)
         if stream.latent_hw != (ph // 16, pw // 16):
             raise DecodeError(f"latent shape {stream.latent_hw} inconsistent with {stream.height}x{stream.width}")
+        grid = self.grid(stream)
+        expected = self.codec.entropy.n_strings * (len(grid) if grid else 1)
+        if len(stream.strings) != expected:
+            raise DecodeError(f"{len(stream.strings)} entropy-coded strings, this model and tiling need {expected}")
         try:
             ddim_timesteps(self.codec.diffusion.timesteps, stream.steps if steps is None else steps)
         except SamplerError as exc:
             raise DecodeError(str(exc)) from None
         return stream
 
-    @torch.no_grad()
+    def grid(self, stream: Bitstream) -> TileGrid | None:
+        """The tiling of a parsed file (``None``: coded as one image)."""
+        if not stream.tile:
+            return None
+        try:
+            return TileGrid(stream.height, stream.width, stream.tile, stream.margin, self.codec.downsampling_factor)
+        except TilingError as exc:
+            raise DecodeError(f"invalid tiling ({exc})") from None
+
     def decode(self, data: bytes, steps: int | None = None, precision: str = "fp32",
                progress: Callable[[int], None] | None = None, max_pixels: int | None = None,
-               max_steps: int | None = None) -> tuple[Tensor, Bitstream]:
-        """Decode a ``.cdc`` file to a (1, 3, H, W) image in [0, 1].
+               max_steps: int | None = None, max_whole_pixels: int | None = None) -> tuple[Tensor, Bitstream]:
+        """Decode a ``.cdc`` file to a (1, 3, H, W) float image in [0, 1].
 
         Args:
             data: file contents.
             steps: override the header's DDIM steps (the header's gamma and seed still apply).
             precision: ``fp32`` or ``bf16`` for the U-Net (the entropy model is always fp32).
-            progress: called once per denoising step.
-            max_pixels, max_steps: refuse files asking for more (see :meth:`parse`).
+            progress: called once per denoising step (of every tile, for a tiled file).
+            max_pixels, max_steps, max_whole_pixels: refuse files asking for more (see :meth:`parse`).
         """
-        stream = self.parse(data, steps, max_pixels, max_steps)
+        stream = self.parse(data, steps, max_pixels, max_steps, max_whole_pixels)
+        out = torch.empty(1, 3, stream.height, stream.width)
+
+        def sink(row: int, rows: Tensor) -> None:
+            out[0, :, row : row + rows.shape[1]] = rows.clamp(0, 1)
+
+        self._decode(stream, sink, steps, precision, progress)
+        return out, stream
+
+    def decode_uint8(self, data: bytes, steps: int | None = None, precision: str = "fp32",
+                     progress: Callable[[int], None] | None = None, max_pixels: int | None = None,
+                     max_steps: int | None = None, max_whole_pixels: int | None = None) -> tuple[np.ndarray, Bitstream]:
+        """:meth:`decode` to an H x W x 3 uint8 array (rounded as :func:`cdc.images.to_uint8`): a tiled
+        file's rows are rounded as they finish, so a large image never exists in float."""
+        stream = self.parse(data, steps, max_pixels, max_steps, max_whole_pixels)
+        out = np.empty((stream.height, stream.width, 3), dtype=np.uint8)
+
+        def sink(row: int, rows: Tensor) -> None:
+            out[row : row + rows.shape[1]] = to_uint8(rows)
+
+        self._decode(stream, sink, steps, precision, progress)
+        return out, stream
+
+    @torch.no_grad()
+    def _decode(self, stream: Bitstream, sink: RowSink, steps: int | None, precision: str,
+                progress: Callable[[int], None] | None) -> None:
+        params = {"steps": stream.steps if steps is None else steps, "gamma": stream.gamma, "seed": stream.seed,
+                  "precision": precision, "progress": progress}
         try:
-            out = self.codec.decompress(
-                stream.strings, stream.latent_hw, (stream.height, stream.width),
-                steps=stream.steps if steps is None else steps, gamma=stream.gamma, seed=stream.seed,
-                precision=precision, progress=progress,
-            )
+            if stream.tile:
+                k = self.codec.entropy.n_strings
+                tiles = [stream.strings[i : i + k] for i in range(0, len(stream.strings), k)]
+                decode_tiles(self.codec, tiles, self.grid(stream), sink, **params)
+            else:
+                out = self.codec.decompress(stream.strings, stream.latent_hw, (stream.height, stream.width), **params)
+                sink(0, out["x_hat"][0].cpu())
         except (ValueError, RuntimeError) as exc:  # the rANS decoder rejects damaged payloads
             raise DecodeError(f"entropy decoding failed ({exc})") from None
-        return out["x_hat"].clamp(0, 1), stream

@@ -395,17 +395,25 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def _apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, value = override.partition("=")
     _check(bool(sep) and bool(key), f"override {override!r} is not of the form a.b=value")
+    _set(data, key, value.strip())
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     *parents, leaf = key.strip().split(".")
     for part in parents:
         node = node.setdefault(part, {})
         _check(isinstance(node, dict), f"override {key!r}: {part!r} is not a section")
-    node[leaf] = value.strip()
+    node[leaf] = value
 
 
-def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ()) -> Config:
-    """Build a :class:`Config` from nested dicts plus ``a.b=value`` overrides."""
+def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = (),
+                     settings: typing.Mapping[str, Any] | None = None) -> Config:
+    """Build a :class:`Config` from nested dicts, then typed ``settings`` (dotted key -> value, e.g.
+    ``{"loss.rho": 0.5}``), then ``a.b=value`` string overrides."""
     data = _plain(data)
+    for key, value in (settings or {}).items():
+        _set(data, key, value)
     for override in overrides:
         _apply_override(data, override)
     try:
@@ -415,14 +423,13 @@ def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ())
 
 
 def load_config(preset_or_path: str | Path = "paper", overrides: typing.Iterable[str] = (),
-                recipe: str = "fast") -> Config:
+                recipe: str = "fast", settings: typing.Mapping[str, Any] | None = None) -> Config:
     """Load a preset name (``tiny``/``small``/``paper``) or a YAML file, then apply the recipe's
-    overrides (:data:`RECIPES`) and ``overrides``.
+    overrides (:data:`RECIPES`), typed ``settings`` and ``overrides``.
 
     A YAML file may start from a preset with ``preset: small`` and override any subset of keys.
     """
     _check(recipe in RECIPES, f"unknown recipe {recipe!r} (one of {', '.join(RECIPES)})")
-    overrides = [*RECIPES[recipe], *overrides]
     path = Path(preset_or_path)
     if str(preset_or_path) in PRESETS:
         path = PRESETS_DIR / f"{preset_or_path}.yaml"
@@ -435,7 +442,9 @@ def load_config(preset_or_path: str | Path = "paper", overrides: typing.Iterable
         merged = yaml.safe_load((PRESETS_DIR / f"{base}.yaml").read_text())
         _deep_update(merged, data)
         data = merged
-    return config_from_dict(data, overrides)
+    for override in RECIPES[recipe]:
+        _apply_override(data, override)
+    return config_from_dict(data, overrides, settings)
 
 
 def _deep_update(base: dict[str, Any], other: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ Facts this module encodes (measured on the CPU dev machines):
 * ``accelerate launch --cpu --num_processes 2`` starts ONE process (the simple launcher); the
   multi-GPU launcher with ``Accelerator(cpu=True)`` gives real gloo ranks. Our CPU config files
   use ``distributed_type: MULTI_GPU``, and :func:`check_world_size` refuses a run whose world size
-  differs from what the launch asked for.
+  differs from the one its launcher passed (``--world-size``).
 * accelerate's DeepSpeed path on a machine without CUDA needs ``DS_ACCELERATOR=cpu`` and an
   explicit gloo backend; DeepSpeed's first CPU ``init_distributed`` JIT-compiles a shared-memory
   all-reduce op (~25 s, needs a compiler), which gloo makes unnecessary at our sizes, so it is
@@ -20,7 +20,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import yaml
 
 
 class LaunchError(RuntimeError):
@@ -79,51 +78,12 @@ def make_accelerator(mixed_precision: str, output_dir: Path, micro_batch: int, g
     return accelerator
 
 
-def requested_world_size() -> int | None:
-    """How many processes the launching ``accelerate launch`` asked for, if it can be told.
-
-    ``CDC_EXPECTED_WORLD_SIZE`` wins; otherwise the parent process's command line is read
-    (``--num_processes`` or the ``num_processes`` of its ``--config_file``). None when the script
-    was not started by ``accelerate launch``.
-    """
-    if os.environ.get("CDC_EXPECTED_WORLD_SIZE"):
-        return int(os.environ["CDC_EXPECTED_WORLD_SIZE"])
-    try:
-        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
-    except OSError:
-        return None
-    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    if not any(a.endswith("accelerate") for a in argv[:2]) or "launch" not in argv:
-        return None
-    opts = _options(argv)
-    if "num_processes" in opts:
-        return int(opts["num_processes"])
-    config = opts.get("config_file") or os.path.expanduser("~/.cache/huggingface/accelerate/default_config.yaml")
-    try:
-        return int(yaml.safe_load(Path(config).read_text()).get("num_processes", 1))
-    except (OSError, AttributeError, ValueError):
-        return None
-
-
-def _options(argv: list[str]) -> dict[str, str]:
-    opts: dict[str, str] = {}
-    for i, arg in enumerate(argv):
-        if arg.startswith("--"):
-            key, eq, value = arg[2:].partition("=")
-            if not eq and i + 1 < len(argv):
-                value = argv[i + 1]
-            opts.setdefault(key.replace("-", "_"), value)
-        if arg.endswith(".py"):
-            break  # the training script's own arguments follow
-    return opts
-
-
-def check_world_size(actual: int) -> None:
-    """Raise :class:`LaunchError` if the launch asked for a different number of processes."""
-    wanted = requested_world_size()
-    if wanted is not None and wanted != actual:
+def check_world_size(actual: int, expected: int | None) -> None:
+    """Raise :class:`LaunchError` if the launch asked for ``expected`` processes and this run has
+    ``actual`` (``None``: nothing was asked; the grid's launchers always pass it)."""
+    if expected is not None and expected != actual:
         raise LaunchError(
-            f"the launch asked for {wanted} processes but this run has {actual} "
+            f"the launch asked for {expected} processes but this run has {actual} "
             f"(accelerate's --cpu launcher starts only one process: use "
             f"{shlex.quote('--config_file infra/accelerate/cpu.yaml')} or --multi_gpu with ACCELERATE_USE_CPU=true)"
         )

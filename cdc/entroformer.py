@@ -100,6 +100,7 @@ class EntroformerEntropyModel(HyperLatentModel):
     """Transformer hyperprior with a two-pass bidirectional checkerboard context model."""
 
     name = "entroformer"
+    n_strings = 3
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -167,7 +168,7 @@ class EntroformerEntropyModel(HyperLatentModel):
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
-        hyper = self.h_s(self._z_decompress(strings, 3, latent_hw))
+        hyper = self.h_s(self._z_decompress(strings, latent_hw))
         h, w = latent_hw
         n = hyper.shape[1] // 2
         anchors = anchor_mask(h, w, device=hyper.device).expand(1, n, h, w).bool()

@@ -56,6 +56,8 @@ class LatentEntropyModel(nn.Module, ABC):
     """Contract of an entropy model of y (B x N x h x w, h and w = 1/16 of the padded image)."""
 
     name: str
+    n_strings: int
+    """Strings per coded image (or per tile), in decode order."""
 
     @abstractmethod
     def forward(self, y: Tensor, noise: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
@@ -116,9 +118,9 @@ class HyperLatentModel(LatentEntropyModel):
         strings = self.entropy_bottleneck.compress(z)
         return strings[0], self.entropy_bottleneck.decompress(strings, z.shape[-2:])
 
-    def _z_decompress(self, strings: list[bytes], expected: int, latent_hw: tuple[int, int]) -> Tensor:
-        if len(strings) != expected:
-            raise ValueError(f"the {self.name} entropy model expects {expected} strings, got {len(strings)}")
+    def _z_decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
+        if len(strings) != self.n_strings:
+            raise ValueError(f"the {self.name} entropy model expects {self.n_strings} strings, got {len(strings)}")
         h, w = latent_hw
         return self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
 
@@ -135,6 +137,7 @@ class MeanScaleHyperprior(HyperLatentModel):
     """
 
     name = "hyperprior"
+    n_strings = 2
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -169,7 +172,7 @@ class MeanScaleHyperprior(HyperLatentModel):
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
-        mean, scale = self._params(self._z_decompress(strings, 2, latent_hw))
+        mean, scale = self._params(self._z_decompress(strings, latent_hw))
         indexes = self.gaussian_conditional.build_indexes(scale)
         return self.gaussian_conditional.decompress([strings[1]], indexes, means=mean)
 

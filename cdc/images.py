@@ -21,10 +21,12 @@ class InputError(ValueError):
     """A user-supplied file cannot be used; the message starts with the file name."""
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, list[str]]:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, uint8: bool = False) -> tuple[Tensor, list[str]]:
     """Read an image file as a (1, 3, H, W) tensor in [0, 1] plus the conversions applied.
 
     ``max_pixels``: refuse (from the header, before decoding) images with more pixels.
+    ``uint8``: return the 8-bit values (1, 3, H, W) in [0, 255] instead (a quarter of the memory;
+    :meth:`cdc.coder.Coder.encode` converts them tile by tile).
 
     Raises:
         InputError: ``"<path>: <reason>"`` for a missing, unreadable or non-image file.
@@ -40,6 +42,9 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         decoded = decode_image(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         raise InputError(f"{path}: {exc}") from None
+    if uint8:  # decode_image returns RGB: convert() would copy the whole image once more
+        rgb = np.array(decoded.image, dtype=np.uint8, copy=True)
+        return torch.from_numpy(rgb).permute(2, 0, 1)[None], decoded.notes
     return pil_to_tensor(decoded.image), decoded.notes
 
 
@@ -65,8 +70,8 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def encode_png(x: Tensor) -> bytes:
-    """PNG bytes of a (1, 3, H, W) image in [0, 1]."""
+def encode_png(x: Tensor | np.ndarray) -> bytes:
+    """PNG bytes of a (1, 3, H, W) image in [0, 1] or an H x W x 3 uint8 array."""
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(x)).save(buf, format="PNG")
+    Image.fromarray(x if isinstance(x, np.ndarray) else to_uint8(x)).save(buf, format="PNG")
     return buf.getvalue()

@@ -15,10 +15,12 @@ under a rate; the CLI accepts ``-m models:/NAME@ALIAS`` and ``-m "best:bpp<=0.2,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +131,6 @@ def resolve(ref: str, cache: Path | None = None) -> Path:
         ref = find(float(target), objective or "perception", dataset or "div2k").uri
     if not ref.startswith("models:/"):
         raise RegistryError(f"{ref}: not a models:/ URI or best: query")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow = _mlflow()
     c = mlflow.MlflowClient()
     name, _, rest = ref[len("models:/"):].partition("/")
@@ -143,10 +144,23 @@ def resolve(ref: str, cache: Path | None = None) -> Path:
     checkpoint = target / "artifacts" / "checkpoint"
     if not (checkpoint / "model.safetensors").is_file():
         target.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(target))
+        with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # MLflow reads it from the environment
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(target))
     if not (checkpoint / "model.safetensors").is_file():
         raise RegistryError(f"{ref}: the model has no codec checkpoint artifact")
     return checkpoint
+
+
+@contextlib.contextmanager
+def _environment(**defaults: str) -> Iterator[None]:
+    """Set environment defaults for the duration of a call only (what the user set wins)."""
+    added = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_dataset: str, cell_key: str,
@@ -193,6 +207,45 @@ def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_
         c.set_model_version_tag(family, version, key, "" if value is None else str(value))
     update_aliases(family, eval_dataset, champion_bpp)
     return next(v for v in list_versions(family) if v.version == version)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained and evaluated model to register: a grid cell (label, idempotency key, training
+    parameters), its checkpoint, its metrics ``{dataset: {metric: value}}`` and the CompressAI-schema
+    results file they came from (its ``meta.steps``: the decode steps measured)."""
+
+    label: str
+    key: str
+    params: dict
+    model_dir: str
+    metrics: dict[str, dict[str, float]]
+    results_file: str
+
+
+def register_grid(models: list[TrainedModel], dataset: str, experiment: str, settings: dict) -> dict[str, dict]:
+    """One MLflow parent run for the grid, a child run per model; each model becomes a version.
+
+    Returns ``{model key: {"name", "version"}}`` plus the parent run id under ``"__parent__"``.
+    """
+    import json
+
+    from cdc.tracking import setup_mlflow
+
+    mlflow = setup_mlflow(experiment)
+    out: dict[str, dict] = {}
+    with mlflow.start_run(run_name="train-grid", tags={"cdc.role": "grid"}) as parent:
+        mlflow.log_params({f"eval.{k}": v for k, v in settings.items()})
+        out["__parent__"] = {"run_id": parent.info.run_id}
+        for m in models:
+            with mlflow.start_run(run_name=m.label, nested=True, tags={"cdc.cell_key": m.key}):
+                mlflow.log_params(m.params)
+                mlflow.log_metrics({f"{ds}.{k}": v for ds, values in m.metrics.items() for k, v in values.items()})
+                mlflow.log_artifact(m.results_file, "eval")
+                steps = json.loads(Path(m.results_file).read_text())["meta"]["steps"]
+                version = register(m.model_dir, m.metrics, dataset, m.key, steps)
+                out[m.key] = {"name": version.name, "version": version.version}
+    return out
 
 
 def update_aliases(family: str, dataset: str, champion_bpp: float = DEFAULT_CHAMPION_BPP) -> None:

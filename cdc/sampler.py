@@ -71,6 +71,7 @@ class DDIMSampler:
         seed: int,
         device: torch.device | str = "cpu",
         progress: Callable[[int], None] | None = None,
+        x_start: Tensor | None = None,
     ) -> Tensor:
         """Run the reverse process; returns x0 in [-1, 1] (fp32, clamped when ``clip_x0``).
 
@@ -80,11 +81,13 @@ class DDIMSampler:
             seed: start-noise seed.
             device: where the state lives.
             progress: called with 1 after every step (e.g. ``tqdm.update``).
+            x_start: the start state x_N itself (``shape``), instead of :meth:`start_noise` (``seed``
+                unused); tiled decoding draws it per block (:func:`cdc.tiling.block_noise`).
         """
         diff = self.diffusion
         abar = diff.alphas_cumprod
         ts = ddim_timesteps(diff.timesteps, self.steps)
-        x = self.start_noise(shape, seed).to(device)
+        x = (self.start_noise(shape, seed) if x_start is None else x_start.float()).to(device)
         for i in reversed(range(len(ts))):
             t = torch.full((shape[0],), ts[i], dtype=torch.long, device=device)
             out = denoise(x, t).float()

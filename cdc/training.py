@@ -77,15 +77,12 @@ def log_samples(model: CDCCodec, x: torch.Tensor, tracker, step: int) -> float:
 
 def shards_fingerprint(sources: list[str]) -> str | None:
     """The corpus fingerprint of a manifest source (None for raw shard URLs)."""
-    from pathlib import Path
-
-    from shards.manifest import MANIFEST_NAME, Manifest
+    from shards.manifest import Manifest, manifest_path
 
     if len(sources) != 1:
         return None
-    path = Path(sources[0])
-    path = path / MANIFEST_NAME if path.is_dir() else path
+    path = manifest_path(sources[0])
     try:
-        return Manifest.load(path).fingerprint if path.suffix == ".json" else None
+        return Manifest.load(path).fingerprint if path.endswith(".json") else None
     except ValueError:
         return None

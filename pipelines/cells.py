@@ -16,6 +16,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
+from cdc.registry import TrainedModel
+from cdc.run_spec import RunSpec
 from pipelines.launchers import TrainJob, make_launcher
 
 CONCURRENCY_LIMIT = "cdc-train-cells"
@@ -56,6 +58,11 @@ class CellResult:
     model_dir: str
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     results_file: str = ""
+
+    def trained_model(self) -> TrainedModel:
+        """What the registry needs of this cell (its parameters without the override strings)."""
+        params = {k: v for k, v in asdict(self.cell).items() if k != "overrides"}
+        return TrainedModel(self.cell.label, self.cell.key, params, self.model_dir, self.metrics, self.results_file)
 
 
 @dataclass(frozen=True)
@@ -104,15 +111,13 @@ def plan_grid(lmbdas: list[float], rhos: list[float], *, preset: str, prediction
 def train_job(name: str, output_dir: Path, shards: str, preset: str, prediction: str, train_steps: int,
               lmbda: float, rho: float, overrides: list[str], init_from: Path | None, tags: dict[str, str],
               experiment: str) -> TrainJob:
-    """The ``cdc/train.py`` arguments of one grid run (always ``--resume latest``: retries continue)."""
-    args = ["--preset", preset, "--shards", shards, "--max-steps", str(train_steps), "--lmbda", f"{lmbda:g}",
-            "--rho", f"{rho:g}", "--prediction", prediction, "--resume", "latest", "--experiment", experiment,
-            "--run-name", name]
-    if init_from is not None:
-        args += ["--init-from", str(init_from)]
-    for key, value in tags.items():
-        args += ["--tag", f"{key}={value}"]
-    return TrainJob(name=name, output_dir=str(output_dir), args=args + list(overrides))
+    """The run spec of one grid run, values kept typed (always ``resume: latest``: retries continue)."""
+    spec = RunSpec(shards=(shards,), output_dir=str(output_dir), preset=preset,
+                   settings={"train.max_steps": train_steps, "loss.lmbda": lmbda, "loss.rho": rho,
+                             "diffusion.prediction": prediction},
+                   overrides=tuple(overrides), init_from=str(init_from) if init_from is not None else None,
+                   resume="latest", experiment=experiment, run_name=name, tags=dict(tags))
+    return TrainJob(name=name, spec=spec)
 
 
 @task(name="train", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)

@@ -1,9 +1,11 @@
 """How a grid runs ``cdc/train.py``: a local subprocess, a Slurm job, or a Kubernetes job.
 
-Every launcher takes a :class:`TrainJob` (the script's arguments and an output directory that the
-flow can read afterwards) and returns when the job has finished, raising :class:`LaunchFailed`
-with the tail of its log otherwise. Configuration flows one way: the grid cell's config becomes
-the job's arguments; secrets come from the environment, never from files in the repository.
+Every launcher takes a :class:`TrainJob` (a name and the run's :class:`cdc.run_spec.RunSpec`, whose
+output directory the flow reads afterwards), writes the spec to ``<output_dir>/job.json``, runs
+``python -m cdc.train --job job.json --world-size N`` with the number of processes it starts, and returns
+when the job has finished, raising :class:`LaunchFailed` with the tail of its log otherwise.
+Configuration flows one way: the grid cell's config becomes the spec; secrets come from the
+environment, never from files in the repository.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from cdc.run_spec import RunSpec
+
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_SCRIPT = "cdc/train.py"
+TRAIN_MODULE = ("-m", "cdc.train")  # for python and accelerate launch alike
 
 
 def cpu_share() -> int:
@@ -43,18 +49,30 @@ class TrainJob:
 
     Attributes:
         name: short unique name (used for job names and logs).
-        output_dir: the run's ``--output-dir`` (must be visible to the flow afterwards).
-        args: every ``cdc/train.py`` argument except ``--output-dir``.
+        spec: everything the run needs; its ``output_dir`` must be visible to the flow afterwards.
         env: extra environment (e.g. ``MLFLOW_TRACKING_URI``); never secrets from files.
     """
 
     name: str
-    output_dir: str
-    args: list[str]
+    spec: RunSpec
     env: dict[str, str] = field(default_factory=dict)
 
-    def argv(self) -> list[str]:
-        return [TRAIN_SCRIPT, "--output-dir", self.output_dir, *self.args]
+    @property
+    def output_dir(self) -> str:
+        return self.spec.output_dir
+
+    @property
+    def spec_file(self) -> Path:
+        return Path(self.output_dir) / "job.json"
+
+    def argv(self, world_size: int) -> list[str]:
+        """``-m cdc.train`` and its arguments (the spec file is written by :meth:`write_spec`)."""
+        return [*TRAIN_MODULE, "--job", str(self.spec_file), "--world-size", str(world_size)]
+
+    def write_spec(self) -> Path:
+        """Write the spec where :meth:`argv` points (into the run's output directory)."""
+        self.spec_file.parent.mkdir(parents=True, exist_ok=True)
+        return self.spec.save(self.spec_file)
 
     def finished(self) -> bool:
         return (Path(self.output_dir) / "train_summary.json").is_file()
@@ -75,16 +93,27 @@ class LocalLauncher:
     accelerate_config: str | None = None
     num_processes: int | None = None
 
-    def command(self, job: TrainJob) -> list[str]:
+    def world_size(self) -> int:
+        """Processes this launcher starts: ``num_processes``, else its accelerate config's, else 1."""
+        if self.num_processes:
+            return self.num_processes
         if not self.accelerate_config:
-            return [sys.executable, *job.argv()]
+            return 1
+        config = yaml.safe_load((REPO / self.accelerate_config).read_text()) or {}
+        return int(config.get("num_processes", 1))
+
+    def command(self, job: TrainJob) -> list[str]:
+        argv = job.argv(self.world_size())
+        if not self.accelerate_config:
+            return [sys.executable, *argv]
         launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
                   self.accelerate_config, "--main_process_port", str(free_port())]
         if self.num_processes:
             launch += ["--num_processes", str(self.num_processes)]
-        return [*launch, *job.argv()]
+        return [*launch, *argv]
 
     def run(self, job: TrainJob, log: Callable[[str], None]) -> None:
+        job.write_spec()
         env = {"OMP_NUM_THREADS": str(cpu_share()), **os.environ, **job.env, "PYTHONUNBUFFERED": "1"}
         tail: deque[str] = deque(maxlen=40)
         shown = -10
@@ -127,13 +156,14 @@ class SlurmLauncher:
 
     def script(self, job: TrainJob) -> str:
         """The rendered sbatch script of ``job``."""
+        # launch-node.sh adds --world-size (nodes x GPUs per node) on every node
         return render(self.template, JOB_NAME=job.name, NODES=str(self.nodes), GPUS_PER_NODE=str(self.gpus_per_node),
                       TIME_LIMIT=self.time_limit, OUTPUT_DIR=job.output_dir, REPO=str(REPO),
-                      TRAIN_ARGS=shlex.join(job.args))
+                      TRAIN_ARGS=shlex.join(["--job", str(job.spec_file)]))
 
     def run(self, job: TrainJob, log: Callable[[str], None]) -> None:
         out = Path(job.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        job.write_spec()
         script = out / "job.sbatch"
         script.write_text(self.script(job))
         extra = ["--partition", self.partition] if self.partition else []
@@ -170,13 +200,14 @@ class KubernetesLauncher:
 
     def manifest(self, job: TrainJob) -> str:
         """The rendered PyTorchJob manifest of ``job``."""
-        args = ", ".join(json.dumps(a) for a in job.argv())  # a YAML flow sequence of JSON strings
+        world = (self.workers + 1) * self.gpus_per_node
+        args = ", ".join(json.dumps(a) for a in job.argv(world))  # a YAML flow sequence of JSON strings
         return render(self.template, JOB_NAME=job.name, NAMESPACE=self.namespace, IMAGE=self.image,
                       WORKERS=str(self.workers), GPUS_PER_NODE=str(self.gpus_per_node), PVC=self.pvc,
-                      NUM_MACHINES=str(self.workers + 1), WORLD_SIZE=str((self.workers + 1) * self.gpus_per_node),
-                      TRAIN_ARGS=args)
+                      NUM_MACHINES=str(self.workers + 1), WORLD_SIZE=str(world), TRAIN_ARGS=args)
 
     def run(self, job: TrainJob, log: Callable[[str], None]) -> None:
+        job.write_spec()  # the output directory is on the volume the job mounts
         applied = subprocess.run(["kubectl", "apply", "-n", self.namespace, "-f", "-"], input=self.manifest(job),
                                  capture_output=True, text=True)
         if applied.returncode != 0:

@@ -1,45 +1,17 @@
-"""Registering a grid's cells in MLflow and summarising the grid (markdown table + RD plots)."""
+"""Summarising a grid: markdown table, checks and RD plots of its registered families."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.cells import Cell, CellResult
+from pipelines.cells import Cell
 
 SHOWN = ("bpp", "psnr-rgb", "ms-ssim-rgb", "stlpips-vgg", "lpips-vgg", "fd-stlpips-vgg", "fid")
-
-
-def register_cells(results: list[CellResult], dataset: str, experiment: str, settings: dict) -> dict[str, dict]:
-    """One MLflow child run per cell under a parent run; each trained cell becomes a model version.
-
-    Returns ``{cell key: {"name", "version"}}`` and leaves the parent run id in the mapping under
-    ``"__parent__"``.
-    """
-    import mlflow
-
-    from cdc.registry import register
-    from cdc.tracking import setup_mlflow
-
-    setup_mlflow(experiment)
-    out: dict[str, dict] = {}
-    with mlflow.start_run(run_name="train-grid", tags={"cdc.role": "grid"}) as parent:
-        mlflow.log_params({f"eval.{k}": v for k, v in settings.items()})
-        out["__parent__"] = {"run_id": parent.info.run_id}
-        for r in results:
-            with mlflow.start_run(run_name=r.cell.label, nested=True, tags={"cdc.cell_key": r.cell.key}):
-                mlflow.log_params({k: v for k, v in asdict(r.cell).items() if k != "overrides"})
-                mlflow.log_metrics({f"{ds}.{k}": v for ds, m in r.metrics.items() for k, v in m.items()})
-                mlflow.log_artifact(r.results_file, "eval")
-                steps = json.loads(Path(r.results_file).read_text())["meta"]["steps"]
-                version = register(r.model_dir, r.metrics, dataset, r.cell.key, steps)
-                out[r.cell.key] = {"name": version.name, "version": version.version}
-    return out
 
 
 def _family_curves(names: set[str], dataset: str, out_dir: Path) -> list[Path]:

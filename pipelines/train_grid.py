@@ -25,6 +25,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cdc.metrics import REPORT_METRICS
+from cdc.registry import register_grid, registered_cell_keys
+from cdc.tracking import code_version, setup_mlflow
 from pipelines.cells import (
     CONCURRENCY_LIMIT,
     CellResult,
@@ -37,7 +39,8 @@ from pipelines.cells import (
 )
 from pipelines.launchers import cpu_share
 from pipelines.shard_corpus import shard_corpus
-from pipelines.summary import register_cells, summarize
+from pipelines.summary import summarize
+from shards.manifest import Manifest
 
 
 def ensure_shards(corpus: list[str] | None, shards: str | None, output_dir: Path, split_val: float,
@@ -103,16 +106,12 @@ def train_grid(
         retries: extra attempts of a failing cell's training.
         overrides: config overrides for every run; cell_overrides: extra ones per ``"lambda/rho"``.
     """
-    from cdc.registry import registered_cell_keys
-    from cdc.tracking import code_version, setup_mlflow
-    from shards.manifest import Manifest
-
     logger = get_run_logger()
     if launcher == "local" and "OMP_NUM_THREADS" not in os.environ:  # the other half: the training jobs
         torch.set_num_threads(cpu_share())
     out = Path(output_dir).resolve()
     manifest = ensure_shards(corpus, shards, out, split_val, patch_size, max_shorter)
-    fingerprint = Manifest.load(Path(manifest) / "manifest.json" if Path(manifest).is_dir() else manifest).fingerprint
+    fingerprint = Manifest.load(manifest).fingerprint
     version = code_version()
     overrides = list(overrides or [])
     with get_client(sync_client=True) as client:
@@ -138,9 +137,9 @@ def train_grid(
         train(job, launcher, launcher_options or {})
 
     plan = plan_grid(lmbdas, rhos, preset=preset, prediction=prediction, cell_train_steps=cell_train_steps,
-                              shards=manifest, shards_fingerprint=fingerprint, code_version=version, out=out,
-                              experiment=experiment, overrides=overrides, cell_overrides=cell_overrides,
-                              warm_key=warm_key, warm_dir=warm_dir, registered=registered_cell_keys())
+                     shards=manifest, shards_fingerprint=fingerprint, code_version=version, out=out,
+                     experiment=experiment, overrides=overrides, cell_overrides=cell_overrides,
+                     warm_key=warm_key, warm_dir=warm_dir, registered=registered_cell_keys())
     for cell in plan.skipped:
         logger.info(f"{cell.label}: already registered (cell key {cell.key}), skipped")
 
@@ -166,7 +165,7 @@ def train_grid(
             lines = [line for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
             failures[cell.label] = lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}"
             logger.error(f"{cell.label}: failed after {attempts[cell.label]} attempt(s): {failures[cell.label]}")
-    registered = register_cells(results, eval_dataset, experiment, settings)
+    registered = register_grid([r.trained_model() for r in results], eval_dataset, experiment, settings)
     summary = summarize(plan.cells, plan.skipped, registered, failures, eval_dataset, baseline_files.result(), out)
     summary["attempts"] = attempts
     create_markdown_artifact(summary["markdown"], key="train-grid-summary", description=f"Grid in {out}")

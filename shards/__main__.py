@@ -8,7 +8,7 @@ import os
 import sys
 
 from shards.build import build, process_pool_map
-from shards.manifest import Manifest
+from shards.manifest import Manifest, is_remote
 from shards.process import POLICIES, BuildConfig
 from shards.sources import SourceError
 from shards.verify import verify
@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build or resume shards from directories, globs, list files or URLs")
     b.add_argument("sources", nargs="+")
-    b.add_argument("-o", "--output", required=True, help="output directory (shards + manifest.json)")
+    b.add_argument("-o", "--output", required=True,
+                   help="output directory (shards + manifest.json), or an fsspec URL such as s3://bucket/prefix")
+    b.add_argument("--work-dir", help="with a URL output: where the local build runs "
+                   "(default ~/.cache/cdc/shard-builds/<hash of the URL>; a rerun resumes there)")
     b.add_argument("--max-count", type=POSITIVE, default=1000, help="samples per shard")
     b.add_argument("--max-bytes", type=_size, default=512 * 2**20, help="bytes per shard, e.g. 512M")
     b.add_argument("--split-val", type=_fraction, default=0.0, help="fraction of images for the val split")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "build":
-            if os.path.exists(args.output) and not os.path.isdir(args.output):
+            if not is_remote(args.output) and os.path.exists(args.output) and not os.path.isdir(args.output):
                 raise ValueError(f"{args.output}: exists and is not a directory (-o names the output directory)")
             cfg = BuildConfig(max_count=args.max_count, max_bytes=args.max_bytes, split_val=args.split_val,
                               min_side=args.min_side, max_pixels=args.max_pixels, policy=args.policy,
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                               patch_size=args.patch_size,
                               chunk_size=args.chunk_size)
             manifest = build(args.sources, args.output, cfg, mapper=process_pool_map(args.workers), progress=True,
-                             keep_staging=args.keep_staging)
+                             keep_staging=args.keep_staging, work_dir=args.work_dir)
             print(json.dumps(manifest.totals()))
             for q in manifest.quarantine:
                 print(f"quarantined: {q['source']}: {q['reason']}", file=sys.stderr)

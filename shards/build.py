@@ -12,6 +12,8 @@ Stages (each a plain function, so the CLI and the Prefect flow ``shard-corpus`` 
   member) and rewrites anything else; tars are written to a temporary name and renamed.
 * Everything is ordered by input location, so a build killed at any point and rerun produces the
   same manifest and byte-identical shards as an uninterrupted one.
+* An fsspec URL as the output (``s3://bucket/prefix``) builds in a local work directory and then
+  publishes the shards, manifest last (:mod:`shards.remote`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, file_sha256
+from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, file_sha256, is_remote
 from shards.process import BuildConfig, process_image
+from shards.remote import publish, remote_up_to_date, work_dir_for
 from shards.sources import expand_sources
 from shards.tarfiles import read_tar, write_tar
 
@@ -271,19 +274,35 @@ def process_pool_map(workers: int) -> Mapper:
 
 
 def build(sources: list[str], out: str | Path, cfg: BuildConfig, mapper: Mapper = serial_map,
-          progress: bool = False, keep_staging: bool = False) -> Manifest:
+          progress: bool = False, keep_staging: bool = False, work_dir: str | Path | None = None) -> Manifest:
     """Build (or resume, or confirm up to date) the shards of ``sources`` in ``out``.
 
     Args:
+        out: a directory, or an fsspec URL (``s3://bucket/prefix``): then the build runs in
+            ``work_dir`` (default: a cache directory per URL) and is published there.
         mapper: how the per-chunk and per-shard tasks run (serial, a process pool, Prefect tasks).
 
     Raises:
         shards.sources.SourceError: a source directory or list file does not exist.
+        OSError: the remote store cannot be written (after retries).
     """
+    locations = expand_sources(sources)
+    if not is_remote(out):
+        return _build_local(sources, locations, Path(out), cfg, mapper, progress, keep_staging)
+    url = str(out).rstrip("/")
+    existing = remote_up_to_date(url, inputs_digest(locations), cfg.to_dict())
+    if existing is not None:
+        return existing
+    local = Path(work_dir) if work_dir else work_dir_for(url)
+    manifest = _build_local(sources, locations, local, cfg, mapper, progress, keep_staging)
+    publish(local, manifest, url, progress)
+    return manifest
+
+
+def _build_local(sources: list[str], locations: list[str], out: Path, cfg: BuildConfig, mapper: Mapper,
+                 progress: bool, keep_staging: bool) -> Manifest:
     from tqdm import tqdm
 
-    out = Path(out)
-    locations = expand_sources(sources)
     existing = up_to_date(out, locations, cfg)
     if existing is not None:
         if not keep_staging:  # a build killed after its manifest, before cleaning up

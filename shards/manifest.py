@@ -20,6 +20,40 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "cdc-shards/1"
 
 
+def is_remote(location: str | Path) -> bool:
+    """An fsspec URL other than a local file (``s3://``, ``https://``, ``gs://``, ...)."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
+
+
+def manifest_path(source: str | Path) -> str:
+    """A manifest, or a build's output directory / URL prefix holding one, as the manifest's location.
+
+    Anything else (a shard file or brace pattern) comes back unchanged."""
+    text = str(source)
+    if is_remote(text):
+        shard_like = text.endswith((".json", ".tar")) or "{" in text
+        return text if shard_like else text.rstrip("/") + "/" + MANIFEST_NAME
+    path = Path(text)
+    return str(path / MANIFEST_NAME if path.is_dir() else path)
+
+
+def stream_options(url: str) -> dict:
+    """``fsspec.open`` options for reading ``url`` front to back: HTTP(S) in one streamed request
+    (``block_size=0``), since range requests would pay the server's latency once per block."""
+    return {"block_size": 0} if url.startswith(("http://", "https://")) else {}
+
+
+def read_location(location: str) -> bytes:
+    """The bytes of a local path or an fsspec URL."""
+    if not is_remote(location):
+        return Path(location.removeprefix("file://")).read_bytes()
+    import fsspec
+
+    with fsspec.open(location, "rb", **stream_options(location)) as f:
+        return f.read()
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -90,10 +124,11 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
-        """Parse a manifest; raises ``ValueError`` if it is not one or its accounting is off."""
-        path = Path(path)
+        """Parse a manifest (or the one in directory ``path``); raises ``ValueError`` if it is not one
+        or its accounting is off."""
+        path = manifest_path(path)
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(read_location(path))
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not a readable manifest ({exc})") from None
         if data.get("format") != FORMAT:
@@ -115,8 +150,11 @@ class Manifest:
         return manifest
 
 
-def shard_urls(manifest_path: str | Path, split: str = "train") -> list[str]:
-    """Paths of a manifest's shards of ``split`` (resolved next to the manifest)."""
-    manifest_path = Path(manifest_path)
-    manifest = Manifest.load(manifest_path)
-    return [str(manifest_path.parent / s.name) for s in manifest.shards if s.split == split]
+def shard_urls(location: str | Path, split: str = "train") -> list[str]:
+    """Paths or URLs of a manifest's shards of ``split`` (resolved next to the manifest)."""
+    location = manifest_path(location)
+    manifest = Manifest.load(location)
+    if is_remote(location):
+        base = location.rsplit("/", 1)[0]
+        return [f"{base}/{s.name}" for s in manifest.shards if s.split == split]
+    return [str(Path(location).parent / s.name) for s in manifest.shards if s.split == split]

@@ -21,6 +21,7 @@ the stream continues exactly where it stopped, which makes ``--resume`` bit-exac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
@@ -28,6 +29,7 @@ import random
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
@@ -37,7 +39,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.manifest import MANIFEST_NAME, Manifest, shard_urls
+from shards.manifest import Manifest, is_remote, manifest_path, shard_urls, stream_options
 from shards.tarfiles import iter_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -59,11 +61,9 @@ def resolve_shards(source: str | Path | list[str], split: str = "train", skip_mi
     items = [str(s) for s in source] if isinstance(source, list | tuple) else [str(source)]
     urls: list[str] = []
     for item in items:
-        path = Path(item)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
-        if path.name.endswith(".json"):
-            if not path.is_file():
+        path = manifest_path(item)
+        if path.endswith(".json"):
+            if not is_remote(path) and not Path(path).is_file():
                 raise ShardError(f"{path}: no such shard manifest")
             try:
                 urls += shard_urls(path, split)
@@ -101,15 +101,16 @@ REMOTE_RETRIES = 3  # attempts after the first, with 1, 2, 4 s pauses: a flaky o
 
 def _local_path(url: str) -> Path | None:
     """The file of a local URL (plain path or ``file://``), None for remote ones."""
-    return Path(url.removeprefix("file://")) if "://" not in url or url.startswith("file://") else None
+    return None if is_remote(url) else Path(url.removeprefix("file://"))
 
 
 def _open(url: str):
-    """``fsspec.open(url, "rb")`` opened, retrying transient failures of remote URLs."""
+    """``fsspec.open(url, "rb")`` opened (see :func:`shards.manifest.stream_options`), retrying
+    transient failures of remote URLs."""
     attempts = 1 if _local_path(url) else 1 + REMOTE_RETRIES
     for attempt in range(attempts):
         try:
-            return fsspec.open(url, "rb").open()
+            return fsspec.open(url, "rb", **stream_options(url)).open()
         except OSError as exc:
             if attempt + 1 == attempts or isinstance(exc, FileNotFoundError):
                 raise
@@ -122,23 +123,74 @@ def _tar_files(urls: Iterable[str], skip_bad: bool = False, distinct: int = 0) -
 
     A missing or damaged shard raises :class:`ShardError` naming it; with ``skip_bad`` it is
     skipped with a warning instead, until all ``distinct`` shards proved bad (then it raises:
-    an endless stream of nothing must never spin silently).
+    an endless stream of nothing must never spin silently). The next remote shard is opened in the
+    background while this one is read, so the store's latency is paid once per shard at most and
+    usually not at all.
     """
     bad: set[str] = set()
-    for url in urls:
+    with _ReadAhead(urls) as shards:
+        for url, opened in shards:
+            try:
+                with opened.result() as stream:
+                    for name, data in iter_tar(stream):
+                        yield {"fname": name, "data": data, "__url__": url}
+            except (OSError, ValueError) as exc:
+                _bad_shard(url, exc, skip_bad, bad, distinct)
+            yield {}
+
+
+def _bad_shard(url: str, exc: Exception, skip_bad: bool, bad: set[str], distinct: int) -> None:
+    """Raise :class:`ShardError` for an unreadable shard, or (``skip_bad``) warn and count it."""
+    reason = f"{url}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{url}: {exc}"
+    if not skip_bad:
+        raise ShardError(f"{reason} (set train.skip_bad_shards=true to skip bad shards)") from None
+    bad.add(url)
+    warnings.warn(f"{reason}; skipping the rest of this shard ({len(bad)} bad so far)", stacklevel=3)
+    if distinct and len(bad) >= distinct:
+        raise ShardError(f"every one of the {distinct} shards is unreadable (last: {reason})") from None
+
+
+class _ReadAhead:
+    """Iterate ``(url, future of the opened stream)``; the next remote shard is opened by a background
+    thread while the caller reads the current one (local files are opened when their turn comes)."""
+
+    def __init__(self, urls: Iterable[str]) -> None:
+        self.urls = iter(urls)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-read-ahead")
+        self.pending: tuple[str, Future] | None = None
+
+    def _submit(self) -> tuple[str, Future] | None:
+        url = next(self.urls, None)
+        if url is None:
+            return None
+        if is_remote(url):
+            return url, self.pool.submit(_open, url)
+        done: Future = Future()
         try:
-            with _open(url) as stream:
-                for name, data in iter_tar(stream):
-                    yield {"fname": name, "data": data, "__url__": url}
-        except (OSError, ValueError) as exc:
-            reason = f"{url}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{url}: {exc}"
-            if not skip_bad:
-                raise ShardError(f"{reason} (set train.skip_bad_shards=true to skip bad shards)") from None
-            bad.add(url)
-            warnings.warn(f"{reason}; skipping the rest of this shard ({len(bad)} bad so far)", stacklevel=2)
-            if distinct and len(bad) >= distinct:
-                raise ShardError(f"every one of the {distinct} shards is unreadable (last: {reason})") from None
-        yield {}
+            done.set_result(_open(url))
+        except OSError as exc:
+            done.set_exception(exc)
+        return url, done
+
+    def __iter__(self) -> Iterator[tuple[str, Future]]:
+        self.pending = self._submit()
+        while self.pending is not None:
+            current = self.pending
+            if is_remote(current[0]):
+                self.pending = self._submit()  # starts opening the next one now
+                yield current
+            else:
+                yield current
+                self.pending = self._submit()
+
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pending is not None and not self.pending[1].cancel():
+            with contextlib.suppress(Exception):
+                self.pending[1].result().close()  # opened ahead, never read
+        self.pool.shutdown(wait=False)
 
 
 def decode_crop(sample: dict, crop: int, rng: random.Random) -> torch.Tensor:

@@ -1,31 +1,49 @@
-"""Check a build: re-hash every shard against the manifest and decode every sample."""
+"""Check a build, local or on object storage: re-hash every shard against the manifest and decode
+every sample (remote shards are fetched one at a time into a temporary file)."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from shards.images import ImageDecodeError, decode_image
-from shards.manifest import Manifest, file_sha256
+from shards.manifest import Manifest, file_sha256, is_remote, manifest_path
 from shards.tarfiles import read_tar
 
 
-def verify(manifest_path: str | Path, progress: Callable[[int], None] | None = None) -> list[str]:
+def verify(source: str | Path, progress: Callable[[int], None] | None = None) -> list[str]:
     """Return the problems found (empty when the build is intact).
 
     Checks, per shard: present, size and SHA-256 as recorded, readable tar, sample count, every
     sample has an image and a JSON record, and every image decodes.
     """
-    manifest_path = Path(manifest_path)
-    manifest = Manifest.load(manifest_path)
+    location = manifest_path(source)
+    manifest = Manifest.load(location)
     problems = []
     for info in manifest.shards:
-        path = manifest_path.parent / info.name
-        problems.extend(f"{info.name}: {p}" for p in _check_shard(path, info.count, info.bytes, info.sha256))
+        if is_remote(location):
+            found = _check_remote(f"{location.rsplit('/', 1)[0]}/{info.name}", info.count, info.bytes, info.sha256)
+        else:
+            found = _check_shard(Path(location).parent / info.name, info.count, info.bytes, info.sha256)
+        problems.extend(f"{info.name}: {p}" for p in found)
         if progress:
             progress(1)
     return problems
+
+
+def _check_remote(url: str, count: int, size: int, sha256: str) -> list[str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "shard.tar"
+        try:
+            fs.get_file(path, str(local))
+        except FileNotFoundError:
+            return ["missing"]
+        return _check_shard(local, count, size, sha256)
 
 
 def _check_shard(path: Path, count: int, size: int, sha256: str) -> list[str]:

@@ -163,20 +163,70 @@ def test_row16_killing_a_parallel_build_kills_its_workers_and_a_rerun_cleans_sta
 
 
 # ---------------------------------------------------------------- rows 7, 8, 9: bounded memory and time
-def test_row7_a_huge_image_is_refused_from_its_header(tmp_path, model):
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR claims ``width`` x ``height`` and whose pixel data is a few bytes."""
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    big = tmp_path / "big.png"  # a valid PNG header claiming 12000 x 12000; never decoded
-    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))
-                    + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+
+
+def test_row7_an_image_over_the_limit_is_refused_from_its_header(tmp_path, model):
+    big = tmp_path / "big.png"
+    _png_header_only(big, 20000, 20000)
     r = run_cli("compress", big, "-m", model, "-o", tmp_path / "big.cdc")
+    assert r.returncode == 1 and not (tmp_path / "big.cdc").exists()
+    one_line(r, "cdc: error:", "big.png", "20000x20000", "over the limit of 268435456")
+    _png_header_only(big, 12000, 12000)  # under the limit: decoded (it is truncated), never allocated whole
+    r = run_cli("compress", big, "-m", model, "-o", tmp_path / "big.cdc", "--max-pixels", "16777216")
     assert r.returncode == 1 and not (tmp_path / "big.cdc").exists()
     one_line(r, "cdc: error:", "big.png", "12000x12000", "over the limit of 16777216")
 
 
+def _peak_rss_mb(args: list, tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``python -m cdc ARGS``; its result and its own peak RSS in MB from the kernel (``wait4``)."""
+    with open(tmp_path / "stdout", "w+") as out, open(tmp_path / "stderr", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cdc", *map(str, args)], stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out.seek(0), err.seek(0)
+        result = subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(status), out.read(), err.read())
+    return result, usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_row7_a_12000_square_photo_is_coded_tile_by_tile_in_bounded_memory(tmp_path, model):
+    """It used to take 4.25 GB and die in the allocator; tiled, encoding stays near the image's own
+    size and decoding near one tile's activations (benchmarks/tiling.py measures the scaling)."""
+    big = tmp_path / "big.png"
+    pattern = np.zeros((12000, 12000, 3), np.uint8)
+    pattern[::7, ::5] = 200
+    Image.fromarray(pattern).save(big)
+    Image.fromarray(pattern[:4000, :6000]).save(tmp_path / "crop.png")
+    del pattern
+    r = run_cli("compress", big, "-m", model, "-o", tmp_path / "big.cdc", "--steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert "12000x12000, 768-px tiles" in r.stdout and "Traceback" not in r.stderr
+    header = json.loads(run_cli("info", tmp_path / "big.cdc").stdout)
+    assert header["format_version"] == 2 and header["tile"] == 768 and header["tile_margin"] == 64
+    r = run_cli("compress", big, "-m", model, "-o", tmp_path / "whole.cdc", "--tile", "off")
+    assert r.returncode == 1 and not (tmp_path / "whole.cdc").exists()
+    one_line(r, "cdc: error:", "big.png", "over the whole-image limit", "--tile auto")
+    # decoding: a 6000 x 4000 crop keeps the test to a minute (12000² decodes the same way, 2 min on 2 cores)
+    r, _ = _peak_rss_mb(["compress", tmp_path / "crop.png", "-m", model, "-o", tmp_path / "crop.cdc", "--steps", "1"],
+                        tmp_path)
+    assert r.returncode == 0, r.stderr
+    r, decode_mb = _peak_rss_mb(["decompress", tmp_path / "crop.cdc", "-m", model, "-o", tmp_path / "crop.out.png"],
+                                tmp_path)
+    assert r.returncode == 0 and "6000x4000, 48 tiles" in r.stdout, r.stderr
+    assert Image.open(tmp_path / "crop.out.png").size == (6000, 4000)
+    assert decode_mb < 2500, decode_mb  # whole-image decoding of 24 MP would need ~16 GB
+
+
 @pytest.mark.parametrize(("changes", "fragment"), [
-    ({"height": 16384, "width": 16384, "latent_hw": (1024, 1024)}, "16384x16384 pixels, over the limit"),
+    ({"height": 16384, "width": 16384, "latent_hw": (1024, 1024)}, "16384x16384 pixels coded as one tile, over"),
+    ({"height": 20000, "width": 20000, "latent_hw": (1252, 1252), "tile": 768, "margin": 64},
+     "20000x20000 pixels, over the limit of 268435456"),
     ({"steps": 999}, "999 DDIM steps, over the limit of 256"),
 ])
 def test_rows8_9_a_file_cannot_set_the_decoders_memory_or_time(tmp_path, model, changes, fragment):

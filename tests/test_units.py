@@ -25,9 +25,13 @@ def test_plan_grid_orders_cells_keys_them_and_skips_registered_ones():
     last = plan.todo[-1]
     assert last.cell.overrides == ("train.crop=64", "train.lr=1e-4")
     assert last.output_dir == Path("/grid/cells") / f"lmbda0.05-rho0.9-{last.cell.key}"
-    args = last.job.args
-    assert args[args.index("--max-steps") + 1] == "10" and args[args.index("--init-from") + 1] == "/base"
-    assert args[args.index("--resume") + 1] == "latest" and args[-2:] == ["train.crop=64", "train.lr=1e-4"]
+    spec = last.job.spec
+    assert spec.settings == {"train.max_steps": 10, "loss.lmbda": 0.05, "loss.rho": 0.9,
+                             "diffusion.prediction": "sample"}  # typed, never through strings
+    assert spec.init_from == "/base" and spec.resume == "latest" and spec.overrides == ("train.crop=64",
+                                                                                       "train.lr=1e-4")
+    assert spec.config().loss.lmbda == 0.05 and spec.config().train.lr == 1e-4
+    assert spec.tags == {"cdc.role": "cell", "cdc.cell_key": last.cell.key}
     again = plan_grid([0.01, 0.05], [0.0, 0.9], **PLAN, overrides=["train.crop=64"],
                       cell_overrides={"0.05/0.9": ["train.lr=1e-4"]}, warm_key="w" * 16, warm_dir=Path("/base"),
                       registered={plan.cells[0].key})
@@ -93,13 +97,53 @@ def test_registry_find_picks_by_objective_under_the_rate(registry):
 
 
 def test_local_launcher_commands_and_failure_report(tmp_path):
+    from cdc.run_spec import RunSpec
     from pipelines.launchers import LaunchFailed, LocalLauncher, TrainJob
 
-    job = TrainJob("cell", str(tmp_path / "out"), ["--preset", "tiny", "--shards", str(tmp_path / "none")])
-    assert LocalLauncher().command(job)[1:4] == [job.argv()[0], "--output-dir", job.output_dir]
-    launch = LocalLauncher("infra/accelerate/cpu.yaml", num_processes=2).command(job)
-    assert launch[1:4] == ["launch", "--config_file", "infra/accelerate/cpu.yaml"] and "--num_processes" in launch
+    job = TrainJob("cell", RunSpec(shards=(str(tmp_path / "none"),), output_dir=str(tmp_path / "out")))
+    spec_file = str(tmp_path / "out" / "job.json")
+    assert LocalLauncher().command(job)[1:] == ["-m", "cdc.train", "--job", spec_file, "--world-size", "1"]
+    launch = LocalLauncher("infra/accelerate/cpu.yaml").command(job)  # its config asks for 2 processes
+    assert launch[1:4] == ["launch", "--config_file", "infra/accelerate/cpu.yaml"] and launch[-2:] == ["--world-size",
+                                                                                                       "2"]
+    launch = LocalLauncher("infra/accelerate/cpu.yaml", num_processes=3).command(job)
+    assert launch[launch.index("--num_processes") + 1] == "3" and launch[-1] == "3"
     lines: list[str] = []
     with pytest.raises(LaunchFailed, match=r"cell: exit status 2\n.*shards"):
         LocalLauncher().run(job, lines.append)
     assert any(line.startswith("[cell] ") for line in lines) and cpu_share() >= 1
+    assert RunSpec.load(spec_file) == job.spec  # what the trainer read
+
+
+def test_flags_and_a_job_file_make_the_same_run(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from cdc.run_spec import RunSpec, SpecError
+    from cdc.train import parse_args, spec_from_args
+
+    flags = ["--preset", "small", "--shards", "s/manifest.json", "--output-dir", str(tmp_path / "run"),
+             "--max-steps", "7", "--lmbda", "0.02", "--rho", "0.5", "--init-from", "small-base", "--resume", "latest",
+             "--tag", "a=b", "--world-size", "2", "train.lr=1e-4"]
+    spec = spec_from_args(parse_args(flags))
+    assert spec.settings == {"train.max_steps": 7, "loss.lmbda": 0.02, "loss.rho": 0.5}
+    path = spec.save(tmp_path / "job.json")
+    loaded = spec_from_args(parse_args(["--job", str(path)]))
+    assert loaded == spec and loaded.config() == spec.config()
+    assert spec.config().train.lr == 1e-4 and spec.config().loss.rho == 0.5
+    assert spec_from_args(parse_args(["--job", str(path), "--world-size", "4"])).world_size == 4
+    data = json.loads(path.read_text())
+    for bad, message in [({**data, "lmdba": 1}, "unknown field(s) lmdba"),
+                         ({"output_dir": "x"}, "missing field(s) shards"),
+                         ({**data, "shards": "s"}, "shards: expected a list of strings"),
+                         ({**data, "world_size": 0}, "world_size must be >= 1")]:
+        with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            RunSpec.from_dict(bad)
+    train = [sys.executable, "cdc/train.py"]
+    root = Path(__file__).resolve().parents[1]
+    for argv, fragment in [(["--job", str(path), "--preset", "tiny"], "--job holds the whole run; drop --preset"),
+                           (["--preset", "tiny"], "required: --shards, --output-dir (or --job FILE)"),
+                           (["--job", str(tmp_path / "none.json")], "none.json: cannot read")]:
+        r = subprocess.run([*train, *argv], capture_output=True, text=True, cwd=root, timeout=120)
+        assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cdc.argtypes import GAMMA, PIXELS, SEED, STEPS
+from cdc.argtypes import GAMMA, PIXELS, SEED, STEPS, TILE
 from cdc.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -21,7 +21,7 @@ from cdc.cli.common import (
 )
 
 DEFAULT_MAX_DECODE_STEPS = 256  # the paper's sweeps stop at 129; a stranger's file must not set the cost
-DEFAULT_MAX_CODEC_PIXELS = 4096 * 4096  # whole-image coding: the U-Net's activations grow with pixels
+DEFAULT_MAX_CODEC_PIXELS = 16384 * 16384  # tiled coding keeps memory per tile; the image itself is 3 B/pixel
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -63,6 +63,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from cdc.coder import DecodeError
     from cdc.files import atomic_write
     from cdc.images import InputError, load_image
+    from cdc.tiling import TilingError, choose_tile
 
     coder = load_coder(args.model)
     outputs = output_paths(args.images, args.output, ".cdc")
@@ -70,15 +71,18 @@ def cmd_compress(args: argparse.Namespace) -> int:
     def work(i: int, image: str) -> None:
         refuse_existing(outputs[i], args.overwrite)
         try:
-            x, notes = load_image(image, max_pixels=args.max_pixels)
+            x, notes = load_image(image, max_pixels=args.max_pixels, uint8=True)
             for note in notes:
                 say("warning", f"{image}: {note}")
-            encoded = coder.encode(x, steps=args.steps, gamma=args.gamma, seed=args.seed)
-        except (InputError, DecodeError) as exc:
+            h, w = x.shape[-2:]
+            tile_px = choose_tile(args.tile, h, w)
+            encoded = coder.encode(x, steps=args.steps, gamma=args.gamma, seed=args.seed, tile=tile_px,
+                                   margin=args.tile_margin)
+        except (InputError, DecodeError, TilingError) as exc:
             raise CLIError(str(exc) if isinstance(exc, InputError) else f"{image}: {exc}") from None
         atomic_write(outputs[i], encoded.data)
-        h, w = x.shape[-2:]
-        tqdm.write(f"{outputs[i]}: {w}x{h}, {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp "
+        tiled = f", {tile_px}-px tiles" if tile_px else ""
+        tqdm.write(f"{outputs[i]}: {w}x{h}{tiled}, {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp "
               f"(estimated {encoded.bpp_estimated:.4f})")
 
     return for_each(args.images, work, "compress")
@@ -91,6 +95,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from cdc.coder import DecodeError
     from cdc.files import atomic_write
     from cdc.images import encode_png
+    from cdc.tiling import WHOLE_IMAGE_MAX_PIXELS
 
     coder = load_coder(args.model)
     outputs = output_paths(args.files, args.output, ".png")
@@ -103,17 +108,20 @@ def cmd_decompress(args: argparse.Namespace) -> int:
             raise CLIError(f"{file}: cannot read ({exc.strerror or exc})") from None
         steps = args.steps
         try:
-            limits = {"max_pixels": args.max_pixels, "max_steps": args.max_steps}
+            limits = {"max_pixels": args.max_pixels, "max_steps": args.max_steps,
+                      "max_whole_pixels": WHOLE_IMAGE_MAX_PIXELS}
             stream = coder.parse(data, steps, **limits)
             total = stream.steps if steps is None else steps
-            with tqdm(total=total, desc=Path(file).name, unit="step", disable=True if len(args.files) > 1 else None,
-                      file=sys.stderr, leave=False) as bar:
-                x_hat, stream = coder.decode(data, steps=steps, precision=args.precision, progress=bar.update,
-                                             **limits)
+            grid = coder.grid(stream)
+            with tqdm(total=total * (len(grid) if grid else 1), desc=Path(file).name, unit="step",
+                      disable=True if len(args.files) > 1 else None, file=sys.stderr, leave=False) as bar:
+                image, stream = coder.decode_uint8(data, steps=steps, precision=args.precision, progress=bar.update,
+                                                   **limits)
         except DecodeError as exc:
             raise CLIError(f"{file}: {exc}") from None
-        atomic_write(outputs[i], encode_png(x_hat))
-        tqdm.write(f"{outputs[i]}: {stream.width}x{stream.height}, {total} steps, {args.precision}")
+        atomic_write(outputs[i], encode_png(image))
+        tiled = f", {len(grid)} tiles" if grid else ""
+        tqdm.write(f"{outputs[i]}: {stream.width}x{stream.height}{tiled}, {total} steps, {args.precision}")
 
     return for_each(args.files, work, "decompress")
 
@@ -172,7 +180,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "0 = deterministic")
     p.add_argument("--seed", type=SEED, help="start-noise seed recorded for decoding, in [0, 2**63)")
     p.add_argument("--max-pixels", type=PIXELS, default=DEFAULT_MAX_CODEC_PIXELS,
-                   help=f"refuse larger images (memory grows with pixels; default {DEFAULT_MAX_CODEC_PIXELS})")
+                   help=f"refuse larger images (default {DEFAULT_MAX_CODEC_PIXELS})")
+    p.add_argument("--tile", type=TILE, default="auto",
+                   help="code tile by tile, memory bounded by the tile: auto (768-px tiles above 2.4 MP), off "
+                        "(whole image, up to 4096x4096), or a tile side in pixels (multiple of 64)")
+    p.add_argument("--tile-margin", type=int, choices=(0, 16, 32, 48, 64),
+                   help="tile overlap on each side in pixels: encoder context and decoder blend band "
+                        "(default 64, or half of a smaller tile)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_compress)
 
@@ -185,7 +199,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="refuse files that ask for more DDIM steps (a file sets the decoder's cost; "
                         f"default {DEFAULT_MAX_DECODE_STEPS}; --steps overrides the file)")
     p.add_argument("--max-pixels", type=PIXELS, default=DEFAULT_MAX_CODEC_PIXELS,
-                   help=f"refuse files whose header claims more pixels (default {DEFAULT_MAX_CODEC_PIXELS})")
+                   help=f"refuse files whose header claims more pixels (default {DEFAULT_MAX_CODEC_PIXELS}; "
+                        "untiled files: at most 4096x4096)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="U-Net precision")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_decompress)

@@ -4,10 +4,11 @@
 #   SLURM_NODEID, SLURM_NNODES          from Slurm (set by hand to test on one machine)
 #   CDC_HEAD_ADDR                       rendezvous host (train.sbatch sets it from the allocation)
 #   CDC_GPUS_PER_NODE                   processes per node (default 8)
-#   CDC_OUTPUT_DIR                      cdc/train.py --output-dir
+#   CDC_OUTPUT_DIR                      cdc/train.py --output-dir (unless the arguments are --job FILE)
 #   CDC_ACCELERATE_CONFIG               default infra/accelerate/multi-node.yaml (cpu.yaml for CPU tests)
 #   CDC_MAIN_PORT                       rendezvous port (default 29500)
-# Remaining arguments go to cdc/train.py.
+# Remaining arguments go to cdc/train.py, with --world-size (nodes x processes per node); without
+# --job they get --output-dir "$CDC_OUTPUT_DIR" --resume latest (a requeued job continues).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,7 +18,10 @@ cd "$(dirname "$0")/../.."
 : "${CDC_OUTPUT_DIR:?CDC_OUTPUT_DIR unset}"
 per_node=${CDC_GPUS_PER_NODE:-8}
 world=$((SLURM_NNODES * per_node))
-export CDC_EXPECTED_WORLD_SIZE=$world
+run=(--output-dir "$CDC_OUTPUT_DIR" --resume latest)
+for arg in "$@"; do
+  [ "$arg" = "--job" ] && run=()  # the spec holds the output directory and resume: latest
+done
 accelerate=${ACCELERATE:-accelerate}
 
 exec "$accelerate" launch \
@@ -27,4 +31,4 @@ exec "$accelerate" launch \
   --machine_rank "$SLURM_NODEID" \
   --main_process_ip "$CDC_HEAD_ADDR" \
   --main_process_port "${CDC_MAIN_PORT:-29500}" \
-  cdc/train.py --output-dir "$CDC_OUTPUT_DIR" --resume latest "$@"
+  -m cdc.train --world-size "$world" "${run[@]}" "$@"

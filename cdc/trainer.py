@@ -1,0 +1,207 @@
+"""The training loop of one run (:class:`cdc.run_spec.RunSpec`) under accelerate: DDP or DeepSpeed,
+CPU (gloo) or GPU (NCCL), bf16 autocast on GPU, EMA, checkpoints, preemption, MLflow tracking and
+the final export. ``cdc/train.py`` is its command line; the grid's launchers run that.
+
+Per step: a batch from the shard loader, the training phase of the recipe
+(:func:`cdc.training.training_phase`), the rate-distortion-perception loss, one optimizer step and
+an EMA update; every ``log_every`` steps the mean of the loss terms over ranks goes to
+``metrics.jsonl`` and MLflow; every ``checkpoint_every`` steps (and on SIGTERM) a resumable
+checkpoint. At the end the EMA weights, with the entropy coder's tables, are exported into the
+output directory itself, so ``cdc compress -m DIR`` works.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cdc import __version__
+from cdc.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_codec, save_codec
+from cdc.codec import CDCCodec
+from cdc.config import Config, ConfigError
+from cdc.distributed import LaunchError, check_world_size, make_accelerator, replica_checksums, using_deepspeed
+from cdc.ema import EMA
+from cdc.losses import RateDistortionPerceptionLoss
+from cdc.perceptual import MissingWeightsError
+from cdc.resolve import ModelNotFoundError, resolve_model
+from cdc.run_spec import RunSpec
+from cdc.tracking import RunTracker, code_version
+from cdc.train_state import DataWatchdog, Preemption, checkpoint_dirs, resume, save_checkpoint
+from cdc.training import build_optimizer, log_samples, shards_fingerprint, training_phase
+from shards.reader import ShardError, resolve_shards, train_loader
+
+TRAINING_ERRORS = (ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError, FileNotFoundError,
+                   ModelNotFoundError)
+"""What a run reports as one line (exit 2) instead of a traceback."""
+
+
+def init_weights(codec: CDCCodec, ref: str) -> None:
+    """Load checkpoint ``ref`` (any :mod:`cdc.resolve` form) into ``codec``; the architectures must agree."""
+    path = resolve_model(ref)
+    source = load_codec(path)
+    if source.config.model != codec.config.model:
+        diff = {k: (v, getattr(codec.config.model, k)) for k, v in vars(source.config.model).items()
+                if getattr(codec.config.model, k) != v}
+        raise CheckpointError(f"{path}: architecture differs from this run's preset "
+                              + ", ".join(f"model.{k}: checkpoint {a} vs run {b}" for k, (a, b) in diff.items()))
+    codec.load_state_dict(source.state_dict())
+
+
+def check_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse an output directory that holds an exported model, unless this run resumes the run that
+    made it (``--resume`` with its checkpoints there) or ``--overwrite`` is given."""
+    exported = (out / CONFIG_NAME).is_file() or (out / WEIGHTS_NAME).is_file()
+    if exported and not overwrite and not (resume and checkpoint_dirs(out)):
+        raise CheckpointError(f"{out}: holds an exported model; pass --overwrite to replace it "
+                              "(or --resume latest to continue the run that made it)")
+
+
+def train(spec: RunSpec) -> dict:
+    """Run ``spec`` to the end (or to a preemption); returns the summary written to ``train_summary.json``."""
+    cfg = spec.config()
+    tc = cfg.train
+    out = Path(spec.output_dir)
+    check_output_dir(out, spec.resume, spec.overwrite)
+    urls = resolve_shards(list(spec.shards), "train", skip_missing=tc.skip_bad_shards)  # fail fast: missing shards
+    fine_tune = bool(spec.init_from)
+    phased = not fine_tune and any(tc.phase_steps())
+    # phases leave parts of the model without gradients for a while: DDP must look for them
+    accelerator = make_accelerator(tc.mixed_precision, out, tc.batch_size, tc.grad_clip, find_unused=bool(phased))
+    check_world_size(accelerator.num_processes, spec.world_size)
+    main = accelerator.is_main_process
+    torch.manual_seed(tc.seed)
+
+    codec = CDCCodec(cfg)
+    if spec.init_from:
+        init_weights(codec, spec.init_from)
+    if main:  # only now that every check passed
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).unlink(missing_ok=True)  # an old export must not look like this run's
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        spec.save(out / "run_spec.json")
+    loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(accelerator.device)
+    optimizer, scheduler = build_optimizer(codec, tc, fine_tune=fine_tune)
+    ema = EMA(codec, tc.ema_decay, tc.ema_every, tc.ema_start)
+    ema.shadow.to(accelerator.device)
+    codec, optimizer, scheduler = accelerator.prepare(codec, optimizer, scheduler)
+    accelerator.register_for_checkpointing(ema)
+    raw = accelerator.unwrap_model(codec)
+
+    meta = resume(accelerator, out, spec.resume) if spec.resume else None
+    step = meta["step"] if meta else 0
+    launch = {"world_size": accelerator.num_processes, "num_workers": tc.num_workers, "seed": tc.seed}
+    if meta and any(meta.get(k) != v for k, v in launch.items()):
+        accelerator.print(f"warning: resuming with {launch} but the checkpoint was made with "
+                          f"{ {k: meta.get(k) for k in launch} }: the data order will differ")
+    loader = train_loader(urls, tc.batch_size, tc.crop, rank=accelerator.process_index,
+                          world_size=accelerator.num_processes, seed=tc.seed, num_workers=tc.num_workers,
+                          shuffle_buffer=tc.shuffle_buffer, epoch_batches=tc.checkpoint_every, start_batch=step,
+                          skip_bad=tc.skip_bad_shards)
+    tracker = RunTracker(main, spec.experiment, spec.run_name, run_id=meta.get("mlflow_run_id") if meta else None,
+                         tags=spec.tags)
+    tracker.log_params({**cfg.flat(), "launch.world_size": accelerator.num_processes,
+                        "launch.distributed_type": str(accelerator.distributed_type),
+                        "launch.mixed_precision": accelerator.mixed_precision, "launch.deepspeed": using_deepspeed(),
+                        "init_from": spec.init_from or "", "shards": " ".join(spec.shards)})
+    tracker.set_tags({"code_version": code_version(), "perceptual": cfg.loss.perceptual if cfg.loss.rho > 0 else "none",
+                      "perceptual_pretrained": loss_fn.perceptual.pretrained if loss_fn.perceptual else "n/a"})
+    preemption = Preemption()
+    watchdog = DataWatchdog(tc.data_timeout_s, " ".join(spec.shards))
+    ckpt_meta = {**launch, "mlflow_run_id": tracker.run_id}
+    metrics_file = out / "metrics.jsonl"
+    data_iter = iter(loader)
+    window = {"start": time.perf_counter(), "wait": 0.0, "images": 0}
+    last: dict = {}
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not main, desc="train", unit="step")
+    codec.train()
+    while step < tc.max_steps:
+        t0 = time.perf_counter()
+        batch = next(data_iter).to(accelerator.device, non_blocking=True)
+        watchdog.fed()
+        window["wait"] += time.perf_counter() - t0
+        phase = training_phase(step, tc, fine_tune=fine_tune)
+        with accelerator.autocast():
+            outputs = codec(batch, phase=phase)
+            terms = loss_fn(outputs, num_pixels=tc.crop * tc.crop)
+            total = terms["loss"] + outputs["aux_loss"]
+        accelerator.backward(total)
+        if tc.grad_clip > 0 and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(codec.parameters(), tc.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        ema.update(raw, step)
+        window["images"] += batch.shape[0] * accelerator.num_processes
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            names = ("loss", "bpp", "diffusion", "perceptual", "aux_mse")
+            values = torch.stack([terms[k].detach().float() for k in names] + [outputs["aux_loss"].detach().float()])
+            values = accelerator.reduce(values, reduction="mean").tolist()
+            elapsed = time.perf_counter() - window["start"]
+            last = {"step": step, **dict(zip((*names, "aux"), values, strict=True)),
+                    "lr": scheduler.get_last_lr()[0], "images_per_s": window["images"] / elapsed,
+                    "data_wait": window["wait"] / elapsed, "phase": CDCCodec.PHASES.index(phase)}
+            window = {"start": time.perf_counter(), "wait": 0.0, "images": 0}
+            if main:
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+                tracker.log_metrics({k: v for k, v in last.items() if k != "step"}, step)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", bpp=f"{last['bpp']:.3f}")
+        if tc.sample_every and step % tc.sample_every == 0 and main:
+            log_samples(ema.shadow, batch[:1], tracker, step)
+        bar.update(1)
+        stop = preemption.requested(accelerator)
+        if step % tc.checkpoint_every == 0 or stop or step == tc.max_steps:
+            save_checkpoint(accelerator, out, step, ckpt_meta, tc.keep_checkpoints)
+        if stop:
+            watchdog.stop()
+            accelerator.print(f"preempted: checkpoint saved at step {step}; rerun with --resume latest")
+            tracker.end(status="KILLED")
+            return {"step": step, "preempted": True}
+    bar.close()
+    watchdog.stop()
+    checksums = replica_checksums(accelerator, raw)
+    summary = {"step": step, "preempted": False, "final": last, "world_size": accelerator.num_processes,
+               "replica_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1,
+               "mlflow_run_id": tracker.run_id}
+    if main:
+        log_samples(ema.shadow, batch[:1], tracker, step)
+        fingerprint = save_export(ema.shadow, out, cfg, spec, tracker.run_id, loss_fn)
+        summary.update({"model": str(out), "fingerprint": fingerprint,
+                        "peak_memory_mb": peak_memory_mb(accelerator.device)})
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        tracker.log_artifact(out / "train_summary.json")
+        tracker.log_artifact(out / "train_config.json")
+        tracker.end()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def save_export(model: CDCCodec, out: Path, cfg: Config, spec: RunSpec, run_id: str | None,
+                loss_fn: RateDistortionPerceptionLoss) -> str:
+    """Export the EMA weights (CDFs updated) as a codec checkpoint in ``out``; returns its fingerprint."""
+    from cdc.checkpoint import read_checkpoint_info
+
+    metadata = {"trained_steps": cfg.train.max_steps, "lmbda": cfg.loss.lmbda, "rho": cfg.loss.rho,
+                "prediction": cfg.diffusion.prediction, "preset": cfg.preset,
+                "perceptual": cfg.loss.perceptual if cfg.loss.rho > 0 else "none",
+                "perceptual_pretrained": bool(loss_fn.perceptual.pretrained) if loss_fn.perceptual else None,
+                "init_from": spec.init_from, "shards_fingerprint": shards_fingerprint(list(spec.shards)),
+                "mlflow_run_id": run_id,
+                "code_version": code_version(), "cdc_version": __version__}
+    save_codec(model.cpu(), out, metadata=metadata)
+    return read_checkpoint_info(out)["fingerprint"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations, else the resident set (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
