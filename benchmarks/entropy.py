@@ -81,7 +81,7 @@ def fit(entropy, latents: list[torch.Tensor], scale: float, steps: int, pixels: 
         opt.step()
         sched.step()
     entropy.eval()
-    entropy.entropy_bottleneck._update_quantiles()  # exact quantiles by bisection, for both models alike
+    entropy.update_quantiles()  # exact quantiles by bisection, for both models alike
     entropy.update(force=True)
 
 

@@ -140,7 +140,7 @@ class CDCCodec(CompressionModel):
     def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:
         """Build the entropy coder's CDF tables (after training, before ``compress``)."""
         if update_quantiles:
-            self.entropy.entropy_bottleneck._update_quantiles()
+            self.entropy.update_quantiles()
         self._low_precision_unet = None
         return self.entropy.update(force=force)
 

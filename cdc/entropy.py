@@ -103,12 +103,20 @@ class HyperLatentModel(LatentEntropyModel):
         self.gaussian_conditional = GaussianConditional(None, scale_bound=cfg.scale_bound)
         self._table = scale_table(cfg.scale_bound, cfg.scale_levels)
 
+    # compressai's EntropyBottleneck has no public API for these two: the only private calls live here
+    def z_medians(self) -> Tensor:
+        """The factorized prior's medians m (1, C, 1, 1): ẑ = round(z - m) + m."""
+        return self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+
+    def update_quantiles(self) -> None:
+        """Recompute the prior's quantiles exactly (bisection) instead of trusting the learned ones."""
+        self.entropy_bottleneck._update_quantiles()
+
     def _z_forward(self, y: Tensor, noise: bool) -> tuple[Tensor, Tensor]:
         """Training/eval pass of z: (ẑ, likelihoods of z); ẑ is noisy or STE-rounded (see ``forward``)."""
         z = self.h_a(y)
         z_tilde, z_likelihoods = self.entropy_bottleneck(z)
-        return decoder_values(z, z_tilde, self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1), noise,
-                               self.training), z_likelihoods
+        return decoder_values(z, z_tilde, self.z_medians(), noise, self.training), z_likelihoods
 
     def _z_compress(self, y: Tensor) -> tuple[bytes, Tensor]:
         """Code z of one image; returns its string and ẑ exactly as the decoder rebuilds it."""
