@@ -101,14 +101,15 @@ def plan_grid(lmbdas: list[float], rhos: list[float], *, preset: str, prediction
     extra = cell_overrides or {}
     cells = [Cell(lmbda, rho, preset, prediction, cell_train_steps, tuple(base + extra.get(f"{lmbda:g}/{rho:g}", [])),
                   warm_key, shards_fingerprint, code_version) for rho in rhos for lmbda in lmbdas]
-    todo = [CellJob(c, train_job(c.label, out / "cells" / f"{c.label}-{c.key}", shards, preset, prediction,
-                                 cell_train_steps, c.lmbda, c.rho, list(c.overrides), warm_dir,
-                                 {"cdc.role": "cell", "cdc.cell_key": c.key}, experiment))
+    todo = [CellJob(c, train_job(c.label, out / "cells" / f"{c.label}-{c.key}", shards=shards, preset=preset,
+                                 prediction=prediction, train_steps=cell_train_steps, lmbda=c.lmbda, rho=c.rho,
+                                 overrides=list(c.overrides), init_from=warm_dir,
+                                 tags={"cdc.role": "cell", "cdc.cell_key": c.key}, experiment=experiment))
             for c in cells if c.key not in registered]
     return GridPlan(cells, todo, [c for c in cells if c.key in registered])
 
 
-def train_job(name: str, output_dir: Path, shards: str, preset: str, prediction: str, train_steps: int,
+def train_job(name: str, output_dir: Path, *, shards: str, preset: str, prediction: str, train_steps: int,
               lmbda: float, rho: float, overrides: list[str], init_from: Path | None, tags: dict[str, str],
               experiment: str) -> TrainJob:
     """The run spec of one grid run, values kept typed (always ``resume: latest``: retries continue)."""

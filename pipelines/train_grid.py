@@ -132,8 +132,9 @@ def train_grid(
         warm_key = config_key({"preset": preset, "prediction": prediction, "steps": warmup_train_steps,
                                "lmbda": warmup_lmbda, "overrides": overrides, "shards": fingerprint, "code": version})
         warm_dir = out / f"warmup-{warm_key}"
-        job = train_job(f"warmup-{warm_key[:8]}", warm_dir, manifest, preset, prediction, warmup_train_steps,
-                        warmup_lmbda, 0.0, overrides, None, {"cdc.role": "warmup"}, experiment)
+        job = train_job(f"warmup-{warm_key[:8]}", warm_dir, shards=manifest, preset=preset, prediction=prediction,
+                        train_steps=warmup_train_steps, lmbda=warmup_lmbda, rho=0.0, overrides=overrides,
+                        init_from=None, tags={"cdc.role": "warmup"}, experiment=experiment)
         train(job, launcher, launcher_options or {})
 
     plan = plan_grid(lmbdas, rhos, preset=preset, prediction=prediction, cell_train_steps=cell_train_steps,

@@ -83,8 +83,9 @@ def test_rendered_slurm_and_kubernetes_jobs_carry_the_cell(tmp_path):
     from pipelines.cells import train_job
     from pipelines.launchers import KubernetesLauncher, SlurmLauncher
 
-    job = train_job("lmbda0.05-rho0.9", tmp_path / "cell", "/data/shards", "paper", "sample", 1000, 0.05, 0.9,
-                    ["train.lr=1e-4"], tmp_path / "warm", {"cdc.cell_key": "abc123"}, "cdc-grid")
+    job = train_job("lmbda0.05-rho0.9", tmp_path / "cell", shards="/data/shards", preset="paper", prediction="sample",
+                    train_steps=1000, lmbda=0.05, rho=0.9, overrides=["train.lr=1e-4"], init_from=tmp_path / "warm",
+                    tags={"cdc.cell_key": "abc123"}, experiment="cdc-grid")
     script = SlurmLauncher(nodes=2, gpus_per_node=4).script(job)
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script
     assert f"--job {tmp_path / 'cell' / 'job.json'}" in script  # launch-node.sh adds --world-size
