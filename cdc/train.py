@@ -40,7 +40,6 @@ from pathlib import Path
 
 from cdc.argtypes import COUNT, LAMBDA, RHO, TRAIN_STEPS
 from cdc.config import RECIPES
-from cdc.distributed import prepare_environment
 from cdc.run_spec import RunSpec, SpecError
 
 SPEC_FLAGS = ("preset", "recipe", "shards", "output_dir", "max_steps", "lmbda", "rho", "prediction", "init_from",
@@ -98,6 +97,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 def main(argv: list[str] | None = None) -> int:
     """Parse, train, print the exported model; 2 with one error line for anything the user can fix."""
     args = parse_args(argv)
+    from cdc.distributed import prepare_environment  # torch: only after the file-mode re-exec below
+
     prepare_environment()  # before accelerate, deepspeed and compressai are imported
     from cdc.trainer import TRAINING_ERRORS, train
 
