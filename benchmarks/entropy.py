@@ -40,7 +40,7 @@ from cdc.layers import pad_to_multiple
 from cdc.losses import bits_per_pixel
 from cdc.pretrained import available, resolve_checkpoint
 from cdc.rd import bd_rate
-from shards.reader import train_loader
+from shards.reader import train_loader, unit_range
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("hyperprior", "entroformer")
@@ -64,7 +64,7 @@ def build_shards(root: Path, packages: tuple[str, ...] | None = None) -> Path:
 @torch.no_grad()
 def training_latents(codec: CDCCodec, shards: Path, n_batches: int) -> list[torch.Tensor]:
     loader = train_loader(shards, batch_size=4, crop=CROP, seed=0, shuffle_buffer=64)
-    return [codec.g_a(batch * 2 - 1) for _, batch in zip(range(n_batches), loader, strict=False)]
+    return [codec.g_a(unit_range(batch) * 2 - 1) for _, batch in zip(range(n_batches), loader, strict=False)]
 
 
 def fit(entropy, latents: list[torch.Tensor], scale: float, steps: int, pixels: int, lr: float) -> None:

@@ -63,7 +63,7 @@ from cdc.layers import pad_to_multiple
 from cdc.losses import RateDistortionPerceptionLoss
 from cdc.metrics import PER_IMAGE_METRICS, MetricSuite
 from cdc.training import build_optimizer
-from shards.reader import resolve_shards, train_loader
+from shards.reader import resolve_shards, train_loader, unit_range
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = RECIPES["paper"]
@@ -109,7 +109,7 @@ ANCHOR = "hyperprior"
 def _batches(shards: str, batch: int, crop: int, seed: int = 0, device: str = "cpu"):
     loader = train_loader(resolve_shards([shards], "train"), batch, crop, seed=seed, num_workers=0,
                           shuffle_buffer=200, epoch_batches=10_000)
-    return (x.to(device) for x in loader)
+    return (unit_range(x.to(device)) for x in loader)
 
 
 def _seconds_per_step(step, batches, steps: int, warmup: int = 3) -> float:

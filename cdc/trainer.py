@@ -32,7 +32,7 @@ from cdc.run_spec import RunSpec
 from cdc.tracking import RunTracker, code_version
 from cdc.train_state import DataWatchdog, Preemption, checkpoint_dirs, resume, save_checkpoint
 from cdc.training import build_optimizer, log_samples, shards_fingerprint, training_phase
-from shards.reader import ShardError, resolve_shards, train_loader
+from shards.reader import ShardError, resolve_shards, train_loader, unit_range
 
 TRAINING_ERRORS = (ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError, FileNotFoundError,
                    ModelNotFoundError)
@@ -120,7 +120,7 @@ def train(spec: RunSpec) -> dict:
     codec.train()
     while step < tc.max_steps:
         t0 = time.perf_counter()
-        batch = next(data_iter).to(accelerator.device, non_blocking=True)
+        batch = unit_range(next(data_iter).to(accelerator.device, non_blocking=True))
         watchdog.fed()
         window["wait"] += time.perf_counter() - t0
         phase = training_phase(step, tc, fine_tune=fine_tune)

@@ -18,7 +18,15 @@ from PIL import Image
 from shards.build import build
 from shards.manifest import Manifest
 from shards.process import BuildConfig
-from shards.reader import ShardError, ShardStream, iterate_images, resolve_shards, shards_for_rank, train_loader
+from shards.reader import (
+    ShardError,
+    ShardStream,
+    iterate_images,
+    resolve_shards,
+    shards_for_rank,
+    train_loader,
+    unit_range,
+)
 from shards.sources import SourceError, expand_sources
 from shards.verify import verify
 
@@ -190,8 +198,9 @@ def photo_shards(tmp_path_factory):
 def test_reader_yields_shaped_tensors_in_unit_range(photo_shards):
     loader = train_loader(photo_shards, batch_size=4, crop=64, num_workers=2, shuffle_buffer=8)
     for _, batch in zip(range(3), loader, strict=False):
-        assert batch.shape == (4, 3, 64, 64) and batch.dtype == torch.float32
-        assert batch.min() >= 0 and batch.max() <= 1 and batch.std() > 0.01
+        assert batch.shape == (4, 3, 64, 64) and batch.dtype == torch.uint8
+        unit = unit_range(batch)
+        assert unit.dtype == torch.float32 and unit.min() >= 0 and unit.max() <= 1 and unit.std() > 0.01
 
 
 def test_reader_resumes_exactly_and_ranks_differ(photo_shards):
