@@ -49,6 +49,9 @@ def make_gallery() -> Path:
 
 
 def main() -> None:
+    # Prefect keeps its settings and local server database here, reads the folder when it is
+    # imported and does not create its parents: make it first (a fresh clone has no .cdc/).
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     from pipelines.train_grid import train_grid
     from shards.devcorpus import assemble
 
@@ -58,8 +61,6 @@ def main() -> None:
     files, _ = assemble(OUT / "corpus")  # warns (and goes on) where the Debian mirror is unreachable
     sources = OUT / "corpus" / "sources.txt"
     sources.write_text("".join(f"{f.path}\n" for f in files))
-    # Prefect's local server keeps its SQLite database here and does not create the folder itself.
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     summary = train_grid(
         lmbdas=LMBDAS, rhos=[0.0, 0.9], preset="small", cell_train_steps=STEPS, base="small-base",
         corpus=[str(sources)], max_shorter=512, split_val=0.15,  # the base model's corpus and split
