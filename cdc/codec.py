@@ -153,12 +153,12 @@ class CDCCodec(CompressionModel):
             x: (1, 3, H, W) in [0, 1], any H, W >= 1.
 
         Returns:
-            ``strings`` (list of bytes, decode order), ``shape`` (h, w of y), ``y_hat``.
+            ``strings`` (list of bytes, decode order), ``shape`` (h, w of y), ``y`` and ``y_hat``.
         """
         xp = pad_to_multiple(x.float() * 2 - 1, self.downsampling_factor)
         y = self.g_a(xp)
         strings, y_hat = self.entropy.compress(y)
-        return {"strings": strings, "shape": tuple(y.shape[-2:]), "y_hat": y_hat}
+        return {"strings": strings, "shape": tuple(y.shape[-2:]), "y": y, "y_hat": y_hat}
 
     @torch.no_grad()
     def decompress(

@@ -61,9 +61,8 @@ class Coder:
     @torch.no_grad()
     def estimate_bits(self, x: Tensor) -> float:
         """The entropy model's estimate of the payload size in bits for a (1, 3, H, W) image in [0, 1]."""
-        y = self.codec.g_a(pad_to_multiple(x.float() * 2 - 1, self.codec.downsampling_factor))
-        _, likelihoods = self.codec.entropy(y)
-        return float(sum(-torch.log2(lk).sum() for lk in likelihoods.values()))
+        return self.codec.entropy.bits(self.codec.g_a(pad_to_multiple(x.float() * 2 - 1,
+                                                                      self.codec.downsampling_factor)))
 
     @torch.no_grad()
     def encode(self, x: Tensor, steps: int | None = None, gamma: float | None = None,
@@ -96,7 +95,7 @@ class Coder:
         if tile is None:
             unit = x.float() / 255 if x.dtype == torch.uint8 else x
             out = self.codec.compress(unit)
-            strings, bits = out["strings"], self.estimate_bits(unit)
+            strings, bits = out["strings"], self.codec.entropy.bits(out["y"])  # g_a once, not twice
         else:
             margin = min(DEFAULT_MARGIN, tile // 2) if margin is None else margin
             try:

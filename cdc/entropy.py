@@ -78,6 +78,12 @@ class LatentEntropyModel(nn.Module, ABC):
     def update(self, force: bool = False) -> bool:
         """Build the discrete CDF tables the coder needs (call after training)."""
 
+    @torch.no_grad()
+    def bits(self, y: Tensor) -> float:
+        """The model's estimate of the payload: ``-log2`` likelihoods of ŷ and ẑ summed, in bits."""
+        _, likelihoods = self(y)
+        return float(sum(-torch.log2(lk).sum() for lk in likelihoods.values()))
+
     @property
     def entropy_id(self) -> int:
         return ENTROPY_MODEL_IDS[self.name]

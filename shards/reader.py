@@ -30,7 +30,6 @@ import hashlib
 import io
 import itertools
 import random
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +43,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.manifest import Manifest, is_remote, manifest_path, shard_urls, stream_options
+from shards.remote import with_retries
 from shards.tarfiles import iter_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -100,9 +100,6 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-REMOTE_RETRIES = 3  # attempts after the first, with 1, 2, 4 s pauses: a flaky object store, not a dead one
-
-
 def _local_path(url: str) -> Path | None:
     """The file of a local URL (plain path or ``file://``), None for remote ones."""
     return None if is_remote(url) else Path(url.removeprefix("file://"))
@@ -111,15 +108,10 @@ def _local_path(url: str) -> Path | None:
 def _open(url: str):
     """``fsspec.open(url, "rb")`` opened (see :func:`shards.manifest.stream_options`), retrying
     transient failures of remote URLs."""
-    attempts = 1 if _local_path(url) else 1 + REMOTE_RETRIES
-    for attempt in range(attempts):
-        try:
-            return fsspec.open(url, "rb", **stream_options(url)).open()
-        except OSError as exc:
-            if attempt + 1 == attempts or isinstance(exc, FileNotFoundError):
-                raise
-            time.sleep(2**attempt)
-    raise AssertionError("unreachable")
+    def opened():
+        return fsspec.open(url, "rb", **stream_options(url)).open()
+
+    return opened() if _local_path(url) else with_retries(opened)
 
 
 def _tar_files(urls: Iterable[str], skip_bad: bool = False, distinct: int = 0) -> Iterator[dict]:

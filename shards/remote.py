@@ -19,10 +19,12 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from shards.manifest import MANIFEST_NAME, Manifest
 
-RETRIES = 3  # per upload, after the first attempt, with 1, 2, 4 s pauses
+RETRIES = 3  # after the first attempt, with 1, 2, 4 s pauses: a flaky object store, not a dead one
+T = TypeVar("T")
 WORK_ROOT = Path.home() / ".cache" / "cdc" / "shard-builds"
 
 
@@ -37,17 +39,26 @@ def _fs(url: str):
     return fsspec.core.url_to_fs(url.rstrip("/"))
 
 
-def _retry(what: str, fn: Callable[[], object]) -> object:
-    for attempt in range(1 + RETRIES):
+def with_retries(fn: Callable[[], T], retries: int = RETRIES) -> T:
+    """``fn()``, retried on transient ``OSError`` s (not on a missing file) with 1, 2, 4... s pauses;
+    the last error is raised as it is."""
+    for attempt in range(retries):
         try:
             return fn()
         except FileNotFoundError:
             raise
-        except OSError as exc:
-            if attempt == RETRIES:
-                raise OSError(f"{what}: failed after {1 + RETRIES} attempts ({exc})") from None
+        except OSError:
             time.sleep(2**attempt)
-    raise AssertionError("unreachable")
+    return fn()
+
+
+def _retry(what: str, fn: Callable[[], object]) -> object:
+    try:
+        return with_retries(fn)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise OSError(f"{what}: failed after {1 + RETRIES} attempts ({exc})") from None
 
 
 def remote_up_to_date(url: str, digest: str, config: dict) -> Manifest | None:

@@ -116,3 +116,29 @@ def test_build_to_s3_resume_verify_and_train_from_it(tmp_path, s3):
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["step"] == 2
     assert json.loads((tmp_path / "run" / "run_spec.json").read_text())["shards"] == [url]
+
+
+def test_transient_errors_are_retried_a_missing_object_is_not(monkeypatch):
+    import shards.remote as remote
+
+    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset by peer")
+        return "ok"
+
+    assert remote.with_retries(flaky) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def missing():
+        calls.append(1)
+        raise FileNotFoundError("s3://b/x.tar")
+
+    with pytest.raises(FileNotFoundError):
+        remote.with_retries(missing)
+    assert len(calls) == 1
+    with pytest.raises(ConnectionResetError):
+        remote.with_retries(lambda: (_ for _ in ()).throw(ConnectionResetError("down")))
