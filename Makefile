@@ -58,6 +58,10 @@ bench: setup
 	$(BIN)/python benchmarks/codec.py
 	$(BIN)/python benchmarks/shard_io.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/train.py --compare cpu --steps 100
+	$(BIN)/python benchmarks/train.py --compare cuda --steps 300   # skipped without a GPU
+	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/decode.py --device cuda --preset paper   # skipped without a GPU
 	$(BIN)/python benchmarks/eval.py
 	$(BIN)/python benchmarks/tiling.py
 

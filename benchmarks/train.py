@@ -1,10 +1,15 @@
 """Training benchmark: images/s, data-wait fraction and peak memory of `cdc/train.py` for the tiny and
 small presets on this CPU with 1 and 2 processes (real runs, real shards), plus the paper preset's
-FLOPs per training step and its projected step time on one H100. With ``--gpu`` (on a CUDA machine)
-the paper step is also measured directly (bf16 autocast, batch 4 x 256^2, rho 0).
+FLOPs per training step and its projected step time on one H100.
+
+``--compare DEVICE`` runs today's path and the fast path (``train.compile``, ``train.channels_last``;
+then a larger batch with sqrt LR scaling) side by side through the real trainer, joint phase, rho 0,
+and prints images/s, achieved TFLOP/s, MFU (counted FLOPs x images/s / peak), data stall, peak memory
+and how far the two loss curves at the same batch drift apart:
 
     python benchmarks/train.py [--steps 60] [--presets tiny,small]
-    python benchmarks/train.py --gpu-only          # on a GPU machine: measure the paper step
+    python benchmarks/train.py --compare cuda --steps 300   # paper preset on a GPU (skipped without one)
+    python benchmarks/train.py --compare cpu --steps 100    # small preset on this CPU
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import print_table, timed, write_json
+from common import matmul_peak, print_table, write_json
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+
+from cdc.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE = 989e12  # FLOP/s, SXM5 datasheet
@@ -47,19 +55,22 @@ def build_shards(root: Path) -> Path:
     return root / "shards"
 
 
-def run_training(preset: str, procs: int, shards: Path, out: Path, steps: int, port: int) -> dict:
-    env = {**os.environ, "CDC_HOME": str(out.parent / "cdc-home"), "PYTHONUNBUFFERED": "1"}
+def run_training(preset: str, procs: int, shards: Path, out: Path, steps: int, port: int,
+                 overrides: list[str] = (), extra_env: dict | None = None, skip_windows: int = 1) -> dict:
+    """One real ``cdc/train.py`` run; throughput from its ``metrics.jsonl`` windows after the first
+    ``skip_windows`` (warm-up, compilation)."""
+    env = {**os.environ, "CDC_HOME": str(out.parent / "cdc-home"), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     launcher = [sys.executable] if procs == 1 else [
         str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
         str(REPO / "infra/accelerate/cpu.yaml"), "--num_processes", str(procs), "--main_process_port", str(port)]
     cmd = [*launcher, str(REPO / "cdc/train.py"), "--preset", preset, "--shards", str(shards), "--output-dir",
            str(out), "--max-steps", str(steps), "train.log_every=10", "train.sample_every=0",
-           f"train.checkpoint_every={steps}", "train.num_workers=1"]
+           f"train.checkpoint_every={steps}", "train.num_workers=1", *overrides]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
     wall = time.perf_counter() - start
-    windows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # skip warm-up
+    windows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][skip_windows:]
     summary = json.loads((out / "train_summary.json").read_text())
     return {
         "preset": preset,
@@ -71,66 +82,168 @@ def run_training(preset: str, procs: int, shards: Path, out: Path, steps: int, p
     }
 
 
-def paper_step(device: str, batch: int = 4, crop: int = 256, precision: str = "bf16"):
-    """(codec, loss, optimizer, step function) for the paper preset (rho 0: no perceptual net)."""
+def flops_per_image(preset: str, crop: int = 256) -> float:
+    """Counted FLOPs of one joint-phase training step (forward + backward) per image, rho 0, fp32 CPU."""
     from cdc.codec import CDCCodec
-    from cdc.config import load_config
     from cdc.losses import RateDistortionPerceptionLoss
 
-    cfg = load_config("paper", ["loss.rho=0"])
-    codec = CDCCodec(cfg).to(device).train()
+    cfg = load_config(preset, ["loss.rho=0"])
+    codec = CDCCodec(cfg).train()
     loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion)
-    opt = torch.optim.Adam(codec.parameters(), lr=5e-5)
-    x = torch.rand(batch, 3, crop, crop, device=device)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-
-    def step() -> float:
-        with torch.autocast(device, dtype=dtype, enabled=precision == "bf16"):
-            out = codec(x)
-            total = loss_fn(out, crop * crop)["loss"] + out["aux_loss"]
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return float(total)
-
-    return step
-
-
-def paper_flops() -> float:
-    """Counted FLOPs of one paper-preset training step (forward + backward), batch 4 x 256^2, fp32 CPU."""
-    step = paper_step("cpu", precision="fp32")
+    x = torch.rand(2, 3, crop, crop)
     with FlopCounterMode(display=False) as counter:
-        step()
-    return counter.get_total_flops()
+        out = codec(x)
+        (loss_fn(out, crop * crop)["loss"] + out["aux_loss"]).backward()
+    return counter.get_total_flops() / 2
 
 
-def gpu_rows() -> list[dict]:
+JOINT = ("train.autoencoder_fraction=0", "train.freeze_latent_fraction=0")
+"""Every step in the joint phase: the recipe's cheaper autoencoder phase would flatter images/s."""
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the ATen operators dispatched: in eager PyTorch each one is at least one kernel launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def dispatch_counts(preset: str = "paper") -> list[dict]:
+    """ATen operators per eager training step of ``preset`` by stage (batch-size independent): the
+    launch count that makes a small-batch step host-bound on a GPU. Adam per parameter tensor vs fused."""
+    from cdc.codec import CDCCodec
+    from cdc.losses import RateDistortionPerceptionLoss
+
+    cfg = load_config(preset, ["loss.rho=0"])
+    codec = CDCCodec(cfg).train()
+    loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion)
+    x = torch.rand(1, 3, 64, 64)
     rows = []
-    for precision in ("bf16", "fp32"):
-        torch.cuda.reset_peak_memory_stats()
-        step = paper_step("cuda", precision=precision)
-        losses = [step() for _ in range(3)]
-        seconds = timed(step, repeat=10, warmup=2)
-        rows.append({"what": f"paper step on {torch.cuda.get_device_name()} ({precision}, measured)",
-                     "step_s": seconds, "images_per_s": 4 / seconds, "finite_loss": all(map(lambda v: v == v, losses)),
-                     "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20})
+
+    def count(stage: str, fn) -> None:
+        with _CountOps() as counter:
+            fn()
+        rows.append({"stage": stage, "ops": counter.count})
+
+    out = {}
+    count("forward + loss", lambda: out.update(loss=loss_fn(codec(x), 64 * 64)["loss"] + codec.aux_loss()))
+    count("backward", lambda: out["loss"].backward())
+    for label, foreach, kwargs in (("per tensor (the CPU default)", False, {"foreach": False}),
+                                   ("multi-tensor clip, fused Adam (the trainer on CUDA)", True, {"fused": True})):
+        opt = torch.optim.Adam(codec.parameters(), lr=1e-6, **kwargs)
+        opt.step()  # the first step creates the state; count a steady-state one
+        count(f"grad clip + Adam, {label}", lambda opt=opt, foreach=foreach: (
+            torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0, foreach=foreach), opt.step()))
+    rows.append({"stage": f"parameter tensors: {sum(1 for _ in codec.parameters())}", "ops": ""})
     return rows
+
+
+FAST = ("train.compile=true", "train.channels_last=true")
+"""The fast path's settings (fused Adam, foreach EMA and sync-free steps are on for every run)."""
+
+
+def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Path) -> dict:
+    """Today's path and the fast path through the real ``cdc/train.py`` on ``device``, joint phase, rho 0:
+    at the same batch (loss curves compared, beside a control: today's path run again with another
+    summation order) and the fast path at ``big_batch`` (sqrt LR scaling)."""
+    shards = build_shards(tmp)
+    flops = flops_per_image(preset)
+    cuda = device == "cuda"
+    name = torch.cuda.get_device_name() if cuda else "CPU"
+    # MFU only on a GPU: on this CPU oneDNN's convolutions run above the FMA peak in counted FLOPs
+    peak, peak_what = ((H100_BF16_DENSE, "H100 bf16 dense datasheet") if "H100" in name else
+                       (matmul_peak(torch.bfloat16, 8192, "cuda"), f"measured bf16 matmul on {name}")) if cuda \
+        else (None, "none on a CPU")
+    common = ["loss.rho=0", *JOINT, f"train.num_workers={4 if cuda else 1}"]  # the GPU machine has 16 cores
+    base_env = {} if cuda else {"CUDA_VISIBLE_DEVICES": ""}
+    control_env = {} if cuda else {"OMP_NUM_THREADS": "1"}  # CUDA: its non-deterministic kernels differ anyway
+    runs = [("today", [], None, {}), ("today again (control)", [], None, control_env), ("fast", list(FAST), None, {}),
+            (f"fast, batch {big_batch}", [*FAST, f"train.batch_size={big_batch}", "train.lr_scaling=sqrt"], big_batch,
+             {})]
+    rows, curves = [], {}
+    for i, (label, extra, batch, env) in enumerate(runs):
+        out = tmp / f"run{i}"
+        row = run_training(preset, 1, shards, out, steps, 29800 + i, [*common, *extra], {**base_env, **env},
+                           skip_windows=2)
+        windows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[label] = {w["step"]: w["loss"] for w in windows}
+        tflops = flops * row["images_per_s"] / 1e12
+        rows.append({"path": label, "device": name, "batch": batch or load_config(preset).train.batch_size,
+                     **row, "tflops": tflops, "mfu_pct": 100 * tflops * 1e12 / peak if peak else "n/a",
+                     "second_half_loss": _second_half(curves[label])})
+    for row in rows:
+        row["speedup"] = row["images_per_s"] / rows[0]["images_per_s"]
+    # the first steps, every step logged: where do the curves part, against the control?
+    early = {}
+    for i, (label, extra, _, env) in enumerate(runs[:3]):
+        out = tmp / f"early{i}"
+        run_training(preset, 1, shards, out, EARLY_STEPS, 29810 + i, [*common, *extra, "train.log_every=1"],
+                     {**base_env, **env}, skip_windows=0)
+        early[label] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    agreement = []
+    for k, other in ((1, "today again (control)"), (2, "fast")):
+        rel = [abs(a / b - 1) for a, b in zip(early[other], early["today"], strict=True)]
+        agreement.append({
+            "pair": f"today vs {other}", "max_rel_diff_first10": max(rel[:10]),
+            "first_step_over_1e-3": next((n + 1 for n, r in enumerate(rel) if r > 1e-3), "none"),
+            "max_window_diff_pct": 100 * max(abs(curves[other][s] / curves["today"][s] - 1) for s in curves["today"]),
+            "second_half_mean_diff_pct": 100 * (rows[k]["second_half_loss"] / rows[0]["second_half_loss"] - 1)})
+    return {"device": name, "preset": preset, "steps": steps, "flops_per_image": flops, "peak_flops": peak,
+            "peak_source": peak_what, "rows": rows, "loss_curves": curves, "early_losses": early,
+            "agreement": agreement}
+
+
+EARLY_STEPS = 30
+
+
+def _second_half(curve: dict[int, float]) -> float:
+    """Mean logged loss over the second half of a run (single-batch losses at random timesteps are noisy)."""
+    late = [v for step, v in curve.items() if step > max(curve) / 2]
+    return sum(late) / len(late)
+
+
+def print_compare(result: dict) -> str:
+    peak = f"{result['peak_flops'] / 1e12:.0f} TFLOP/s ({result['peak_source']})" if result["peak_flops"] else "n/a"
+    print(f"\n{result['preset']} preset on {result['device']}: {result['flops_per_image'] / 1e9:.1f} GFLOP per image "
+          f"and step (counted); MFU against {peak}")
+    table = print_table(result["rows"], [
+        ("path", "path"), ("batch", "batch"), ("images_per_s", "images/s"), ("speedup", "x today"),
+        ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %"), ("data_wait_pct", "data stall %"),
+        ("peak_mem_mb_rank0", "peak MiB"), ("second_half_loss", "loss, 2nd half mean")])
+    print(f"loss curves at batch {result['rows'][0]['batch']}: the first {EARLY_STEPS} steps (each logged), then "
+          f"{result['steps']} steps (means over 10-step windows)")
+    table += "\n\n" + print_table(result["agreement"], [
+        ("pair", "pair"), ("max_rel_diff_first10", "max rel. difference, steps 1-10"),
+        ("first_step_over_1e-3", "first step > 1e-3"), ("max_window_diff_pct", "max window difference %"),
+        ("second_half_mean_diff_pct", "2nd-half mean difference %")])
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--presets", default="tiny,small")
-    parser.add_argument("--gpu-only", action="store_true", help="only the measured paper step on CUDA")
+    parser.add_argument("--compare", choices=("cpu", "cuda"),
+                        help="only today's path against the fast path (compile, channels-last, larger batch)")
+    parser.add_argument("--preset", help="preset of --compare (default: paper on cuda, small on cpu)")
+    parser.add_argument("--batch", type=int, help="the fast path's larger batch (default: 32 on cuda, 8 on cpu)")
     args = parser.parse_args()
-    if args.gpu_only:
-        rows = gpu_rows()
-        table = print_table(rows, [("what", "measurement"), ("step_s", "s/step"), ("images_per_s", "images/s"),
-                                   ("peak_mem_mb", "peak MiB"), ("finite_loss", "finite loss")])
-        write_json("train_gpu", {"rows": rows, "table": table})
+    if args.compare:
+        if args.compare == "cuda" and not torch.cuda.is_available():
+            print("no CUDA device on this machine: the GPU comparison is skipped "
+                  "(run `python benchmarks/train.py --compare cuda` where one is lent; `--compare cpu` runs here)")
+            return
+        cuda = args.compare == "cuda"
+        with tempfile.TemporaryDirectory() as tmp:
+            result = compare_paths(args.compare, args.preset or ("paper" if cuda else "small"), args.steps,
+                                   args.batch or (32 if cuda else 8), Path(tmp))
+        result["table"] = print_compare(result)
+        write_json(f"train-paths-{args.compare}", result)
         return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,18 +251,22 @@ def main() -> None:
         for i, preset in enumerate(args.presets.split(",")):
             for procs in (1, 2):
                 runs.append(run_training(preset, procs, shards, Path(tmp) / f"{preset}-{procs}", args.steps,
-                                         29700 + 10 * i + procs))
+                                         29700 + 10 * i + procs, JOINT))
     table = print_table(runs, [("preset", "preset"), ("processes", "processes"), ("images_per_s", "images/s"),
                                ("data_wait_pct", "data wait %"), ("peak_mem_mb_rank0", "peak MiB (rank 0)"),
                                ("wall_s", "wall s")])
-    flops = paper_flops()
+    flops = 4 * flops_per_image("paper")
     projection = [{"assumed_efficiency": eta, "step_ms": 1e3 * flops / (H100_BF16_DENSE * eta),
                    "images_per_s": 4 * H100_BF16_DENSE * eta / flops} for eta in (0.2, 0.4, 790 / 989)]
     print(f"\npaper preset: {flops / 1e12:.2f} TFLOP per training step (batch 4 x 256^2, forward + backward)")
     proj_table = print_table(projection, [("assumed_efficiency", "fraction of 989 TFLOP/s"),
                                           ("step_ms", "projected ms/step"), ("images_per_s", "images/s")])
+    print("\npaper preset: ATen operators (eager: kernel launches) per training step")
+    ops = dispatch_counts("paper")
+    ops_table = print_table(ops, [("stage", "stage"), ("ops", "operators")])
     write_json("train", {"steps": args.steps, "runs": runs, "table": table, "paper_flops_per_step": flops,
                          "h100_projection": projection, "projection_table": proj_table,
+                         "dispatch_counts": ops, "dispatch_table": ops_table,
                          "goal": "data wait < 5 % of step time"})
 
 

@@ -30,6 +30,7 @@ COUNT = number(int, 0, 2**31, "an integer")
 SEED = number(int, 0, 2**63 - 1, "an integer")  # what the bitstream and torch.Generator hold
 GAMMA = number(float, 0.0, 65.535, "a number")  # the header stores gamma x 1000 in 16 bits
 PIXELS = number(int, 1, 2**40, "an integer")
+BATCH = number(int, 1, 4096, "an integer")
 LAMBDA = number(float, 0.0, 1e6, "a number")
 RHO = number(float, 0.0, 1.0, "a number")
 

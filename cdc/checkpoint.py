@@ -37,8 +37,8 @@ def fingerprint(codec: CDCCodec) -> str:
     """Hex SHA-256 over the codec config and all weights/buffers (in name order)."""
     h = hashlib.sha256(json.dumps(codec.config.codec_dict(), sort_keys=True).encode())
     for name, tensor in sorted(codec.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # flat: channels-last size-1 dims keep odd strides
+        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 

@@ -7,7 +7,7 @@ alongside so the coder's overhead is visible.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +40,14 @@ class Encoded:
     data: bytes
     bpp: float
     bpp_estimated: float
+
+
+BATCH_MAX_PIXELS = 2**22
+"""Padded pixels per decoding batch (ten 768x512 images): a batch of large images must not multiply
+the whole-image decoder's memory (~0.65 KB per pixel for ``small`` on the CPU)."""
+
+Decoded = tuple[int, "np.ndarray | DecodeError", "Bitstream | None"]
+"""One result of :meth:`Coder.decode_many`: (input index, uint8 image or the error, parsed header)."""
 
 
 class Coder:
@@ -210,18 +218,76 @@ class Coder:
         self._decode(stream, sink, steps, precision, progress)
         return out, stream
 
+    def decode_many(self, files: Sequence[bytes], steps: int | None = None, precision: str = "fp32",
+                    batch_size: int = 8, progress: Callable[[int], None] | None = None,
+                    max_pixels: int | None = None, max_steps: int | None = None,
+                    max_whole_pixels: int | None = None) -> Iterator[Decoded]:
+        """Decode many ``.cdc`` files, running whole-image files of equal latent size and decode
+        parameters through the U-Net together, up to ``batch_size`` at a time.
+
+        ``progress`` is called once per denoising step of each batch (or tile). Yields
+        ``(index, image, stream)`` as each file finishes (not in input order): ``image`` is the
+        H x W x 3 uint8 array, or the :class:`DecodeError` that file raised (``stream`` None then);
+        one bad file does not stop the others. Each image is the one :meth:`decode_uint8` gives,
+        to float rounding (start noise is drawn per image from its own seed). A batch holds at most
+        ``BATCH_MAX_PIXELS`` padded pixels (U-Net memory grows with them); tiled files decode one by
+        one (their memory is bounded by the tile).
+        """
+        limits = {"max_pixels": max_pixels, "max_steps": max_steps, "max_whole_pixels": max_whole_pixels}
+        pending: dict[tuple, list[tuple[int, Bitstream, Tensor]]] = {}
+        for i, data in enumerate(files):
+            try:
+                stream = self.parse(data, steps, **limits)
+                if stream.tile:
+                    yield (i, *self.decode_uint8(data, steps, precision, progress, **limits))
+                    continue
+                y_hat = self._entropy_decode(stream)
+            except DecodeError as exc:
+                yield i, exc, None
+                continue
+            key = (stream.latent_hw, stream.steps if steps is None else steps, stream.gamma)
+            group = pending.setdefault(key, [])
+            group.append((i, stream, y_hat))
+            pixels = stream.latent_hw[0] * stream.latent_hw[1] * 256
+            if len(group) >= min(batch_size, max(1, BATCH_MAX_PIXELS // pixels)):
+                yield from self._decode_group(pending.pop(key), steps, precision, progress)
+        for group in pending.values():
+            yield from self._decode_group(group, steps, precision, progress)
+
+    def _decode_group(self, group: list[tuple[int, Bitstream, Tensor]], steps: int | None, precision: str,
+                      progress: Callable[[int], None] | None) -> Iterator[tuple[int, np.ndarray, Bitstream]]:
+        streams = [stream for _, stream, _ in group]
+        images = self._reconstruct(streams, torch.cat([y for _, _, y in group]), steps, precision, progress)
+        for (i, stream, _), image in zip(group, images, strict=True):
+            yield i, to_uint8(image), stream
+
+    def _entropy_decode(self, stream: Bitstream) -> Tensor:
+        """ŷ (1, C, h, w) of a whole-image file; the rANS decoder's refusals become :class:`DecodeError`."""
+        try:
+            return self.codec.entropy.decompress(stream.strings, stream.latent_hw)
+        except (ValueError, RuntimeError) as exc:  # the rANS decoder rejects damaged payloads
+            raise DecodeError(f"entropy decoding failed ({exc})") from None
+
+    @torch.no_grad()
+    def _reconstruct(self, streams: list[Bitstream], y_hat: Tensor, steps: int | None, precision: str,
+                     progress: Callable[[int], None] | None) -> list[Tensor]:
+        """The diffusion decoder on a batch of whole-image latents of one size and one (steps, gamma);
+        returns each image cropped to its size, (3, H, W) in [0, 1] on the CPU."""
+        first = streams[0]
+        x = self.codec.reconstruct(y_hat, first.steps if steps is None else steps, first.gamma,
+                                   [s.seed for s in streams], precision, progress)
+        return [((x[k, :, : s.height, : s.width] + 1) / 2).clamp(0, 1).cpu() for k, s in enumerate(streams)]
+
     @torch.no_grad()
     def _decode(self, stream: Bitstream, sink: RowSink, steps: int | None, precision: str,
                 progress: Callable[[int], None] | None) -> None:
-        params = {"steps": stream.steps if steps is None else steps, "gamma": stream.gamma, "seed": stream.seed,
-                  "precision": precision, "progress": progress}
+        if not stream.tile:
+            sink(0, self._reconstruct([stream], self._entropy_decode(stream), steps, precision, progress)[0])
+            return
+        k = self.codec.entropy.n_strings
+        tiles = [stream.strings[i : i + k] for i in range(0, len(stream.strings), k)]
         try:
-            if stream.tile:
-                k = self.codec.entropy.n_strings
-                tiles = [stream.strings[i : i + k] for i in range(0, len(stream.strings), k)]
-                decode_tiles(self.codec, tiles, self.grid(stream), sink, **params)
-            else:
-                out = self.codec.decompress(stream.strings, stream.latent_hw, (stream.height, stream.width), **params)
-                sink(0, out["x_hat"][0].cpu())
+            decode_tiles(self.codec, tiles, self.grid(stream), sink, steps=stream.steps if steps is None else steps,
+                         gamma=stream.gamma, seed=stream.seed, precision=precision, progress=progress)
         except (ValueError, RuntimeError) as exc:  # the rANS decoder rejects damaged payloads
             raise DecodeError(f"entropy decoding failed ({exc})") from None

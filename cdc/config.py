@@ -199,6 +199,9 @@ class LossConfig:
         _check(self.aux_mse >= 0, "loss.aux_mse must be >= 0")
 
 
+LR_SCALING = {"none": lambda ratio: 1.0, "sqrt": lambda ratio: ratio**0.5, "linear": lambda ratio: ratio}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation recipe (cdc-reference §2.3, §8).
@@ -240,6 +243,16 @@ class TrainConfig:
             naming the shard, so that no run silently trains on part of its data).
         data_timeout_s: the run fails (one line; resume from its last checkpoint) when the loader
             delivers no batch for this many seconds (a stalled mount or object store); 0 disables.
+        lr_scaling: how ``lr`` follows the global batch (``batch_size`` x processes) relative to
+            ``lr_reference_batch``: ``none`` (the paper's recipe as written), ``sqrt`` (Adam's
+            usual rule, Malladi et al. 2022) or ``linear`` (Goyal et al. 2017). Applies to
+            ``finetune_lr`` too; the schedule's factors are unchanged.
+        lr_reference_batch: the global batch ``lr`` was tuned at (4: the paper's single-GPU recipe).
+        compile: ``torch.compile`` the U-Net and the context decoder (inductor; the first step
+            compiles for about a minute, later ones run fused kernels; on CUDA the step needs no
+            host sync). Weights, checkpoints and exports are unchanged.
+        channels_last: keep the model and the batches in NHWC memory (faster convolutions on
+            GPUs and oneDNN CPUs; the blocks have NHWC paths for LayerNorm and attention).
     """
 
     batch_size: int = 4
@@ -267,9 +280,15 @@ class TrainConfig:
     finetune_lr: float | None = None
     skip_bad_shards: bool = False
     data_timeout_s: float = 600.0
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 4
+    compile: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _check(self.lr_scaling in LR_SCALING, f"train.lr_scaling must be one of {tuple(LR_SCALING)}")
+        _check(self.lr_reference_batch >= 1, "train.lr_reference_batch must be >= 1")
         _check(self.data_timeout_s >= 0, "train.data_timeout_s must be >= 0")
         _check(self.finetune_lr is None or self.finetune_lr > 0, "train.finetune_lr must be > 0")
         _check(self.crop >= 64 and self.crop % 64 == 0, "train.crop must be a multiple of 64")
@@ -285,6 +304,10 @@ class TrainConfig:
         _check(self.autoencoder_fraction >= 0 and self.freeze_latent_fraction >= 0
                and self.autoencoder_fraction + self.freeze_latent_fraction <= 1,
                "train.autoencoder_fraction and train.freeze_latent_fraction must be >= 0 with a sum <= 1")
+
+    def lr_scale(self, world_size: int) -> float:
+        """Factor on ``lr`` for a run with ``world_size`` processes (see ``lr_scaling``)."""
+        return LR_SCALING[self.lr_scaling](self.batch_size * world_size / self.lr_reference_batch)
 
     def phase_steps(self) -> tuple[int, int]:
         """(autoencoder steps, frozen-latent steps) of a run from scratch."""

@@ -37,8 +37,10 @@ class EMA:
         if step % self.every:
             return
         params = dict(model.named_parameters())
-        for name, p in self.shadow.named_parameters():
-            p.lerp_(params[name].detach().to(p.dtype), 1 - self.decay)
+        shadow = list(self.shadow.named_parameters())
+        # one multi-tensor kernel instead of one launch per parameter tensor
+        torch._foreach_lerp_([p for _, p in shadow], [params[n].detach().to(p.dtype) for n, p in shadow],
+                             1 - self.decay)
         buffers = dict(model.named_buffers())
         for name, b in self.shadow.named_buffers():
             if buffers[name].shape == b.shape:

@@ -8,7 +8,7 @@ the same noise on every device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,17 +58,25 @@ class DDIMSampler:
         if self.gamma < 0:
             raise SamplerError(f"gamma must be >= 0, got {self.gamma}")
 
-    def start_noise(self, shape: Iterable[int], seed: int) -> Tensor:
-        """``gamma * N(0, I)`` drawn from ``torch.Generator().manual_seed(seed)`` on the CPU (fp32)."""
-        generator = torch.Generator().manual_seed(seed)
-        return self.gamma * torch.randn(tuple(shape), generator=generator)
+    def start_noise(self, shape: Iterable[int], seed: int | Sequence[int]) -> Tensor:
+        """``gamma * N(0, I)`` drawn from ``torch.Generator().manual_seed(seed)`` on the CPU (fp32).
+
+        A sequence of seeds (one per batch item) draws each item as a batch of one would: a batch of
+        images decodes exactly like the images one by one.
+        """
+        shape = tuple(shape)
+        if isinstance(seed, int):
+            return self.gamma * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        if len(seed) != shape[0]:
+            raise SamplerError(f"{len(seed)} seeds for a batch of {shape[0]}")
+        return torch.cat([self.start_noise((1, *shape[1:]), s) for s in seed])
 
     @torch.no_grad()
     def sample(
         self,
         denoise: Denoiser,
         shape: tuple[int, ...],
-        seed: int,
+        seed: int | Sequence[int],
         device: torch.device | str = "cpu",
         progress: Callable[[int], None] | None = None,
         x_start: Tensor | None = None,
@@ -78,15 +86,15 @@ class DDIMSampler:
         Args:
             denoise: network wrapper; may compute in a lower precision, the state stays fp32.
             shape: (B, 3, H, W) of the padded image.
-            seed: start-noise seed.
+            seed: start-noise seed, or one per batch item (see :meth:`start_noise`).
             device: where the state lives.
             progress: called with 1 after every step (e.g. ``tqdm.update``).
             x_start: the start state x_N itself (``shape``), instead of :meth:`start_noise` (``seed``
                 unused); tiled decoding draws it per block (:func:`cdc.tiling.block_noise`).
         """
         diff = self.diffusion
-        abar = diff.alphas_cumprod
         ts = ddim_timesteps(diff.timesteps, self.steps)
+        abar = dict(zip(ts, diff.alphas_cumprod[ts].tolist(), strict=True))  # one host sync, not two per step
         x = (self.start_noise(shape, seed) if x_start is None else x_start.float()).to(device)
         for i in reversed(range(len(ts))):
             t = torch.full((shape[0],), ts[i], dtype=torch.long, device=device)
@@ -94,12 +102,12 @@ class DDIMSampler:
             x0, eps = diff.to_x0_eps(out, x, t)
             if self.clip_x0:
                 x0 = x0.clamp(-1, 1)
-                a_t = abar[ts[i]].item()
+                a_t = abar[ts[i]]
                 eps = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
             if i == 0:
                 x = x0
             else:
-                a_prev = abar[ts[i - 1]].item()
+                a_prev = abar[ts[i - 1]]
                 x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
             if progress is not None:
                 progress(1)

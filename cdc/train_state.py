@@ -77,9 +77,11 @@ def resume(accelerator, output_dir: Path, which: str) -> dict | None:
 class Preemption:
     """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at a step boundary.
 
-    ``requested(accelerator)`` agrees across ranks (one signalled rank stops them all). A second
-    signal exits at once (the loop may be stuck outside a step, e.g. waiting for data): the last
-    periodic checkpoint is what ``--resume latest`` continues from.
+    ``requested(accelerator, step)`` agrees across ranks (one signalled rank stops them all); with
+    several ranks it asks them every ``SYNC_EVERY`` steps, since the question is a collective with a
+    host sync that would stall a GPU's queue every step. A second signal exits at once (the loop may
+    be stuck outside a step, e.g. waiting for data): the last periodic checkpoint is what
+    ``--resume latest`` continues from.
     """
 
     def __init__(self) -> None:
@@ -94,10 +96,15 @@ class Preemption:
             os._exit(128 + signum)
         self._flag = True
 
-    def requested(self, accelerator) -> bool:
-        """True once SIGTERM/SIGINT reached any rank (a collective call on several ranks)."""
+    SYNC_EVERY = 10
+
+    def requested(self, accelerator, step: int) -> bool:
+        """True once SIGTERM/SIGINT reached any rank (on several ranks: a collective, every
+        ``SYNC_EVERY`` steps; the same steps on every rank, so none waits for another)."""
         if accelerator.num_processes == 1:
             return self._flag
+        if step % self.SYNC_EVERY:
+            return False
         flag = torch.tensor([1.0 if self._flag else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 

@@ -4,7 +4,7 @@ the final export. ``cdc/train.py`` is its command line; the grid's launchers run
 
 Per step: a batch from the shard loader, the training phase of the recipe
 (:func:`cdc.training.training_phase`), the rate-distortion-perception loss, one optimizer step and
-an EMA update; every ``log_every`` steps the mean of the loss terms over ranks goes to
+an EMA update; every ``log_every`` steps the mean of the loss terms over those steps and the ranks goes to
 ``metrics.jsonl`` and MLflow; every ``checkpoint_every`` steps (and on SIGTERM) a resumable
 checkpoint. At the end the EMA weights, with the entropy coder's tables, are exported into the
 output directory itself, so ``cdc compress -m DIR`` works.
@@ -37,6 +37,16 @@ from shards.reader import ShardError, resolve_shards, train_loader, unit_range
 TRAINING_ERRORS = (ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError, FileNotFoundError,
                    ModelNotFoundError)
 """What a run reports as one line (exit 2) instead of a traceback."""
+
+
+LOGGED = ("loss", "bpp", "diffusion", "perceptual", "aux_mse")
+"""Loss terms written to ``metrics.jsonl`` and MLflow (with ``aux``), each the mean over the
+``log_every`` steps since the last log and over the ranks."""
+
+
+def new_window() -> dict:
+    """A logging window: its start time, data wait (s), images and device-side sum of the loss terms."""
+    return {"start": time.perf_counter(), "wait": 0.0, "images": 0, "sum": None, "steps": 0}
 
 
 def init_weights(codec: CDCCodec, ref: str) -> None:
@@ -84,9 +94,17 @@ def train(spec: RunSpec) -> dict:
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         spec.save(out / "run_spec.json")
     loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(accelerator.device)
-    optimizer, scheduler = build_optimizer(codec, tc, fine_tune=fine_tune)
+    if tc.channels_last:
+        codec.to(memory_format=torch.channels_last)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crops: pick the fastest convolution algorithms once
+    optimizer, scheduler = build_optimizer(codec, tc, fine_tune=fine_tune, world_size=accelerator.num_processes,
+                                           fused=accelerator.device.type == "cuda")
     ema = EMA(codec, tc.ema_decay, tc.ema_every, tc.ema_start)
     ema.shadow.to(accelerator.device)
+    if tc.compile:  # in place (nn.Module.compile): parameter names, checkpoints and the EMA copy are unchanged
+        codec.unet.compile(dynamic=False)
+        codec.context.compile(dynamic=False)
     codec, optimizer, scheduler = accelerator.prepare(codec, optimizer, scheduler)
     accelerator.register_for_checkpointing(ema)
     raw = accelerator.unwrap_model(codec)
@@ -100,12 +118,13 @@ def train(spec: RunSpec) -> dict:
     loader = train_loader(urls, tc.batch_size, tc.crop, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=tc.seed, num_workers=tc.num_workers,
                           shuffle_buffer=tc.shuffle_buffer, epoch_batches=tc.checkpoint_every, start_batch=step,
-                          skip_bad=tc.skip_bad_shards)
+                          skip_bad=tc.skip_bad_shards, pin_memory=accelerator.device.type == "cuda")
     tracker = RunTracker(main, spec.experiment, spec.run_name, run_id=meta.get("mlflow_run_id") if meta else None,
                          tags=spec.tags)
     tracker.log_params({**cfg.flat(), "launch.world_size": accelerator.num_processes,
                         "launch.distributed_type": str(accelerator.distributed_type),
                         "launch.mixed_precision": accelerator.mixed_precision, "launch.deepspeed": using_deepspeed(),
+                        "launch.lr_scale": tc.lr_scale(accelerator.num_processes),
                         "init_from": spec.init_from or "", "shards": " ".join(spec.shards)})
     tracker.set_tags({"code_version": code_version(), "perceptual": cfg.loss.perceptual if cfg.loss.rho > 0 else "none",
                       "perceptual_pretrained": loss_fn.perceptual.pretrained if loss_fn.perceptual else "n/a"})
@@ -114,13 +133,15 @@ def train(spec: RunSpec) -> dict:
     ckpt_meta = {**launch, "mlflow_run_id": tracker.run_id}
     metrics_file = out / "metrics.jsonl"
     data_iter = iter(loader)
-    window = {"start": time.perf_counter(), "wait": 0.0, "images": 0}
+    window = new_window()
     last: dict = {}
     bar = tqdm(total=tc.max_steps, initial=step, disable=not main, desc="train", unit="step")
     codec.train()
     while step < tc.max_steps:
         t0 = time.perf_counter()
         batch = unit_range(next(data_iter).to(accelerator.device, non_blocking=True))
+        if tc.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         watchdog.fed()
         window["wait"] += time.perf_counter() - t0
         phase = training_phase(step, tc, fine_tune=fine_tune)
@@ -137,15 +158,17 @@ def train(spec: RunSpec) -> dict:
         step += 1
         ema.update(raw, step)
         window["images"] += batch.shape[0] * accelerator.num_processes
+        # summed on the device (no host sync): the logged terms are means over the window's steps
+        step_terms = torch.stack([terms[k].detach().float() for k in LOGGED] + [outputs["aux_loss"].detach().float()])
+        window["sum"] = step_terms if window["sum"] is None else window["sum"] + step_terms
+        window["steps"] += 1
         if step % tc.log_every == 0 or step == tc.max_steps:
-            names = ("loss", "bpp", "diffusion", "perceptual", "aux_mse")
-            values = torch.stack([terms[k].detach().float() for k in names] + [outputs["aux_loss"].detach().float()])
-            values = accelerator.reduce(values, reduction="mean").tolist()
+            values = accelerator.reduce(window["sum"] / window["steps"], reduction="mean").tolist()
             elapsed = time.perf_counter() - window["start"]
-            last = {"step": step, **dict(zip((*names, "aux"), values, strict=True)),
+            last = {"step": step, **dict(zip((*LOGGED, "aux"), values, strict=True)),
                     "lr": scheduler.get_last_lr()[0], "images_per_s": window["images"] / elapsed,
                     "data_wait": window["wait"] / elapsed, "phase": CDCCodec.PHASES.index(phase)}
-            window = {"start": time.perf_counter(), "wait": 0.0, "images": 0}
+            window = new_window()
             if main:
                 with metrics_file.open("a") as f:
                     f.write(json.dumps(last) + "\n")
@@ -154,7 +177,7 @@ def train(spec: RunSpec) -> dict:
         if tc.sample_every and step % tc.sample_every == 0 and main:
             log_samples(ema.shadow, batch[:1], tracker, step)
         bar.update(1)
-        stop = preemption.requested(accelerator)
+        stop = preemption.requested(accelerator, step)
         if step % tc.checkpoint_every == 0 or stop or step == tc.max_steps:
             save_checkpoint(accelerator, out, step, ckpt_meta, tc.keep_checkpoints)
         if stop:

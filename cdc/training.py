@@ -44,17 +44,19 @@ def training_phase(step: int, tc: TrainConfig, fine_tune: bool = False) -> str:
     return "autoencoder" if step < autoencoder else "decoder"
 
 
-def build_optimizer(codec: CDCCodec, tc: TrainConfig, fine_tune: bool = False) -> tuple[torch.optim.Optimizer,
-                                                                                        Scheduler]:
+def build_optimizer(codec: CDCCodec, tc: TrainConfig, fine_tune: bool = False, world_size: int = 1,
+                    fused: bool = False) -> tuple[torch.optim.Optimizer, Scheduler]:
     """Adam over every parameter (quantiles in their own group) and the LR schedule; a fine-tune
-    (``--init-from``) starts from ``tc.finetune_lr`` when it is set."""
-    lr = tc.finetune_lr if fine_tune and tc.finetune_lr else tc.lr
+    (``--init-from``) starts from ``tc.finetune_lr`` when it is set. The rate is scaled for the
+    global batch by ``tc.lr_scaling``. ``fused``: one fused Adam kernel for all parameters (CUDA)
+    instead of a few launches per parameter tensor."""
+    lr = (tc.finetune_lr if fine_tune and tc.finetune_lr else tc.lr) * tc.lr_scale(world_size)
     quantiles = [p for n, p in codec.named_parameters() if n.endswith("quantiles")]
     others = [p for n, p in codec.named_parameters() if not n.endswith("quantiles")]
     optimizer = torch.optim.Adam([
         {"params": others, "lr": lr},
         {"params": quantiles, "lr": lr * QUANTILE_LR_FACTOR},
-    ])
+    ], fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, tc))
     return optimizer, scheduler
 

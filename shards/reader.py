@@ -272,11 +272,13 @@ class ShardStream(IterableDataset):
 
 def train_loader(source: str | Path | list[str], batch_size: int, crop: int, *, rank: int = 0, world_size: int = 1,
                  seed: int = 0, num_workers: int = 0, shuffle_buffer: int = 1000, epoch_batches: int = 1000,
-                 start_batch: int = 0, split: str = "train", skip_bad: bool = False) -> DataLoader:
+                 start_batch: int = 0, split: str = "train", skip_bad: bool = False,
+                 pin_memory: bool = False) -> DataLoader:
     """The training data: a DataLoader over a :class:`ShardStream` (batching happens in the workers);
     batches are uint8 (B, 3, crop, crop), see :func:`unit_range`.
 
-    ``skip_bad``: see :class:`ShardStream`.
+    ``skip_bad``: see :class:`ShardStream`. ``pin_memory``: page-locked batches, so a CUDA copy
+    with ``non_blocking=True`` overlaps the step instead of waiting for it.
     """
     stream = ShardStream(resolve_shards(source, split, skip_missing=skip_bad), batch_size, crop, rank=rank,
                          world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer,
@@ -285,7 +287,8 @@ def train_loader(source: str | Path | list[str], batch_size: int, crop: int, *, 
     # A private generator: creating the iterator must not consume the global torch RNG, or a
     # resumed run (iterator created after the RNG state is restored) would diverge.
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(seed))
+                      prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(seed),
+                      pin_memory=pin_memory)
 
 
 def iterate_images(source: str | Path | list[str], split: str = "val") -> Iterator[tuple[str, bytes, dict]]:

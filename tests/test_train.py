@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import GOLDEN, REGENERATE, REPO, photo
 
-from cdc.config import load_config
+from cdc.config import ConfigError, load_config
 from cdc.distributed import LaunchError, check_world_size
 from cdc.training import lr_factor
 
@@ -64,6 +64,16 @@ def test_lr_schedule_warmup_then_step_decay_with_floor():
                               "train.lr_floor=0.2"]).train
     assert [lr_factor(s, tc) for s in (0, 1, 3)] == [0.25, 0.5, 1.0]
     assert lr_factor(10, tc) == 0.5 and lr_factor(20, tc) == 0.25 and lr_factor(50, tc) == 0.2
+
+
+def test_lr_scaling_rules():
+    tc = load_config("tiny", ["train.batch_size=8", "train.lr_reference_batch=4"]).train
+    assert tc.lr_scale(2) == 1.0  # none: the recipe as written
+    sqrt = load_config("tiny", ["train.batch_size=8", "train.lr_scaling=sqrt"]).train
+    linear = load_config("tiny", ["train.batch_size=8", "train.lr_scaling=linear"]).train
+    assert sqrt.lr_scale(2) == pytest.approx(2.0) and linear.lr_scale(2) == 4.0 and linear.lr_scale(1) == 2.0
+    with pytest.raises(ConfigError, match=r"train\.lr_scaling must be one of"):
+        load_config("tiny", ["train.lr_scaling=cubic"])
 
 
 def test_world_size_check():
@@ -128,6 +138,21 @@ def test_golden_loss_curve(env, tmp_path):
         golden.write_text(json.dumps(curve, indent=1) + "\n")
     expected = json.loads(golden.read_text())
     assert curve == pytest.approx(expected, rel=GOLDEN_RTOL)
+
+
+@pytest.mark.slow
+def test_compiled_channels_last_run_follows_the_golden_curve(env, tmp_path):
+    """The fast path (torch.compile of the U-Net and context decoder, NHWC memory) trains the same
+    model: its 20 losses follow the eager curve (float rounding grows over the steps: two eager runs
+    with 1 and 2 threads differ by 0.4 % at step 18), and its export is a normal model."""
+    out = tmp_path / "fast"
+    train(env, out, "--max-steps", "20", "train.compile=true", "train.channels_last=true")
+    curve = [losses(out)[s] for s in range(1, 21)]
+    expected = json.loads((GOLDEN / "tiny_loss_curve.json").read_text())
+    assert curve == pytest.approx(expected, rel=1e-2)
+    from cdc.checkpoint import load_codec
+
+    assert load_codec(out).config.train.compile  # a plain checkpoint: no compiled-module key prefixes
 
 
 @pytest.mark.parametrize(

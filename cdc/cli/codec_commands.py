@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cdc.argtypes import GAMMA, PIXELS, SEED, STEPS, TILE
+from cdc.argtypes import BATCH, GAMMA, PIXELS, SEED, STEPS, TILE
 from cdc.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -89,7 +89,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    """Decode ``.cdc`` files to 8-bit PNGs."""
+    """Decode ``.cdc`` files to 8-bit PNGs; files of equal latent size share U-Net batches (``--batch``)."""
     from tqdm import tqdm
 
     from cdc.coder import DecodeError
@@ -97,33 +97,56 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from cdc.images import encode_png
     from cdc.tiling import WHOLE_IMAGE_MAX_PIXELS
 
-    coder = load_coder(args.model)
+    coder = load_coder(args.model, args.device, compile=args.compile)
     outputs = output_paths(args.files, args.output, ".png")
-
-    def work(i: int, file: str) -> None:
-        refuse_existing(outputs[i], args.overwrite)
+    limits = {"max_pixels": args.max_pixels, "max_steps": args.max_steps, "max_whole_pixels": WHOLE_IMAGE_MAX_PIXELS}
+    failed, datas, index = 0, [], []
+    for i, file in enumerate(args.files):  # refuse what cannot be written or read before any decoding
         try:
-            data = Path(file).read_bytes()
+            refuse_existing(outputs[i], args.overwrite)
+            datas.append(Path(file).read_bytes())
+            index.append(i)
+        except CLIError as exc:
+            say("error", str(exc))
+            failed += 1
         except OSError as exc:
-            raise CLIError(f"{file}: cannot read ({exc.strerror or exc})") from None
-        steps = args.steps
+            say("error", f"{file}: cannot read ({exc.strerror or exc})")
+            failed += 1
+    step_bar = None
+    if len(args.files) == 1 and datas:  # one file: a bar over its denoising steps (every tile's)
         try:
-            limits = {"max_pixels": args.max_pixels, "max_steps": args.max_steps,
-                      "max_whole_pixels": WHOLE_IMAGE_MAX_PIXELS}
-            stream = coder.parse(data, steps, **limits)
-            total = stream.steps if steps is None else steps
+            stream = coder.parse(datas[0], args.steps, **limits)
             grid = coder.grid(stream)
-            with tqdm(total=total * (len(grid) if grid else 1), desc=Path(file).name, unit="step",
-                      disable=True if len(args.files) > 1 else None, file=sys.stderr, leave=False) as bar:
-                image, stream = coder.decode_uint8(data, steps=steps, precision=args.precision, progress=bar.update,
-                                                   **limits)
-        except DecodeError as exc:
-            raise CLIError(f"{file}: {exc}") from None
-        atomic_write(outputs[i], encode_png(image))
+            total = (stream.steps if args.steps is None else args.steps) * (len(grid) if grid else 1)
+            step_bar = tqdm(total=total, desc=Path(args.files[0]).name, unit="step", file=sys.stderr, leave=False)
+        except DecodeError:
+            pass  # decode_many reports it
+    file_bar = tqdm(total=len(datas), desc="decompress", unit="file", disable=True if len(datas) < 2 else None,
+                    file=sys.stderr)
+    cuda = next(coder.codec.parameters()).device.type == "cuda"
+    results = coder.decode_many(datas, args.steps, args.precision, args.batch or (8 if cuda else 1),
+                                progress=step_bar.update if step_bar else None, **limits)
+    for k, image, stream in results:
+        i = index[k]
+        file_bar.update(1)
+        if isinstance(image, DecodeError):
+            say("error", f"{args.files[i]}: {image}")
+            failed += 1
+            continue
+        try:
+            atomic_write(outputs[i], encode_png(image))
+        except OSError as exc:
+            say("error", f"{exc.filename or outputs[i]}: {exc.strerror or exc}")
+            failed += 1
+            continue
+        grid = coder.grid(stream)
         tiled = f", {len(grid)} tiles" if grid else ""
-        tqdm.write(f"{outputs[i]}: {stream.width}x{stream.height}{tiled}, {total} steps, {args.precision}")
-
-    return for_each(args.files, work, "decompress")
+        steps = stream.steps if args.steps is None else args.steps
+        tqdm.write(f"{outputs[i]}: {stream.width}x{stream.height}{tiled}, {steps} steps, {args.precision}")
+    for bar in (step_bar, file_bar):
+        if bar is not None:
+            bar.close()
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -202,6 +225,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help=f"refuse files whose header claims more pixels (default {DEFAULT_MAX_CODEC_PIXELS}; "
                         "untiled files: at most 4096x4096)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="U-Net precision")
+    p.add_argument("--batch", type=BATCH,
+                   help="decode up to N files of equal latent size and decode settings together (default: 8 on "
+                        "a GPU, 1 on a CPU, where larger batches ran slower: benchmarks/decode.py)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the U-Net (CUDA graphs on a GPU): faster steps after a one-off compile "
+                        "of tens of seconds per image size; pays off for many steps or files")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_decompress)
 

@@ -26,13 +26,24 @@ def say(kind: str, message: str) -> None:
     tqdm.write(f"cdc: {kind}: {message}", file=sys.stderr)  # does not tear an active progress bar
 
 
-def load_coder(ref: str, device: str = "cpu"):
-    """A ``Coder`` for a model reference; failures become a one-line :class:`CLIError`."""
+def load_coder(ref: str, device: str = "cpu", compile: bool = False):
+    """A ``Coder`` for a model reference on ``device`` (``auto``: CUDA when available), its U-Net
+    compiled for decoding when asked; failures become a one-line :class:`CLIError`."""
+    import torch
+
     from cdc.checkpoint import CheckpointError, load_codec
     from cdc.coder import Coder
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return Coder(load_codec(resolve(ref), device))
+        torch.device(device)
+    except RuntimeError as exc:
+        raise CLIError(f"--device {device}: {exc}") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA device on this machine")
+    try:
+        return Coder(load_codec(resolve(ref), device).compile_decoder(compile))
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
 

@@ -1,0 +1,127 @@
+"""Decoding paths side by side: eager fp32 (today), bf16, ``torch.compile`` (CUDA graphs on a GPU) and
+batched decoding of many files, through the real bitstream, in one process.
+
+Per path: milliseconds per DDIM step at 768x512 (the slope between two step counts, so the context
+decoder and entropy decoding, paid once per image, are not counted as steps), the whole decode, and
+the PSNR change against fp32 eager decoding of the same file (a trained model: quality, not noise).
+Batched rows decode ``--files`` crops of one photo set one by one and ``--batch`` at a time.
+
+    python benchmarks/decode.py                                  # CPU, the shipped small-base model
+    python benchmarks/decode.py --device cuda --preset paper     # on a GPU: the paper preset's step time
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import photo, print_table, psnr, write_json
+
+from cdc.checkpoint import load_codec
+from cdc.codec import CDCCodec
+from cdc.coder import Coder
+from cdc.config import load_config
+from cdc.resolve import resolve_model
+
+PATHS = (("eager fp32 (today)", "fp32", False), ("eager bf16", "bf16", False),
+         ("compiled fp32", "fp32", True), ("compiled bf16", "bf16", True))
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def decode_time(coder: Coder, data: bytes, steps: int, precision: str, device: str, repeat: int) -> float:
+    """Best of ``repeat`` whole decodes of ``data`` at ``steps`` DDIM steps, seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        coder.decode(data, steps=steps, precision=precision)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def path_rows(coder: Coder, x: torch.Tensor, device: str, steps: tuple[int, int], repeat: int) -> list[dict]:
+    data = coder.encode(x).data
+    reference, header = coder.decode(data)  # eager fp32 at the file's own steps
+    rows = []
+    for label, precision, compiled in PATHS:
+        coder.codec.compile_decoder(compiled)
+        start = time.perf_counter()
+        recon, _ = coder.decode(data, precision=precision)  # compiles, when asked (first call)
+        first_s = time.perf_counter() - start
+        lo, hi = (decode_time(coder, data, s, precision, device, repeat) for s in steps)
+        rows.append({"path": label, "ms_per_step": 1e3 * (hi - lo) / (steps[1] - steps[0]),
+                     "decode_s": decode_time(coder, data, header.steps, precision, device, repeat),
+                     "first_decode_s": first_s, "psnr_db": psnr(recon, x),
+                     "delta_psnr_db": psnr(recon, x) - psnr(reference, x),
+                     "psnr_vs_fp32_eager": psnr(recon, reference)})
+    coder.codec.compile_decoder(False)
+    base = rows[0]["ms_per_step"]
+    for row in rows:
+        row["speedup"] = base / row["ms_per_step"]
+    return rows
+
+
+def batch_rows(coder: Coder, files: int, batch: int, device: str) -> list[dict]:
+    """``files`` 768x512 crops decoded one by one and ``batch`` at a time (fp32, eager)."""
+    big = photo(768 * 2, 512 * 2)
+    crops = [big[..., (k // 2) * 128: (k // 2) * 128 + 512, (k % 4) * 192: (k % 4) * 192 + 768] for k in range(files)]
+    datas = [coder.encode(c.to(device), seed=k).data for k, c in enumerate(crops)]
+    rows = []
+    for size in (1, batch):
+        list(coder.decode_many(datas[:size], batch_size=size))  # warm-up (allocator, kernels)
+        _sync(device)
+        start = time.perf_counter()
+        images = {i: image for i, image, _ in coder.decode_many(datas, batch_size=size)}
+        _sync(device)
+        seconds = time.perf_counter() - start
+        rows.append({"batch": size, "files": files, "images_per_s": files / seconds, "seconds": seconds,
+                     "images": images})
+    single, batched = rows[0].pop("images"), rows[1].pop("images")
+    rows[1]["max_uint8_diff_vs_single"] = max(int(abs(single[i].astype(int) - batched[i].astype(int)).max())
+                                              for i in single)
+    rows[1]["speedup"] = rows[1]["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--model", default="small-base", help="checkpoint or shipped name (ignored with --preset)")
+    parser.add_argument("--preset", help="time an untrained codec of this preset instead (e.g. paper on a GPU)")
+    parser.add_argument("--steps", default="2,6", help="the two step counts whose difference gives ms/step")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device on this machine: the GPU rows are skipped (--device cpu runs here)")
+        return
+    if args.preset:
+        torch.manual_seed(0)
+        codec, what = CDCCodec(load_config(args.preset)).to(args.device), f"untrained {args.preset} preset"
+    else:
+        codec, what = load_codec(resolve_model(args.model), args.device), f"trained {args.model}"
+    coder = Coder(codec)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    x = photo(768, 512).to(args.device)
+    steps = tuple(int(s) for s in args.steps.split(","))
+    print(f"{what} on {device_name} ({torch.get_num_threads()} threads), 768x512")
+    rows = path_rows(coder, x, args.device, steps, args.repeat)
+    table = print_table(rows, [("path", "path"), ("ms_per_step", "ms/step"), ("speedup", "x today"),
+                               ("decode_s", "decode s"), ("first_decode_s", "first decode s (compiles)"),
+                               ("delta_psnr_db", "ΔPSNR vs fp32 dB"), ("psnr_vs_fp32_eager", "PSNR vs fp32 eager")])
+    batches = batch_rows(coder, args.files, args.batch, args.device)
+    batch_table = print_table(batches, [("batch", "batch"), ("files", "files"), ("images_per_s", "images/s"),
+                                        ("speedup", "x one by one"), ("max_uint8_diff_vs_single", "max |Δ| uint8")])
+    write_json(f"decode-{args.device}", {"model": what, "device": device_name, "rows": rows, "table": table,
+                                         "batches": batches, "batch_table": batch_table,
+                                         "goal": "<= 4 ms/step, paper preset, 768x512, H100; <= 0.05 dB"})
+
+
+if __name__ == "__main__":
+    main()
