@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -41,6 +42,23 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, device: str = "cpu", repeat: 
         if i >= 2:
             best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """ATen operators dispatched by ``fn()``: in eager PyTorch each is at least one kernel launch."""
+    with _CountOps() as counter:
+        fn()
+    return counter.count
 
 
 def photo(width: int = 768, height: int = 512) -> torch.Tensor:

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import torch
-from common import photo, print_table, psnr, write_json
+from common import count_ops, photo, print_table, psnr, write_json
 
 from cdc.checkpoint import load_codec
 from cdc.codec import CDCCodec
@@ -111,6 +111,11 @@ def main() -> None:
     x = photo(768, 512).to(args.device)
     steps = tuple(int(s) for s in args.steps.split(","))
     print(f"{what} on {device_name} ({torch.get_num_threads()} threads), 768x512")
+    with torch.no_grad():
+        y = torch.zeros(1, codec.config.model.latent_channels, 32, 48, device=args.device)
+        pyramid = codec.context(y)
+        ops = count_ops(lambda: codec.unet(x * 2 - 1, torch.zeros(1, device=args.device), pyramid))
+    print(f"one eager DDIM step dispatches {ops} operators (kernel launches); compiled with CUDA graphs: one replay")
     rows = path_rows(coder, x, args.device, steps, args.repeat)
     table = print_table(rows, [("path", "path"), ("ms_per_step", "ms/step"), ("speedup", "x today"),
                                ("decode_s", "decode s"), ("first_decode_s", "first decode s (compiles)"),
@@ -118,7 +123,8 @@ def main() -> None:
     batches = batch_rows(coder, args.files, args.batch, args.device)
     batch_table = print_table(batches, [("batch", "batch"), ("files", "files"), ("images_per_s", "images/s"),
                                         ("speedup", "x one by one"), ("max_uint8_diff_vs_single", "max |Δ| uint8")])
-    write_json(f"decode-{args.device}", {"model": what, "device": device_name, "rows": rows, "table": table,
+    write_json(f"decode-{args.device}", {"model": what, "device": device_name, "unet_ops_per_step": ops,
+                                         "rows": rows, "table": table,
                                          "batches": batches, "batch_table": batch_table,
                                          "goal": "<= 4 ms/step, paper preset, 768x512, H100; <= 0.05 dB"})
 

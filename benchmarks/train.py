@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import matmul_peak, print_table, write_json
-from torch.utils._python_dispatch import TorchDispatchMode
+from common import count_ops, matmul_peak, print_table, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
 from cdc.config import load_config
@@ -101,18 +100,6 @@ JOINT = ("train.autoencoder_fraction=0", "train.freeze_latent_fraction=0")
 """Every step in the joint phase: the recipe's cheaper autoencoder phase would flatter images/s."""
 
 
-class _CountOps(TorchDispatchMode):
-    """Counts the ATen operators dispatched: in eager PyTorch each one is at least one kernel launch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def dispatch_counts(preset: str = "paper") -> list[dict]:
     """ATen operators per eager training step of ``preset`` by stage (batch-size independent): the
     launch count that makes a small-batch step host-bound on a GPU. Adam per parameter tensor vs fused."""
@@ -126,9 +113,7 @@ def dispatch_counts(preset: str = "paper") -> list[dict]:
     rows = []
 
     def count(stage: str, fn) -> None:
-        with _CountOps() as counter:
-            fn()
-        rows.append({"stage": stage, "ops": counter.count})
+        rows.append({"stage": stage, "ops": count_ops(fn)})
 
     out = {}
     count("forward + loss", lambda: out.update(loss=loss_fn(codec(x), 64 * 64)["loss"] + codec.aux_loss()))
