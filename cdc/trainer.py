@@ -94,12 +94,13 @@ def train(spec: RunSpec) -> dict:
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         spec.save(out / "run_spec.json")
     loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(accelerator.device)
+    on_cuda = accelerator.device.type == "cuda"
     if tc.channels_last:
         codec.to(memory_format=torch.channels_last)
-    if accelerator.device.type == "cuda":
+    if on_cuda:
         torch.backends.cudnn.benchmark = True  # fixed crops: pick the fastest convolution algorithms once
     optimizer, scheduler = build_optimizer(codec, tc, fine_tune=fine_tune, world_size=accelerator.num_processes,
-                                           fused=accelerator.device.type == "cuda")
+                                           fused=on_cuda)
     ema = EMA(codec, tc.ema_decay, tc.ema_every, tc.ema_start)
     ema.shadow.to(accelerator.device)
     if tc.compile:  # in place (nn.Module.compile): parameter names, checkpoints and the EMA copy are unchanged
@@ -118,7 +119,7 @@ def train(spec: RunSpec) -> dict:
     loader = train_loader(urls, tc.batch_size, tc.crop, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, seed=tc.seed, num_workers=tc.num_workers,
                           shuffle_buffer=tc.shuffle_buffer, epoch_batches=tc.checkpoint_every, start_batch=step,
-                          skip_bad=tc.skip_bad_shards, pin_memory=accelerator.device.type == "cuda")
+                          skip_bad=tc.skip_bad_shards, pin_memory=on_cuda)
     tracker = RunTracker(main, spec.experiment, spec.run_name, run_id=meta.get("mlflow_run_id") if meta else None,
                          tags=spec.tags)
     tracker.log_params({**cfg.flat(), "launch.world_size": accelerator.num_processes,
