@@ -72,7 +72,7 @@ def photo(width: int = 768, height: int = 512) -> torch.Tensor:
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB between two images in [0, 1], measured on 8-bit rounded values."""
-    a8, b8 = (a.clamp(0, 1) * 255).round(), (b.clamp(0, 1) * 255).round()
+    a8, b8 = (a.cpu().clamp(0, 1) * 255).round(), (b.cpu().clamp(0, 1) * 255).round()
     mse = torch.mean((a8 - b8) ** 2).item()
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 

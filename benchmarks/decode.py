@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--name", help="results/NAME.json (default: decode-DEVICE)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device on this machine: the GPU rows are skipped (--device cpu runs here)")
@@ -123,7 +124,7 @@ def main() -> None:
     batches = batch_rows(coder, args.files, args.batch, args.device)
     batch_table = print_table(batches, [("batch", "batch"), ("files", "files"), ("images_per_s", "images/s"),
                                         ("speedup", "x one by one"), ("max_uint8_diff_vs_single", "max |Δ| uint8")])
-    write_json(f"decode-{args.device}", {"model": what, "device": device_name, "unet_ops_per_step": ops,
+    write_json(args.name or f"decode-{args.device}", {"model": what, "device": device_name, "unet_ops_per_step": ops,
                                          "rows": rows, "table": table,
                                          "batches": batches, "batch_table": batch_table,
                                          "goal": "<= 4 ms/step, paper preset, 768x512, H100; <= 0.05 dB"})

@@ -1,0 +1,48 @@
+"""The training profiler of ``benchmarks/train.py``: the kernel breakdown of a trace and a real profiled step."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import train as bench
+
+
+def _trace(path: Path, kernels: list[tuple[float, float, str]]) -> Path:
+    events = [{"cat": "kernel", "ts": ts, "dur": dur, "name": name} for ts, dur, name in kernels]
+    events.append({"cat": "cpu_op", "ts": 0, "dur": 500, "name": "aten::mul"})  # host events are not GPU time
+    path.write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
+    return path
+
+
+def test_kernel_breakdown_counts_overlaps_once_and_classifies(tmp_path):
+    trace = _trace(tmp_path / "t.json.gz", [
+        (0, 100, "sm90_xmma_fprop_implicit_gemm_bf16"),  # 0-100
+        (50, 100, "void at::native::vectorized_elementwise_kernel<4, MulFunctor>"),  # overlaps: busy to 150
+        (300, 20, "void cudnn::engines_precompiled::nchwToNhwcKernel<bf16>"),
+        (400, 40, "void at::native::reduce_kernel<512, 1, WelfordOps>"),
+    ])
+    result = bench.kernel_breakdown(trace, steps=2)
+    assert result["gpu_busy_ms_per_step"] == pytest.approx((150 + 20 + 40) / 1e3 / 2)
+    assert result["kernels_per_step"] == 2
+    shares = {row["kernels"]: row["ms_per_step"] for row in result["classes"]}
+    assert shares == pytest.approx({"convolution / GEMM": 0.05, "elementwise, copies": 0.05,
+                                    "layout NCHW <-> NHWC": 0.01, "reductions, norms": 0.02})
+    assert sum(row["share_pct"] for row in result["classes"]) == pytest.approx(100)
+
+
+def test_profile_step_writes_a_trace_of_real_training_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    result = bench.profile_step("tiny", "cpu", batch=1, steps=1)
+    trace = tmp_path / "train-profile-cpu.json.gz"
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert "aten::convolution_backward" in names and any("Adam" in (n or "") for n in names)
+    assert result["host_ops"] and result["profiled_ms_per_step"] > 0
+    assert "gpu_busy_ms_per_step" not in result  # no kernels on a CPU
+    assert "GPU kernels" not in bench.print_profile(result)
