@@ -28,6 +28,12 @@ def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work (timings of asynchronous CUDA calls); nothing on a CPU."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 2048, device: str = "cpu", repeat: int = 8) -> float:
     """Measured dense matrix-multiply throughput in FLOP/s for ``dtype``: the best of ``repeat`` runs
     (a peak is a maximum; on a shared 2-core VM single runs vary by 2x)."""
@@ -37,8 +43,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, device: str = "cpu", repeat: 
     for i in range(repeat + 2):
         start = time.perf_counter()
         torch.mm(a, b)
-        if device != "cpu":
-            torch.cuda.synchronize()
+        sync(device)
         if i >= 2:
             best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best

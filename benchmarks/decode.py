@@ -17,7 +17,7 @@ import argparse
 import time
 
 import torch
-from common import count_ops, photo, print_table, psnr, write_json
+from common import count_ops, photo, print_table, psnr, sync, write_json
 
 from cdc.checkpoint import load_codec
 from cdc.codec import CDCCodec
@@ -29,18 +29,13 @@ PATHS = (("eager fp32 (today)", "fp32", False), ("eager bf16", "bf16", False),
          ("compiled fp32", "fp32", True), ("compiled bf16", "bf16", True))
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def best_time(fn, device: str, repeat: int) -> float:
     """Best of ``repeat`` runs of ``fn()``, seconds (the device synchronised)."""
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -79,10 +74,10 @@ def batch_rows(coder: Coder, files: int, batch: int, device: str) -> list[dict]:
     rows = []
     for size in (1, batch):
         list(coder.decode_many(datas[:size], batch_size=size))  # warm-up (allocator, kernels)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         images = {i: image for i, image, _ in coder.decode_many(datas, batch_size=size)}
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
         rows.append({"batch": size, "files": files, "images_per_s": files / seconds, "seconds": seconds,
                      "images": images})

@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 run() { local log="$1"; shift; python3 "$@" 2>&1 | grep --line-buffered -v -i warn | tee "$out/$log"; }
 case "${1:-}" in
   decode)
-    run profile.log benchmarks/train.py --profile cuda
+    run profile.log benchmarks/train_profile.py --device cuda
     run decode.log benchmarks/decode.py --device cuda --preset paper
     run decode-small.log benchmarks/decode.py --device cuda --name decode-cuda-small-base
     ;;

@@ -1,4 +1,4 @@
-"""The training profiler of ``benchmarks/train.py``: the kernel breakdown of a trace and a real profiled step."""
+"""The training profiler ``benchmarks/train_profile.py``: the kernel breakdown of a trace and a real profiled step."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import train as bench
+import train_profile as bench
 
 
 def _trace(path: Path, kernels: list[tuple[float, float, str]]) -> Path:
