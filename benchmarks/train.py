@@ -86,14 +86,23 @@ def run_training(preset: str, procs: int, shards: Path, out: Path, steps: int, p
     }
 
 
-def flops_per_image(preset: str, crop: int = 256, device: str = "cpu") -> float:
-    """Counted FLOPs of one joint-phase training step (forward + backward) per image, rho 0, fp32."""
+JOINT = ("train.autoencoder_fraction=0", "train.freeze_latent_fraction=0")
+"""Every step in the joint phase: the recipe's cheaper autoencoder phase would flatter images/s."""
+
+
+def training_codec(preset: str, device: str = "cpu", overrides: tuple[str, ...] = ()) -> tuple:
+    """(config, codec in train mode, its loss) of ``preset`` on ``device``, rho 0 (no perceptual network)."""
     from cdc.codec import CDCCodec
     from cdc.losses import RateDistortionPerceptionLoss
 
-    cfg = load_config(preset, ["loss.rho=0"])
+    cfg = load_config(preset, ["loss.rho=0", *overrides])
     codec = CDCCodec(cfg).to(device).train()
-    loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(device)
+    return cfg, codec, RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(device)
+
+
+def flops_per_image(preset: str, crop: int = 256, device: str = "cpu") -> float:
+    """Counted FLOPs of one joint-phase training step (forward + backward) per image, rho 0, fp32."""
+    _, codec, loss_fn = training_codec(preset, device)
     x = torch.rand(2, 3, crop, crop, device=device)
     with FlopCounterMode(display=False) as counter:
         out = codec(x)
@@ -101,19 +110,11 @@ def flops_per_image(preset: str, crop: int = 256, device: str = "cpu") -> float:
     return counter.get_total_flops() / 2
 
 
-JOINT = ("train.autoencoder_fraction=0", "train.freeze_latent_fraction=0")
-"""Every step in the joint phase: the recipe's cheaper autoencoder phase would flatter images/s."""
-
 
 def dispatch_counts(preset: str = "paper") -> list[dict]:
     """ATen operators per eager training step of ``preset`` by stage (batch-size independent): the
     launch count that makes a small-batch step host-bound on a GPU. Adam per parameter tensor vs fused."""
-    from cdc.codec import CDCCodec
-    from cdc.losses import RateDistortionPerceptionLoss
-
-    cfg = load_config(preset, ["loss.rho=0"])
-    codec = CDCCodec(cfg).train()
-    loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion)
+    _, codec, loss_fn = training_codec(preset)
     x = torch.rand(1, 3, 64, 64)
     rows = []
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, print_table, sync, write_json
-from train import JOINT
+from train import JOINT, training_codec
 
 from cdc.config import load_config
 
@@ -60,15 +60,11 @@ def profile_step(preset: str, device: str, batch: int, steps: int = 2) -> dict:
     step, the operators with the most host (CPU) time and, on CUDA, the kernel breakdown."""
     from torch.profiler import ProfilerActivity, profile
 
-    from cdc.codec import CDCCodec
-    from cdc.losses import RateDistortionPerceptionLoss
     from cdc.training import build_optimizer
 
     cuda = device == "cuda"
-    cfg = load_config(preset, ["loss.rho=0", *JOINT, f"train.batch_size={batch}"])
     torch.manual_seed(0)
-    codec = CDCCodec(cfg).to(device).train()
-    loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(device)
+    cfg, codec, loss_fn = training_codec(preset, device, (*JOINT, f"train.batch_size={batch}"))
     optimizer, _ = build_optimizer(codec, cfg.train, fused=cuda)
     x = torch.rand(batch, 3, cfg.train.crop, cfg.train.crop, device=device)
     if cuda:
