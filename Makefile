@@ -60,6 +60,8 @@ bench: setup
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/train.py --compare cpu --steps 100
 	$(BIN)/python benchmarks/train.py --compare cuda --steps 300   # skipped without a GPU
+	test -f runs/devcorpus/shards/manifest.json || $(BIN)/python scripts/offline_corpus.py -o runs/devcorpus
+	$(BIN)/python benchmarks/fast_path_quality.py
 	$(BIN)/python benchmarks/train_profile.py --device cuda   # skipped without a GPU
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/decode.py --device cuda --preset paper   # skipped without a GPU

@@ -3,13 +3,14 @@ small presets on this CPU with 1 and 2 processes (real runs, real shards), plus 
 FLOPs per training step and its projected step time on one H100.
 
 ``--compare DEVICE`` runs today's path and the fast path (``train.compile``, ``train.channels_last``;
-then a larger batch with sqrt LR scaling) side by side through the real trainer, joint phase, rho 0,
-and prints images/s, achieved TFLOP/s, MFU (counted FLOPs x images/s / peak), data stall, peak memory
-and how far the two loss curves at the same batch drift apart:
+with CUDA graphs; at a larger batch with sqrt LR scaling) side by side through the real trainer,
+joint phase, rho 0, and prints images/s, achieved TFLOP/s, MFU (counted FLOPs x images/s / peak),
+data stall, peak memory and how far the loss curves at the same batch drift apart:
 
     python benchmarks/train.py [--steps 60] [--presets tiny,small]
     python benchmarks/train.py --compare cuda --steps 300   # paper preset on a GPU (skipped without one)
     python benchmarks/train.py --compare cpu --steps 100    # small preset on this CPU
+    python benchmarks/train.py --compare cuda --runs today,fast-big --early-steps 0   # a subset
 """
 
 from __future__ import annotations
@@ -57,22 +58,28 @@ def build_shards(root: Path) -> Path:
     return root / "shards"
 
 
+class TrainingFailed(RuntimeError):
+    """A benchmarked ``cdc/train.py`` run exited non-zero (the message holds its command and stderr)."""
+
+
 def run_training(preset: str, procs: int, shards: Path, out: Path, steps: int, port: int,
-                 overrides: list[str] = (), extra_env: dict | None = None, skip_windows: int = 1) -> dict:
-    """One real ``cdc/train.py`` run; throughput from its ``metrics.jsonl`` windows after the first
-    ``skip_windows`` (warm-up, compilation)."""
+                 overrides: list[str] = (), extra_env: dict | None = None, skip_windows: int = 1,
+                 flags: list[str] = ()) -> dict:
+    """One real ``cdc/train.py`` run (``flags``: options such as ``--init-from M``, then the config
+    ``overrides``); throughput from its ``metrics.jsonl`` windows after the first ``skip_windows``
+    (warm-up, compilation)."""
     env = {**os.environ, "CDC_HOME": str(out.parent / "cdc-home"), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     launcher = [sys.executable] if procs == 1 else [
         str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
         str(REPO / "infra/accelerate/cpu.yaml"), "--num_processes", str(procs), "--main_process_port", str(port)]
     cmd = [*launcher, str(REPO / "cdc/train.py"), "--preset", preset, "--shards", str(shards), "--output-dir",
-           str(out), "--max-steps", str(steps), "train.log_every=10", "train.sample_every=0",
+           str(out), "--max-steps", str(steps), *flags, "train.log_every=10", "train.sample_every=0",
            f"train.checkpoint_every={steps}", "train.num_workers=1", *overrides]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise TrainingFailed(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     wall = time.perf_counter() - start
     windows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][skip_windows:]
     summary = json.loads((out / "train_summary.json").read_text())
@@ -137,11 +144,31 @@ def dispatch_counts(preset: str = "paper") -> list[dict]:
 FAST = ("train.compile=true", "train.channels_last=true")
 """The fast path's settings (fused Adam, foreach EMA and sync-free steps are on for every run)."""
 
+RUNS = ("today", "control", "fast", "fast-graphs", "fast-big")
+"""What ``--runs`` may name: today's path; today's again (the control: another summation order);
+the fast path; the fast path with CUDA graphs; the fast path at the larger batch (sqrt LR scaling)."""
 
-def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Path) -> dict:
-    """Today's path and the fast path through the real ``cdc/train.py`` on ``device``, joint phase, rho 0:
-    at the same batch (loss curves compared, beside a control: today's path run again with another
-    summation order) and the fast path at ``big_batch`` (sqrt LR scaling)."""
+
+def run_settings(name: str, big_batch: int, cuda: bool) -> tuple[str, list[str], dict]:
+    """(label, config overrides, extra environment) of run ``name``."""
+    return {
+        "today": ("today", [], {}),
+        # CUDA: its non-deterministic kernels differ anyway; on the CPU another thread count does it
+        "control": ("today again (control)", [], {} if cuda else {"OMP_NUM_THREADS": "1"}),
+        "fast": ("fast (compiled step, NHWC)", list(FAST), {}),
+        "fast-graphs": ("fast + CUDA graphs", [*FAST, "train.compile_mode=reduce-overhead"], {}),
+        "fast-big": (f"fast, batch {big_batch}", [*FAST, f"train.batch_size={big_batch}", "train.lr_scaling=sqrt"],
+                     {}),
+    }[name]
+
+
+def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Path, runs: tuple[str, ...] = RUNS,
+                  early_steps: int = 30) -> dict:
+    """``runs`` (see :data:`RUNS`; ``today`` first, the baseline) through the real ``cdc/train.py`` on
+    ``device``, joint phase, rho 0. The runs at the default batch are compared with today's loss curve,
+    over ``steps`` (10-step windows) and over the first ``early_steps`` (each step logged, compiled runs
+    drawing eager's random numbers; 0: not run).
+    A run that fails is reported with its error and the others go on."""
     shards = build_shards(tmp)
     flops = flops_per_image(preset, device=device)
     cuda = device == "cuda"
@@ -152,46 +179,51 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
         else (None, "none on a CPU")
     common = ["loss.rho=0", *JOINT, f"train.num_workers={4 if cuda else 1}"]  # the GPU machine has 16 cores
     base_env = {} if cuda else {"CUDA_VISIBLE_DEVICES": ""}
-    control_env = {} if cuda else {"OMP_NUM_THREADS": "1"}  # CUDA: its non-deterministic kernels differ anyway
-    runs = [("today", [], None, {}), ("today again (control)", [], None, control_env), ("fast", list(FAST), None, {}),
-            (f"fast, batch {big_batch}", [*FAST, f"train.batch_size={big_batch}", "train.lr_scaling=sqrt"], big_batch,
-             {})]
+    batch = load_config(preset).train.batch_size
     rows, curves = [], {}
-    for i, (label, extra, batch, env) in enumerate(runs):
+    for i, run in enumerate(runs):
+        label, extra, env = run_settings(run, big_batch, cuda)
         out = tmp / f"run{i}"
-        row = run_training(preset, 1, shards, out, steps, 29800 + i, [*common, *extra], {**base_env, **env},
-                           skip_windows=2)
+        try:
+            row = run_training(preset, 1, shards, out, steps, 29800 + i, [*common, *extra], {**base_env, **env},
+                               skip_windows=2)
+        except TrainingFailed as err:
+            rows.append({"run": run, "path": label, "device": name, "error": str(err)[-2000:]})
+            print(f"{label}: FAILED\n{err}", flush=True)
+            continue
         windows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[label] = {w["step"]: w["loss"] for w in windows}
+        curves[run] = {w["step"]: w["loss"] for w in windows}
         tflops = flops * row["images_per_s"] / 1e12
-        rows.append({"path": label, "device": name, "batch": batch or load_config(preset).train.batch_size,
+        rows.append({"run": run, "path": label, "device": name, "batch": big_batch if run == "fast-big" else batch,
                      **row, "tflops": tflops, "mfu_pct": 100 * tflops * 1e12 / peak if peak else "n/a",
-                     "second_half_loss": _second_half(curves[label])})
+                     "second_half_loss": _second_half(curves[run])})
         print(f"{label}: {row['images_per_s']:.1f} images/s, {row['wall_s']:.0f} s wall", flush=True)
         write_json(f"train-paths-{device}", {"partial": True, "device": name, "rows": rows})  # kept if cut off
+    base = rows[0].get("images_per_s")
     for row in rows:
-        row["speedup"] = row["images_per_s"] / rows[0]["images_per_s"]
-    # the first steps, every step logged: where do the curves part, against the control?
+        if base and "images_per_s" in row:
+            row["speedup"] = row["images_per_s"] / base
+    same_batch = [r for r in runs[1:] if r != "fast-big" and r in curves and "today" in curves]
     early = {}
-    for i, (label, extra, _, env) in enumerate(runs[:3]):
+    for i, run in enumerate(["today", *same_batch] if early_steps else []):  # where do the curves part?
+        label, extra, env = run_settings(run, big_batch, cuda)
         out = tmp / f"early{i}"
-        run_training(preset, 1, shards, out, EARLY_STEPS, 29810 + i, [*common, *extra, "train.log_every=1"],
-                     {**base_env, **env}, skip_windows=0)
-        early[label] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        run_training(preset, 1, shards, out, early_steps, 29810 + i,
+                     [*common, *extra, "train.log_every=1", "train.compile_eager_rng=true"], {**base_env, **env},
+                     skip_windows=0)
+        early[run] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     agreement = []
-    for k, other in ((1, "today again (control)"), (2, "fast")):
-        rel = [abs(a / b - 1) for a, b in zip(early[other], early["today"], strict=True)]
+    for run in same_batch:
+        rel = [abs(a / b - 1) for a, b in zip(early[run], early["today"], strict=True)] if early else []
         agreement.append({
-            "pair": f"today vs {other}", "max_rel_diff_first10": max(rel[:10]),
-            "first_step_over_1e-3": next((n + 1 for n, r in enumerate(rel) if r > 1e-3), "none"),
-            "max_window_diff_pct": 100 * max(abs(curves[other][s] / curves["today"][s] - 1) for s in curves["today"]),
-            "second_half_mean_diff_pct": 100 * (rows[k]["second_half_loss"] / rows[0]["second_half_loss"] - 1)})
+            "pair": f"today vs {run_settings(run, big_batch, cuda)[0]}",
+            "max_rel_diff_first10": max(rel[:10]) if rel else "n/a",
+            "first_step_over_1e-3": next((n + 1 for n, r in enumerate(rel) if r > 1e-3), "none") if rel else "n/a",
+            "max_window_diff_pct": 100 * max(abs(curves[run][s] / curves["today"][s] - 1) for s in curves["today"]),
+            "second_half_mean_diff_pct": 100 * (_second_half(curves[run]) / _second_half(curves["today"]) - 1)})
     return {"device": name, "preset": preset, "steps": steps, "flops_per_image": flops, "peak_flops": peak,
             "peak_source": peak_what, "rows": rows, "loss_curves": curves, "early_losses": early,
-            "agreement": agreement}
-
-
-EARLY_STEPS = 30
+            "early_steps": early_steps, "agreement": agreement}
 
 
 def _second_half(curve: dict[int, float]) -> float:
@@ -208,8 +240,12 @@ def print_compare(result: dict) -> str:
         ("path", "path"), ("batch", "batch"), ("images_per_s", "images/s"), ("speedup", "x today"),
         ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %"), ("data_wait_pct", "data stall %"),
         ("peak_mem_mb_rank0", "peak MiB"), ("second_half_loss", "loss, 2nd half mean")])
-    print(f"loss curves at batch {result['rows'][0]['batch']}: the first {EARLY_STEPS} steps (each logged), then "
-          f"{result['steps']} steps (means over 10-step windows)")
+    for row in result["rows"]:
+        if "error" in row:
+            print(f"{row['path']}: failed: {row['error'].strip().splitlines()[-1]}")
+    early = f"the first {result['early_steps']} steps (each logged), then " if result["early_steps"] else ""
+    print(f"loss curves at batch {result['rows'][0].get('batch')}: {early}{result['steps']} steps "
+          "(means over 10-step windows)")
     table += "\n\n" + print_table(result["agreement"], [
         ("pair", "pair"), ("max_rel_diff_first10", "max rel. difference, steps 1-10"),
         ("first_step_over_1e-3", "first step > 1e-3"), ("max_window_diff_pct", "max window difference %"),
@@ -225,6 +261,10 @@ def main() -> None:
                         help="only today's path against the fast path (compile, channels-last, larger batch)")
     parser.add_argument("--preset", help="preset of --compare (default: paper on cuda, small on cpu)")
     parser.add_argument("--batch", type=int, help="the fast path's larger batch (default: 32 on cuda, 8 on cpu)")
+    parser.add_argument("--runs", help=f"runs of --compare, today's first, from {','.join(RUNS)} (default: all; "
+                        "fast-graphs only on cuda)")
+    parser.add_argument("--early-steps", type=int, default=30,
+                        help="--compare: steps of the step-by-step loss comparison (0: none)")
     args = parser.parse_args()
     if args.compare:
         if args.compare == "cuda" and not torch.cuda.is_available():
@@ -232,9 +272,12 @@ def main() -> None:
                   "(run `python benchmarks/train.py --compare cuda` where one is lent; `--compare cpu` runs here)")
             return
         cuda = args.compare == "cuda"
+        runs = tuple(args.runs.split(",")) if args.runs else tuple(r for r in RUNS if cuda or r != "fast-graphs")
+        if runs[0] != "today" or not set(runs) <= set(RUNS):
+            parser.error(f"--runs: today first, then any of {','.join(RUNS[1:])}")
         with tempfile.TemporaryDirectory() as tmp:
             result = compare_paths(args.compare, args.preset or ("paper" if cuda else "small"), args.steps,
-                                   args.batch or (32 if cuda else 8), Path(tmp))
+                                   args.batch or (32 if cuda else 8), Path(tmp), runs, args.early_steps)
         result["table"] = print_compare(result)
         write_json(f"train-paths-{args.compare}", result)
         return

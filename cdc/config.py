@@ -200,6 +200,7 @@ class LossConfig:
 
 
 LR_SCALING = {"none": lambda ratio: 1.0, "sqrt": lambda ratio: ratio**0.5, "linear": lambda ratio: ratio}
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 @dataclass(frozen=True)
@@ -248,9 +249,16 @@ class TrainConfig:
             usual rule, Malladi et al. 2022) or ``linear`` (Goyal et al. 2017). Applies to
             ``finetune_lr`` too; the schedule's factors are unchanged.
         lr_reference_batch: the global batch ``lr`` was tuned at (4: the paper's single-GPU recipe).
-        compile: ``torch.compile`` the U-Net and the context decoder (inductor; the first step
-            compiles for about a minute, later ones run fused kernels; on CUDA the step needs no
-            host sync). Weights, checkpoints and exports are unchanged.
+        compile: ``torch.compile`` the codec's whole training forward (encoder, entropy model,
+            context decoder, U-Net) and the loss, each one graph without breaks (inductor; each
+            training phase compiles once, about a minute, later steps run fused kernels; the step
+            needs no host sync). Weights, checkpoints and exports are unchanged.
+        compile_mode: ``torch.compile``'s mode: ``default``, ``max-autotune-no-cudagraphs`` or
+            ``reduce-overhead`` (CUDA graphs replay the compiled step: no per-kernel launch cost
+            on the host, which bounds small-batch steps on a GPU; ignored on a CPU).
+        compile_eager_rng: compiled steps draw eager's random numbers (inductor's
+            ``fallback_random``: unfused random kernels). Off, they draw others from the same
+            distributions; on, a compiled run follows an eager run of the same seed step by step.
         channels_last: keep the model and the batches in NHWC memory (faster convolutions on
             GPUs and oneDNN CPUs; the blocks have NHWC paths for LayerNorm and attention).
     """
@@ -283,10 +291,13 @@ class TrainConfig:
     lr_scaling: str = "none"
     lr_reference_batch: int = 4
     compile: bool = False
+    compile_mode: str = "default"
+    compile_eager_rng: bool = False
     channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _check(self.compile_mode in COMPILE_MODES, f"train.compile_mode must be one of {COMPILE_MODES}")
         _check(self.lr_scaling in LR_SCALING, f"train.lr_scaling must be one of {tuple(LR_SCALING)}")
         _check(self.lr_reference_batch >= 1, "train.lr_reference_batch must be >= 1")
         _check(self.data_timeout_s >= 0, "train.data_timeout_s must be >= 0")

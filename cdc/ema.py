@@ -31,16 +31,18 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Call after the optimizer step ``step`` (1-based count of steps taken)."""
-        if step <= self.start or self.decay == 0:
-            self.shadow.load_state_dict(model.state_dict())
-            return
-        if step % self.every:
+        copying = step <= self.start or self.decay == 0
+        if not copying and step % self.every:
             return
         params = dict(model.named_parameters())
-        shadow = list(self.shadow.named_parameters())
-        # one multi-tensor kernel instead of one launch per parameter tensor
-        torch._foreach_lerp_([p for _, p in shadow], [params[n].detach().to(p.dtype) for n, p in shadow],
-                             1 - self.decay)
+        shadow = [p for _, p in self.shadow.named_parameters()]
+        weights = [params[n].detach().to(p.dtype) for n, p in self.shadow.named_parameters()]
+        # one multi-tensor kernel instead of one launch per parameter tensor (a load_state_dict every
+        # step until ``start`` cost a paper-preset step on an H100 35-50 ms)
+        if copying:
+            torch._foreach_copy_(shadow, weights)
+        else:
+            torch._foreach_lerp_(shadow, weights, 1 - self.decay)
         buffers = dict(model.named_buffers())
         for name, b in self.shadow.named_buffers():
             if buffers[name].shape == b.shape:

@@ -152,9 +152,7 @@ class EntroformerEntropyModel(HyperLatentModel):
         values = self.gaussian_conditional.decompress([string], indexes, means=mean[sel].view(1, -1))
         into[sel] = values.view(-1).to(into.dtype)
 
-    @torch.no_grad()
-    def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
-        y = y.float()
+    def _compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
         z_string, z_hat = self._z_compress(y)
         hyper = self.h_s(z_hat)
         anchors = anchor_mask(*y.shape[-2:], device=y.device).expand_as(y).bool()
@@ -166,8 +164,7 @@ class EntroformerEntropyModel(HyperLatentModel):
         strings = [z_string, self._code(y, mean1, scale1, anchors), self._code(y, mean2, scale2, ~anchors)]
         return strings, y_hat
 
-    @torch.no_grad()
-    def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
+    def _decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
         hyper = self.h_s(self._z_decompress(strings, latent_hw))
         h, w = latent_hw
         n = hyper.shape[1] // 2

@@ -22,6 +22,7 @@ bpp = inf).
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 
@@ -47,6 +48,29 @@ def decoder_values(x: Tensor, x_tilde: Tensor, offset: Tensor, noise: bool, trai
     return x_tilde if noise and training else _ste_round(x, offset)
 
 
+class FactorizedPrior(EntropyBottleneck):
+    """compressai's ``EntropyBottleneck`` (Ballé et al. 2018's factorized prior) whose training/eval
+    ``forward`` stays on the device.
+
+    compressai's forward permutes by a device tensor: every axis read back costs the host a sync
+    (twelve per step on CUDA, so the host cannot queue ahead of the GPU) and breaks ``torch.compile``'s
+    graph. This one permutes by Python ints; values, noise draws and state dict are compressai's.
+    """
+
+    def forward(self, x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+        """(z̃: z + U(-1/2, 1/2) in training, else round(z - m) + m; likelihoods in (0, 1]), z's shape."""
+        training = self.training if training is None else training
+        values = x.transpose(0, 1).contiguous()  # C x B x ...: one factorized density per channel
+        shape = values.shape
+        outputs = self.quantize(values.reshape(shape[0], 1, -1), "noise" if training else "dequantize",
+                                self._get_medians())
+        likelihood, _, _ = self._likelihood(outputs)
+        if self.use_likelihood_bound:
+            likelihood = self.likelihood_lower_bound(likelihood)
+        return (outputs.reshape(shape).transpose(0, 1).contiguous(),
+                likelihood.reshape(shape).transpose(0, 1).contiguous())
+
+
 def scale_table(bound: float, levels: int, maximum: float = 256.0) -> Tensor:
     """``levels`` log-spaced Gaussian scales from ``bound`` to ``maximum`` (the coder's CDF grid)."""
     return torch.exp(torch.linspace(math.log(bound), math.log(maximum), levels))
@@ -66,17 +90,53 @@ class LatentEntropyModel(nn.Module, ABC):
         ``noise``: in training, ŷ = y + U(-1/2, 1/2) (the noise proxy) instead of rounding with a
         straight-through gradient."""
 
-    @abstractmethod
+    def __init__(self) -> None:
+        super().__init__()
+        self._cpu_copy: list[LatentEntropyModel] = []  # a list: not registered as a submodule
+
+    @torch.no_grad()
     def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
-        """Entropy-code one image's y (B = 1). Returns (strings in decode order, ŷ as decoded)."""
+        """Entropy-code one image's y (B = 1) on :meth:`coder`. Returns (strings in decode order, ŷ as
+        decoded, on y's device)."""
+        strings, y_hat = self.coder()._compress(y.detach().float().cpu())
+        return strings, y_hat.to(y.device)
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
+        """Rebuild ŷ (1 x N x h x w, on the model's device) from the strings on :meth:`coder`;
+        bit-exact with :meth:`compress`."""
+        return self.coder()._decompress(strings, latent_hw).to(next(self.parameters()).device)
+
+    def coder(self) -> LatentEntropyModel:
+        """The model the entropy coder runs: this one on a CPU, else a CPU copy (made at first use,
+        dropped by :meth:`update`).
+
+        The parameters of y (means, scale indexes) must come out the same at encode and decode, to the
+        bit: one scale index that differs derails the rANS decoder for the rest of the string. GPU
+        convolutions do not give that: cuDNN picks algorithms per call, some accumulate atomically
+        (on an H100 the hyper-synthesis gave other scales for the same ẑ from one call to the next,
+        and every decoded file was noise), and a GPU's rounding differs from a CPU's. On the CPU both
+        sides compute the same numbers, so a file coded on a GPU machine decodes anywhere. The
+        networks involved work at 1/16 and 1/64 of the image's resolution: the CPU's cost is small.
+        """
+        if next(self.parameters()).device.type == "cpu":
+            return self
+        if not self._cpu_copy:
+            self._cpu_copy.append(copy.deepcopy(self).cpu())
+        return self._cpu_copy[0]
 
     @abstractmethod
-    def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
-        """Rebuild ŷ (1 x N x h x w) from the strings; bit-exact with :meth:`compress`."""
+    def _compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
+        """:meth:`compress` on a CPU model: y (1 x N x h x w) fp32 on the CPU."""
+
+    @abstractmethod
+    def _decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
+        """:meth:`decompress` on a CPU model."""
 
     @abstractmethod
     def update(self, force: bool = False) -> bool:
-        """Build the discrete CDF tables the coder needs (call after training)."""
+        """Build the discrete CDF tables the coder needs (call after training, and after any change of
+        the weights: it also drops :meth:`coder`'s CPU copy)."""
 
     @torch.no_grad()
     def bits(self, y: Tensor) -> float:
@@ -99,13 +159,13 @@ def _deconv(c_in: int, c_out: int, k: int = 5) -> nn.ConvTranspose2d:
 
 class HyperLatentModel(LatentEntropyModel):
     """What every model here shares: a hyper-latent z (1/4 of y's resolution) with compressai's
-    factorized ``EntropyBottleneck``, and y coded by a ``GaussianConditional`` (scales >= bound).
+    factorized prior (:class:`FactorizedPrior`), and y coded by a ``GaussianConditional`` (scales >= bound).
     Subclasses provide ``h_a`` (y -> z) and the parameters of y given the decoded ẑ."""
 
     def _init_coders(self, cfg: ModelConfig) -> None:
         """Create the two coders; subclasses call it after their networks (the RNG order fixes the
         initial weights, and with them the golden bitstream of a seeded model)."""
-        self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_channels)
+        self.entropy_bottleneck = FactorizedPrior(cfg.hyper_channels)
         self.gaussian_conditional = GaussianConditional(None, scale_bound=cfg.scale_bound)
         self._table = scale_table(cfg.scale_bound, cfg.scale_levels)
 
@@ -139,6 +199,7 @@ class HyperLatentModel(LatentEntropyModel):
         return self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
 
     def update(self, force: bool = False) -> bool:
+        self._cpu_copy.clear()
         updated = self.entropy_bottleneck.update(force=force)
         updated |= self.gaussian_conditional.update_scale_table(self._table, force=force)
         return updated
@@ -174,9 +235,7 @@ class MeanScaleHyperprior(HyperLatentModel):
             y_hat = decoder_values(y, y_tilde, mean, noise, self.training)
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
-    @torch.no_grad()
-    def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
-        y = y.float()
+    def _compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
         z_string, z_hat = self._z_compress(y)
         mean, scale = self._params(z_hat)
         indexes = self.gaussian_conditional.build_indexes(scale)
@@ -184,8 +243,7 @@ class MeanScaleHyperprior(HyperLatentModel):
         y_hat = self.gaussian_conditional.quantize(y, "dequantize", mean)
         return [z_string, y_strings[0]], y_hat
 
-    @torch.no_grad()
-    def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
+    def _decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
         mean, scale = self._params(self._z_decompress(strings, latent_hw))
         indexes = self.gaussian_conditional.build_indexes(scale)
         return self.gaussian_conditional.decompress([strings[1]], indexes, means=mean)

@@ -103,9 +103,13 @@ def train(spec: RunSpec) -> dict:
                                            fused=on_cuda)
     ema = EMA(codec, tc.ema_decay, tc.ema_every, tc.ema_start)
     ema.shadow.to(accelerator.device)
+    graphed = tc.compile and tc.compile_mode == "reduce-overhead" and on_cuda
     if tc.compile:  # in place (nn.Module.compile): parameter names, checkpoints and the EMA copy are unchanged
-        codec.unet.compile(dynamic=False)
-        codec.context.compile(dynamic=False)
+        from torch._inductor import config as inductor_config
+
+        inductor_config.fallback_random = tc.compile_eager_rng
+        for module in (codec, loss_fn):
+            module.compile(dynamic=False, mode=None if tc.compile_mode == "default" else tc.compile_mode)
     codec, optimizer, scheduler = accelerator.prepare(codec, optimizer, scheduler)
     accelerator.register_for_checkpointing(ema)
     raw = accelerator.unwrap_model(codec)
@@ -146,6 +150,8 @@ def train(spec: RunSpec) -> dict:
         watchdog.fed()
         window["wait"] += time.perf_counter() - t0
         phase = training_phase(step, tc, fine_tune=fine_tune)
+        if graphed:  # the last step's graph outputs are dead: their memory may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         with accelerator.autocast():
             outputs = codec(batch, phase=phase)
             terms = loss_fn(outputs, num_pixels=tc.crop * tc.crop)

@@ -11,6 +11,7 @@ from conftest import GOLDEN, REGENERATE, photo_tensor, tiny_codec
 from cdc.checkpoint import fingerprint, load_codec, save_codec
 from cdc.coder import Coder
 from cdc.config import load_config
+from cdc.entropy import FactorizedPrior
 from cdc.losses import RateDistortionPerceptionLoss
 
 
@@ -25,6 +26,37 @@ def test_entropy_coding_is_exact(codec):
     z_enc = eb.quantize(z, "dequantize", codec.entropy.z_medians())
     z_dec = eb.decompress([enc["strings"][0]], z.shape[-2:])
     assert torch.equal(z_dec, z_enc)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_factorized_prior_is_compressais_without_its_host_syncs(training):
+    """Our factorized prior returns what compressai's EntropyBottleneck does (same noise draws, same
+    likelihoods), and compiles to one graph: no tensor is read back to the host."""
+    from compressai.entropy_models import EntropyBottleneck
+
+    ours = FactorizedPrior(6).train(training)
+    theirs = EntropyBottleneck(6).train(training)
+    theirs.load_state_dict(ours.state_dict())
+    z = 4 * torch.randn(2, 6, 5, 7)
+    results = []
+    for prior in (ours, theirs):
+        torch.manual_seed(3)
+        results.append(prior(z))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    explained = torch._dynamo.explain(ours)(z)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_file_coded_on_a_gpu_decodes_on_the_cpu_and_back(model_dir):
+    """The entropy parameters come from the CPU whatever the model's device: a GPU's convolutions
+    differ from call to call (and from a CPU's), which once turned every GPU-decoded file to noise."""
+    x = photo_tensor(size=(128, 192))
+    cpu, gpu = load_codec(model_dir), load_codec(model_dir).cuda()
+    for enc, dec in ((gpu, cpu), (cpu, gpu), (gpu, gpu)):
+        out = enc.compress(x.to(next(enc.parameters()).device))
+        assert torch.equal(dec.entropy.decompress(out["strings"], out["shape"]).cpu(), out["y_hat"].cpu())
 
 
 @pytest.mark.parametrize("size", [(1, 1), (33, 65), (333, 500), (64, 64)])

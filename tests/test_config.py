@@ -30,6 +30,7 @@ def test_overrides_are_coerced_to_field_types():
         ("loss.rho=1.5", "loss.rho"),
         ("sampler.steps=100000", "sampler.steps must not exceed"),
         ("nokey", "a.b=value"),
+        ("train.compile_mode=fast", "train.compile_mode must be one of"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
