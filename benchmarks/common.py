@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -102,8 +103,13 @@ def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def write_json(name: str, payload: dict) -> Path:
+    """Write ``results/NAME.json`` (the machine added), and a copy into ``$CDC_BENCH_COPY`` when it is
+    set: a lent GPU machine's ``$OUT``, which comes back even when the call's limit kills the run."""
+    text = json.dumps({"machine": machine(), **payload}, indent=2) + "\n"
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    path.write_text(text)
+    if os.environ.get("CDC_BENCH_COPY"):
+        (Path(os.environ["CDC_BENCH_COPY"]) / path.name).write_text(text)
     print(f"wrote {path}")
     return path

@@ -6,8 +6,9 @@
 #   bash scripts/gpu_bench.sh train         # today's vs the fast training paths, paper preset
 # train reads STEPS (default 300), RUNS (benchmarks/train.py --runs; default all) and EARLY (--early-steps).
 # On the lent machine (no network) the wheels its image lacks travel in .whl (see the device notes) and
-# are installed first; the results this call wrote are copied to $OUT when it is set. Output is
-# line-buffered so that a run cut off by a time limit still shows how far it got.
+# are installed first. When $OUT is set, every JSON result is also written there as it is made (so a
+# run cut off by the call's limit still returns what it finished), and the profiler trace is copied
+# at the end. Output is line-buffered so that a cut-off run still shows how far it got.
 set -uo pipefail
 [ $# -gt 0 ] || { echo "usage: $0 profile|decode|decode-small|train ..." >&2; exit 2; }
 if [ -d .whl ] && [ -n "${OUT:-}" ]; then
@@ -15,6 +16,7 @@ if [ -d .whl ] && [ -n "${OUT:-}" ]; then
     || exit 1
   export PYTHONPATH="/tmp/site:$PWD"
 fi
+[ -z "${OUT:-}" ] || export CDC_BENCH_COPY="$OUT"
 export PYTHONUNBUFFERED=1
 out="${OUT:-$(mktemp -d)}"  # the logs; the JSON results go to benchmarks/results/
 started="$(mktemp)"
@@ -31,5 +33,5 @@ for part in "$@"; do
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done
-[ -z "${OUT:-}" ] || find benchmarks/results -name '*cuda*' -newer "$started" -exec cp {} "$OUT"/ \;
+[ -z "${OUT:-}" ] || find benchmarks/results -name '*cuda*.gz' -newer "$started" -exec cp {} "$OUT"/ \;
 echo "logs in $out"
