@@ -25,9 +25,9 @@ run() { local log="$1"; shift; python3 "$@" 2>&1 | grep --line-buffered -v -i wa
 for part in "$@"; do
   case "$part" in
     profile) run profile.log benchmarks/train_profile.py --device cuda ;;
-    decode) run decode.log benchmarks/decode.py --device cuda --preset paper
-            run decode-small.log benchmarks/decode.py --device cuda --name decode-cuda-small-base ;;
-    decode-small) run decode-small.log benchmarks/decode.py --device cuda --name decode-cuda-small-base ;;
+    decode|decode-small)
+      [ "$part" = decode-small ] || run decode.log benchmarks/decode.py --device cuda --preset paper
+      run decode-small.log benchmarks/decode.py --device cuda --name decode-cuda-small-base ;;
     train) run train.log benchmarks/train.py --compare cuda --steps "${STEPS:-300}" \
              --runs "${RUNS:-today,control,fast,fast-graphs,fast-big}" --early-steps "${EARLY:-30}" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
