@@ -64,6 +64,7 @@ bench: setup
 	$(BIN)/python benchmarks/fast_path_quality.py
 	$(BIN)/python benchmarks/train_profile.py --device cuda   # skipped without a GPU
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/portability.py
 	$(BIN)/python benchmarks/decode.py --device cuda --preset paper   # skipped without a GPU
 	$(BIN)/python benchmarks/eval.py
 	$(BIN)/python benchmarks/tiling.py

@@ -67,12 +67,13 @@ def count_ops(fn: Callable[[], object]) -> int:
     return counter.count
 
 
-def photo(width: int = 768, height: int = 512) -> torch.Tensor:
-    """A real photo (scikit-learn's bundled ``china.jpg``) resized to width x height, (1,3,H,W) in [0,1]."""
+def photo(width: int = 768, height: int = 512, name: str = "china") -> torch.Tensor:
+    """A real photo (scikit-learn's bundled ``china.jpg`` or ``flower.jpg``) resized to width x height,
+    (1, 3, H, W) in [0, 1]."""
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    img = Image.fromarray(load_sample_image("china.jpg")).resize((width, height), Image.Resampling.LANCZOS)
+    img = Image.fromarray(load_sample_image(f"{name}.jpg")).resize((width, height), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255
 
 

@@ -7,7 +7,9 @@ Format version 1, whole-image coding (integers are unsigned LEB128 varints unles
     4       version       1 byte    format version (1)
     5       fingerprint   6 bytes   first 6 bytes of the model's SHA-256 fingerprint
     11      flags         1 byte    bits 0-1 prediction (0 sample, 1 epsilon, 2 v),
-                                    bits 2-4 entropy model id (0 hyperprior, 1 entroformer), bits 5-7 zero
+                                    bits 2-4 entropy model id (0 hyperprior, 1 entroformer),
+                                    bit 5 entropy parameters computed in float64 (1; files written
+                                    before 2026-11-26: 0, float32), bits 6-7 zero
     12      height        varint    original image height, pixels (>= 1)
             width         varint    original image width, pixels (>= 1)
             steps         varint    DDIM decode steps S (>= 1)
@@ -26,6 +28,12 @@ Version 2, tile-by-tile coding (:mod:`cdc.tiling`), adds two fields after ``late
 
 and its strings are every tile's strings in raster order (tiles x strings per tile). A file is
 written with the lowest version that holds it, so whole-image files stay version 1.
+
+Flag bit 5 tells the decoder in which precision the entropy model computed the Gaussian parameters
+of y (:meth:`cdc.entropy.LatentEntropyModel.coder`): float64 makes them, and with them the rANS
+decode, the same on every machine; float32 files decode as they were written, on the machines
+that round as the encoder's did. Readers from before the bit existed refuse float64 files
+("invalid flags byte") instead of decoding them wrongly.
 
 A 2-string hyperprior file of a small image spends 31 bytes outside the entropy-coded payload.
 Bits per pixel are always ``8 * len(file) / (height * width)``.
@@ -64,6 +72,7 @@ class Bitstream:
         strings: entropy-coded strings in decode order (tile after tile when tiled).
         tile: core tile side in pixels (a multiple of 64), 0 for whole-image coding.
         margin: tile overlap on each side in pixels (a multiple of 16).
+        portable: the entropy parameters are float64 (flag bit 5); ``False`` for float32 files.
     """
 
     fingerprint: bytes
@@ -78,6 +87,7 @@ class Bitstream:
     strings: list[bytes] = field(default_factory=list)
     tile: int = 0
     margin: int = 0
+    portable: bool = True
 
     @property
     def version(self) -> int:
@@ -97,7 +107,7 @@ class Bitstream:
             raise ValueError("height, width and steps must be >= 1")
         if self.tile % 64 or self.margin % 16 or (self.margin and not self.tile):
             raise ValueError(f"tile {self.tile} must be a multiple of 64 and margin {self.margin} of 16")
-        flags = PREDICTION_IDS[self.prediction] | (self.entropy_id << 2)
+        flags = PREDICTION_IDS[self.prediction] | (self.entropy_id << 2) | (int(self.portable) << 5)
         out = bytearray(MAGIC)
         out += bytes([self.version]) + self.fingerprint + bytes([flags])
         for value in (self.height, self.width, self.steps):
@@ -122,7 +132,7 @@ class Bitstream:
             raise BitstreamError(f"unsupported bitstream format version {version} (this build reads 1 to {VERSION})")
         fingerprint = reader.take(FINGERPRINT_BYTES)
         flags = reader.byte()
-        if flags >> 5 or (flags & 3) not in _PREDICTION_NAMES:
+        if flags >> 6 or (flags & 3) not in _PREDICTION_NAMES:
             raise BitstreamError(f"invalid flags byte 0x{flags:02x}")
         height, width, steps = reader.varint(), reader.varint(), reader.varint()
         (gamma_milli,) = struct.unpack(">H", reader.take(2))
@@ -155,6 +165,7 @@ class Bitstream:
             strings=strings,
             tile=tile,
             margin=margin,
+            portable=bool(flags >> 5 & 1),
         )
 
     def header_dict(self) -> dict:
@@ -173,6 +184,7 @@ class Bitstream:
             "latent_hw": list(self.latent_hw),
             "tile": self.tile,
             "tile_margin": self.margin,
+            "entropy_parameters": "float64" if self.portable else "float32",
             "string_bytes": [len(s) for s in self.strings],
         }
 

@@ -174,12 +174,14 @@ class CDCCodec(CompressionModel):
         seed: int | None = None,
         precision: str = "fp32",
         progress: Callable[[int], None] | None = None,
+        portable: bool = True,
     ) -> dict[str, Tensor]:
         """Decode strings from :meth:`compress`; unset decode parameters come from the config.
+        ``portable=False`` decodes strings coded with float32 entropy parameters (older files).
 
         Returns ``x_hat`` in [0, 1] cropped to ``image_size`` and the decoded ``y_hat``.
         """
-        y_hat = self.entropy.decompress(strings, shape)
+        y_hat = self.entropy.decompress(strings, shape, portable)
         x = self.reconstruct(y_hat, steps, gamma, seed, precision, progress)
         if image_size is not None:
             x = x[..., : image_size[0], : image_size[1]]

@@ -191,7 +191,8 @@ class Coder:
         Args:
             data: file contents.
             steps: override the header's DDIM steps (the header's gamma and seed still apply).
-            precision: ``fp32`` or ``bf16`` for the U-Net (the entropy model is always fp32).
+            precision: ``fp32`` or ``bf16`` for the U-Net (the entropy model's precision is the file's:
+                float64, or float32 for files from before float64 coding).
             progress: called once per denoising step (of every tile, for a tiled file).
             max_pixels, max_steps, max_whole_pixels: refuse files asking for more (see :meth:`parse`).
         """
@@ -264,7 +265,7 @@ class Coder:
     def _entropy_decode(self, stream: Bitstream) -> Tensor:
         """ŷ (1, C, h, w) of a whole-image file; the rANS decoder's refusals become :class:`DecodeError`."""
         try:
-            return self.codec.entropy.decompress(stream.strings, stream.latent_hw)
+            return self.codec.entropy.decompress(stream.strings, stream.latent_hw, stream.portable)
         except (ValueError, RuntimeError) as exc:  # the rANS decoder rejects damaged payloads
             raise DecodeError(f"entropy decoding failed ({exc})") from None
 
@@ -288,6 +289,7 @@ class Coder:
         tiles = [stream.strings[i : i + k] for i in range(0, len(stream.strings), k)]
         try:
             decode_tiles(self.codec, tiles, self.grid(stream), sink, steps=stream.steps if steps is None else steps,
-                         gamma=stream.gamma, seed=stream.seed, precision=precision, progress=progress)
+                         gamma=stream.gamma, seed=stream.seed, precision=precision, progress=progress,
+                         portable=stream.portable)
         except (ValueError, RuntimeError) as exc:  # the rANS decoder rejects damaged payloads
             raise DecodeError(f"entropy decoding failed ({exc})") from None

@@ -169,7 +169,7 @@ class EntroformerEntropyModel(HyperLatentModel):
         h, w = latent_hw
         n = hyper.shape[1] // 2
         anchors = anchor_mask(h, w, device=hyper.device).expand(1, n, h, w).bool()
-        y_hat = torch.zeros(1, n, h, w, device=hyper.device)
+        y_hat = torch.zeros(1, n, h, w, device=hyper.device, dtype=hyper.dtype)
         mean1, scale1 = self._pass_params(hyper, None)
         self._decode(strings[1], mean1, scale1, anchors, y_hat)
         mean2, scale2 = self._pass_params(hyper, y_hat)

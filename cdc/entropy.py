@@ -92,42 +92,59 @@ class LatentEntropyModel(nn.Module, ABC):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cpu_copy: list[LatentEntropyModel] = []  # a list: not registered as a submodule
+        self._coders: dict[torch.dtype, LatentEntropyModel] = {}  # a dict: its copies are not submodules
+        self.register_load_state_dict_pre_hook(_drop_coders)  # new weights: the copies are stale
 
     @torch.no_grad()
-    def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
+    def compress(self, y: Tensor, portable: bool = True) -> tuple[list[bytes], Tensor]:
         """Entropy-code one image's y (B = 1) on :meth:`coder`. Returns (strings in decode order, ŷ as
-        decoded, on y's device)."""
-        strings, y_hat = self.coder()._compress(y.detach().float().cpu())
-        return strings, y_hat.to(y.device)
+        decoded, fp32 on y's device). ``portable=False`` writes what builds before float64 coding wrote."""
+        coder = self.coder(portable)
+        strings, y_hat = coder._compress(y.detach().cpu().to(coder.dtype))
+        return strings, y_hat.to(y.device, torch.float32)
 
     @torch.no_grad()
-    def decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
-        """Rebuild ŷ (1 x N x h x w, on the model's device) from the strings on :meth:`coder`;
-        bit-exact with :meth:`compress`."""
-        return self.coder()._decompress(strings, latent_hw).to(next(self.parameters()).device)
+    def decompress(self, strings: list[bytes], latent_hw: tuple[int, int], portable: bool = True) -> Tensor:
+        """Rebuild ŷ (1 x N x h x w, fp32 on the model's device) from the strings on :meth:`coder`;
+        bit-exact with :meth:`compress` of the same ``portable``."""
+        y_hat = self.coder(portable)._decompress(strings, latent_hw)
+        return y_hat.to(next(self.parameters()).device, torch.float32)
 
-    def coder(self) -> LatentEntropyModel:
-        """The model the entropy coder runs: this one on a CPU, else a CPU copy (made at first use,
-        dropped by :meth:`update`).
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype: float32 as trained, float64 in :meth:`coder`'s portable copy."""
+        return next(self.parameters()).dtype
+
+    def coder(self, portable: bool = True) -> LatentEntropyModel:
+        """The model the entropy coder runs: a float64 CPU copy (``portable``), else this model in
+        float32 on the CPU (a CPU copy when it lives on a GPU). Copies are made at first use and
+        dropped by :meth:`update`.
 
         The parameters of y (means, scale indexes) must come out the same at encode and decode, to the
-        bit: one scale index that differs derails the rANS decoder for the rest of the string. GPU
-        convolutions do not give that: cuDNN picks algorithms per call, some accumulate atomically
-        (on an H100 the hyper-synthesis gave other scales for the same ẑ from one call to the next,
-        and every decoded file was noise), and a GPU's rounding differs from a CPU's. On the CPU both
-        sides compute the same numbers, so a file coded on a GPU machine decodes anywhere. The
-        networks involved work at 1/16 and 1/64 of the image's resolution: the CPU's cost is small.
+        bit: one scale index that differs derails the rANS decoder for the rest of the string. Float32
+        does not give that across machines. GPU convolutions differ from call to call (cuDNN picks
+        algorithms per call, some accumulate atomically: on an H100 every decoded file was noise), and
+        on CPUs the convolution algorithm (oneDNN's or another's, the thread count) changes the
+        rounding: decoded without oneDNN, 3 of ``small-base``'s 374,784 scale indexes over five
+        photos moved and 2 of the 5 files derailed (``benchmarks/portability.py``). Float64's rounding
+        differences are 2^29 times smaller, next to scale-grid steps 5 % apart; its convolutions
+        (not oneDNN's) are slower, but run on the small latent grids (1/16 and 1/64 of the image).
+        Float32 stays for files written before float64 coding (their flag says so).
         """
-        if next(self.parameters()).device.type == "cpu":
+        dtype = torch.float64 if portable else torch.float32
+        if dtype == self.dtype and next(self.parameters()).device.type == "cpu":
             return self
-        if not self._cpu_copy:
-            self._cpu_copy.append(copy.deepcopy(self).cpu())
-        return self._cpu_copy[0]
+        if dtype not in self._coders:
+            coders, self._coders = self._coders, {}  # the copy must not carry the other copies
+            try:
+                coders[dtype] = copy.deepcopy(self).to("cpu", dtype)
+            finally:
+                self._coders = coders
+        return self._coders[dtype]
 
     @abstractmethod
     def _compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
-        """:meth:`compress` on a CPU model: y (1 x N x h x w) fp32 on the CPU."""
+        """:meth:`compress` on a CPU model: y (1 x N x h x w) on the CPU in the model's dtype."""
 
     @abstractmethod
     def _decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
@@ -136,7 +153,7 @@ class LatentEntropyModel(nn.Module, ABC):
     @abstractmethod
     def update(self, force: bool = False) -> bool:
         """Build the discrete CDF tables the coder needs (call after training, and after any change of
-        the weights: it also drops :meth:`coder`'s CPU copy)."""
+        the weights: it also drops :meth:`coder`'s copies)."""
 
     @torch.no_grad()
     def bits(self, y: Tensor) -> float:
@@ -147,6 +164,10 @@ class LatentEntropyModel(nn.Module, ABC):
     @property
     def entropy_id(self) -> int:
         return ENTROPY_MODEL_IDS[self.name]
+
+
+def _drop_coders(module: LatentEntropyModel, *_) -> None:
+    module._coders.clear()
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Conv2d:
@@ -199,7 +220,7 @@ class HyperLatentModel(LatentEntropyModel):
         return self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
 
     def update(self, force: bool = False) -> bool:
-        self._cpu_copy.clear()
+        self._coders.clear()
         updated = self.entropy_bottleneck.update(force=force)
         updated |= self.gaussian_conditional.update_scale_table(self._table, force=force)
         return updated

@@ -205,15 +205,16 @@ def encode_tiles(codec, x: Tensor, grid: TileGrid) -> tuple[list[list[bytes]], f
 class _LatentRows:
     """Decoded ŷ of each core, decoded on first use and dropped once no later window needs it."""
 
-    def __init__(self, codec, grid: TileGrid, tiles: list[list[bytes]]) -> None:
-        self.codec, self.grid, self.tiles = codec, grid, tiles
+    def __init__(self, codec, grid: TileGrid, tiles: list[list[bytes]], portable: bool) -> None:
+        self.codec, self.grid, self.tiles, self.portable = codec, grid, tiles, portable
         self.cache: dict[tuple[int, int], Tensor] = {}
 
     def get(self, r: int, c: int) -> Tensor:
         if (r, c) not in self.cache:
             k = self.grid.core(r, c).latent()
             index = r * self.grid.shape[1] + c
-            self.cache[r, c] = self.codec.entropy.decompress(self.tiles[index], (k.r1 - k.r0, k.c1 - k.c0))
+            self.cache[r, c] = self.codec.entropy.decompress(self.tiles[index], (k.r1 - k.r0, k.c1 - k.c0),
+                                                               self.portable)
         return self.cache[r, c]
 
     def window(self, r: int, c: int) -> Tensor:
@@ -239,14 +240,16 @@ class _LatentRows:
 
 @torch.no_grad()
 def decode_tiles(codec, tiles: list[list[bytes]], grid: TileGrid, sink: RowSink, *, steps: int, gamma: float,
-                 seed: int, precision: str = "fp32", progress: Callable[[int], None] | None = None) -> None:
+                 seed: int, precision: str = "fp32", progress: Callable[[int], None] | None = None,
+                 portable: bool = True) -> None:
     """Decode a tiled file strip by strip, calling ``sink`` with finished rows (cropped to the image).
+    ``portable``: the file's entropy parameters are float64 (see :class:`cdc.bitstream.Bitstream`).
 
     Each window runs the whole conditional diffusion decoder (context, x_aux, DDIM) on its own;
     its output is weighted by :meth:`TileGrid.ramp` in both axes and summed into a strip of
     ``tile + 2·margin`` rows; rows no later window touches go to ``sink``.
     """
-    latents = _LatentRows(codec, grid, tiles)
+    latents = _LatentRows(codec, grid, tiles, portable)
     rows, cols = grid.shape
     _, wp = grid.padded
     carry: Tensor | None = None  # the rows the next tile row still blends into

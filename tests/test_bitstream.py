@@ -25,9 +25,23 @@ def test_container_overhead_is_at_most_32_bytes():
 
 
 @pytest.mark.parametrize("prediction", ["sample", "epsilon", "v"])
-def test_header_fields_survive(prediction):
-    s = stream(prediction=prediction, seed=2**40, steps=1000, gamma=0.0, height=1, width=70000)
+@pytest.mark.parametrize("portable", [True, False])
+def test_header_fields_survive(prediction, portable):
+    s = stream(prediction=prediction, seed=2**40, steps=1000, gamma=0.0, height=1, width=70000, portable=portable)
     assert Bitstream.from_bytes(s.to_bytes()) == s
+
+
+def test_float64_flag_is_bit_5_and_unknown_flag_bits_are_refused():
+    """Bit 5 marks float64 entropy parameters; a file from a newer build (bits 6-7) is refused, not
+    decoded with the wrong arithmetic."""
+    flags_at = len(MAGIC) + 1 + 6
+    assert stream(portable=True).to_bytes()[flags_at] == 0x20
+    assert stream(portable=False).to_bytes()[flags_at] == 0x00
+    data = bytearray(stream().to_bytes())
+    data[flags_at] |= 0x40
+    data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])))
+    with pytest.raises(BitstreamError, match="invalid flags byte 0x60"):
+        Bitstream.from_bytes(bytes(data))
 
 
 def test_wrong_magic():
