@@ -63,6 +63,7 @@ bench: setup
 	test -f runs/devcorpus/shards/manifest.json || $(BIN)/python scripts/offline_corpus.py -o runs/devcorpus
 	$(BIN)/python benchmarks/fast_path_quality.py
 	$(BIN)/python benchmarks/train_profile.py --device cuda   # skipped without a GPU
+	$(BIN)/python benchmarks/roofline.py
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/portability.py
 	$(BIN)/python benchmarks/decode.py --device cuda --preset paper   # skipped without a GPU

@@ -58,3 +58,18 @@ def test_results_are_also_written_where_cdc_bench_copy_points(tmp_path, monkeypa
     monkeypatch.setenv("CDC_BENCH_COPY", str(tmp_path))
     path = common.write_json("partial-run", {"rows": [1]})
     assert json.loads((tmp_path / "partial-run.json").read_text()) == json.loads(path.read_text())
+
+
+def test_roofline_counts_the_steps_flops_and_orders_its_ceilings():
+    """``benchmarks/roofline.py`` sees every FLOP the trainer's counter sees (views add no bytes), and its
+    ceilings fall as they price more of the step."""
+    import roofline
+    from train import flops_per_image
+
+    ops = roofline.step_ledger("tiny", 2, 64)
+    table, summary = roofline.ceilings(ops, 2)
+    assert summary["gflop_per_image"] == pytest.approx(flops_per_image("tiny", crop=64) / 1e9, rel=1e-6)
+    assert all(b > 0 for _, _, b in ops) and not any(name.startswith("aten.view") for name, _, _ in ops)
+    ideal, *_, rest, measured = table
+    assert ideal["mfu_ceiling_pct"] > rest["mfu_ceiling_pct"] > 0
+    assert measured["mfu_ceiling_pct"] == roofline.MEASURED_MFU_PCT
