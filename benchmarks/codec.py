@@ -64,7 +64,7 @@ def step_time(codec: CDCCodec, shape: tuple[int, ...], precision: str, repeat: i
     dtype = PRECISIONS[precision]
     b, _, h, w = shape
     dev = _device(codec)
-    unet = codec._unet_for(dtype)
+    _, unet = codec._unet_for(dtype)  # one U-Net evaluation (the context's share included)
     with torch.no_grad():
         y = torch.zeros(b, codec.config.model.latent_channels, h // 16, w // 16, device=dev)
         pyramid = [c.to(dtype).contiguous(memory_format=torch.channels_last) for c in codec.context(y)]

@@ -1,6 +1,12 @@
 """Decoding paths side by side: eager fp32 (today), bf16, ``torch.compile`` (CUDA graphs on a GPU) and
 batched decoding of many files, through the real bitstream, in one process.
 
+"Before" rows run the step as it was before the context pyramid's share moved out of the DDIM loop
+(``ConditionalUNet.condition``) and the linear attention was re-associated: the U-Net whole at every
+step, and the attention as written (query projection, ``q @ context``, output convolution). "Memory
+kept" rows run after ``cdc.allocator.keep_freed_memory()``, as the ``cdc`` command does, and so do the
+batched rows on a CPU.
+
 Per path: milliseconds per DDIM step at 768x512 (the slope of the diffusion decoder's time between two
 step counts, on the file's entropy-decoded latent: the context decoder, paid once per image, cancels,
 and the CPU's entropy decoding, timed on its own, cannot add its noise), the whole decode, and the PSNR
@@ -14,19 +20,56 @@ Batched rows decode ``--files`` crops of one photo set one by one and ``--batch`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import time
 
 import torch
 from common import count_ops, photo, print_table, psnr, sync, write_json
 
+from cdc.allocator import keep_freed_memory
 from cdc.checkpoint import load_codec
 from cdc.codec import CDCCodec
 from cdc.coder import Coder
 from cdc.config import load_config
+from cdc.layers import LinearAttention
 from cdc.resolve import resolve_model
+from cdc.unet import ConditionalUNet
 
-PATHS = (("eager fp32 (today)", "fp32", False), ("eager bf16", "bf16", False),
-         ("compiled fp32", "fp32", True), ("compiled bf16", "bf16", True))
+# (label, precision, compiled, the step as before, freed memory kept): the last rows run after
+# cdc.allocator.keep_freed_memory(), as the cdc command does (process-wide: they come last; CPU only)
+PATHS = (("eager fp32, before (today)", "fp32", False, True, False), ("eager fp32", "fp32", False, False, False),
+         ("eager bf16", "bf16", False, False, False), ("compiled fp32", "fp32", True, False, False),
+         ("compiled bf16, before", "bf16", True, True, False), ("compiled bf16", "bf16", True, False, False),
+         ("eager fp32, memory kept", "fp32", False, False, True),
+         ("eager bf16, memory kept", "bf16", False, False, True),
+         ("compiled bf16, memory kept", "bf16", True, False, True))
+
+
+def _attention_as_written(self: LinearAttention, x: torch.Tensor) -> torch.Tensor:
+    """The linear attention before its re-association (channels-last memory, as the decoder runs it)."""
+    b, c, h, w = x.shape
+    q, k, v = self.to_qkv(x).permute(0, 2, 3, 1).reshape(b, h * w, 3 * c).split(c, dim=-1)
+    k = torch.softmax(k.transpose(1, 2).contiguous(), dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.bmm(q * self.scale, torch.bmm(k, v))
+    return self.to_out(out.reshape(b, h, w, c).permute(0, 3, 1, 2))
+
+
+@contextlib.contextmanager
+def step_before(codec: CDCCodec, before: bool):
+    """Decode with the step as it was before (see the module docstring) while ``before``."""
+    saved = ConditionalUNet.condition, ConditionalUNet.forward, LinearAttention.forward
+    if before:
+        ConditionalUNet.condition = lambda self, pyramid: pyramid
+        ConditionalUNet.forward = lambda self, x, tau, pyramid, conditioned=False: saved[1](self, x, tau, pyramid)
+        LinearAttention.forward = _attention_as_written
+    try:
+        yield
+    finally:
+        ConditionalUNet.condition, ConditionalUNet.forward, LinearAttention.forward = saved
+        if before:
+            codec._decode_unets.clear()  # compiled with the patched step
+            torch._dynamo.reset()
 
 
 def best_time(fn, device: str, repeat: int) -> float:
@@ -47,18 +90,25 @@ def path_rows(coder: Coder, x: torch.Tensor, device: str, steps: tuple[int, int]
     y_hat = codec.entropy.decompress(header.strings, header.latent_hw)
     entropy_s = best_time(lambda: codec.entropy.decompress(header.strings, header.latent_hw), device, repeat)
     rows = []
-    for label, precision, compiled in PATHS:
+    for label, precision, compiled, before, kept in PATHS:
+        if kept and (device != "cpu" or not keep_freed_memory()):
+            continue  # GPU tensors come from CUDA's caching allocator; no glibc: nothing to keep
         codec.compile_decoder(compiled)
-        start = time.perf_counter()
-        recon, _ = coder.decode(data, precision=precision)  # compiles, when asked (first call)
-        first_s = time.perf_counter() - start
-        lo, hi = (best_time(lambda s=s, p=precision: codec.reconstruct(y_hat, s, header.gamma, header.seed, p), device,
-                            repeat) for s in steps)
-        rows.append({"path": label, "ms_per_step": 1e3 * (hi - lo) / (steps[1] - steps[0]),
-                     "decode_s": best_time(lambda p=precision: coder.decode(data, precision=p), device, repeat),
-                     "entropy_decode_s": entropy_s, "first_decode_s": first_s, "psnr_db": psnr(recon, x),
-                     "delta_psnr_db": psnr(recon, x) - psnr(reference, x),
-                     "psnr_vs_fp32_eager": psnr(recon, reference)})
+        with step_before(codec, before):
+            start = time.perf_counter()
+            recon, _ = coder.decode(data, precision=precision)  # compiles, when asked (first call)
+            first_s = time.perf_counter() - start
+            lo, hi = (best_time(lambda s=s, p=precision: codec.reconstruct(y_hat, s, header.gamma, header.seed, p),
+                                device, repeat) for s in steps)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            codec.reconstruct(y_hat, steps[1], header.gamma, header.seed, precision)
+            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps[1]
+            rows.append({"path": label, "ms_per_step": 1e3 * (hi - lo) / (steps[1] - steps[0]),
+                         "page_faults_per_step": round(faults),
+                         "decode_s": best_time(lambda p=precision: coder.decode(data, precision=p), device, repeat),
+                         "entropy_decode_s": entropy_s, "first_decode_s": first_s, "psnr_db": psnr(recon, x),
+                         "delta_psnr_db": psnr(recon, x) - psnr(reference, x),
+                         "psnr_vs_fp32_eager": psnr(recon, reference)})
     codec.compile_decoder(False)
     base = rows[0]["ms_per_step"]
     for row in rows:
@@ -119,6 +169,7 @@ def main() -> None:
     print(f"one eager DDIM step dispatches {ops} operators (kernel launches); compiled with CUDA graphs: one replay")
     rows = path_rows(coder, x, args.device, steps, args.repeat)
     table = print_table(rows, [("path", "path"), ("ms_per_step", "ms/step"), ("speedup", "x today"),
+                               ("page_faults_per_step", "page faults/step"),
                                ("decode_s", "decode s"), ("entropy_decode_s", "of which entropy decoding s"),
                                ("first_decode_s", "first decode s (compiles)"),
                                ("delta_psnr_db", "ΔPSNR vs fp32 dB"), ("psnr_vs_fp32_eager", "PSNR vs fp32 eager")])

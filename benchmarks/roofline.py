@@ -33,6 +33,7 @@ from train import H100_BF16_DENSE, training_codec
 H100_HBM = 3.35e12  # bytes/s, SXM5 datasheet
 BF16_BYTES = 2
 MEASURED_MFU_PCT = 15.1  # results/train-paths-cuda.json: the fast path at batch 32
+PROFILED_GFLOP_PER_IMAGE = 439.9  # the step the H100 profile ran (before the attention's re-association)
 
 
 class _Ledger(TorchDispatchMode):
@@ -45,7 +46,7 @@ class _Ledger(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func.is_view:
+        if func.is_view or func._overloadpacket is torch.ops.aten._unsafe_view:  # no data moves
             return out
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
@@ -66,14 +67,15 @@ def step_ledger(preset: str, batch: int, crop: int) -> list[tuple[str, float, fl
     return ledger.ops
 
 
-def measured_conv_rate(flops_per_step: float, batch: int) -> tuple[float, str] | None:
-    """FLOP/s of the convolution and GEMM kernels in the H100 profile, scaled to this step's FLOPs."""
+def measured_conv_rate() -> tuple[float, str] | None:
+    """FLOP/s of the convolution and GEMM kernels in the H100 profile (its step's counted FLOPs over
+    their time), or ``None`` without the profile."""
     path = RESULTS / "train-profile-cuda.json"
     if not path.exists():
         return None
     profile = json.loads(path.read_text())
     conv_ms = next(c["ms_per_step"] for c in profile["classes"] if c["kernels"].startswith("convolution"))
-    rate = flops_per_step * profile["batch"] / batch / (conv_ms / 1e3)
+    rate = PROFILED_GFLOP_PER_IMAGE * 1e9 * profile["batch"] / (conv_ms / 1e3)
     return rate, f"{profile['note'].split(' (')[0]}, batch {profile['batch']}: {conv_ms:.1f} ms of conv/GEMM kernels"
 
 
@@ -84,7 +86,7 @@ def ceilings(ops: list[tuple[str, float, float]], batch: int) -> tuple[list[dict
     ideal = sum(max(f / H100_BF16_DENSE, b / H100_HBM) for f, b in compute)
     memory_bound = sum(1 for f, b in compute if b / H100_HBM > f / H100_BF16_DENSE)
     rows = [("ideal kernels, the rest free", ideal)]
-    measured = measured_conv_rate(flops, batch)
+    measured = measured_conv_rate()
     if measured:
         rows.append((f"convolutions at their measured {measured[0] / 1e12:.0f} TFLOP/s, the rest free",
                      sum(f for f, _ in compute) / measured[0]))

@@ -70,7 +70,7 @@ class CDCCodec(CompressionModel):
             nn.init.zeros_(self.unet.head[-1].bias)
         self.diffusion = GaussianDiffusion(config.diffusion)
         self.compiled_decoder = False
-        self._decode_unets: dict[tuple, Callable] = {}  # (dtype, device, compiled) -> denoiser (not a submodule)
+        self._decode_unets: dict[tuple, tuple] = {}  # (dtype, device, compiled) -> (U-Net, denoiser); not submodules
 
     @property
     def downsampling_factor(self) -> int:
@@ -130,12 +130,13 @@ class CDCCodec(CompressionModel):
         return {**out, "x_hat": (x0_pred + 1) / 2, "output": output, "target": self.diffusion.target(x0, noise, t),
                 "t": t, "x0_pred": x0_pred}
 
-    def _predict(self, unet: ConditionalUNet, x_t: Tensor, t: Tensor, pyramid: list[Tensor],
-                 x_aux: Tensor | None) -> Tensor:
+    def _predict(self, unet: ConditionalUNet, x_t: Tensor, t: Tensor, pyramid: list, x_aux: Tensor | None,
+                 conditioned: bool = False) -> Tensor:
         """The denoiser's output in fp32. With ``diffusion.residual`` the U-Net predicts a correction
         to what x_aux implies (x_aux itself for the sample parameterization), added in fp32 so a
-        bf16 U-Net does not round the reconstruction to bf16."""
-        output = unet(x_t, t.float() / self.diffusion.timesteps, pyramid).float()
+        bf16 U-Net does not round the reconstruction to bf16. ``conditioned``: ``pyramid`` is
+        :meth:`ConditionalUNet.condition`'s."""
+        output = unet(x_t, t.float() / self.diffusion.timesteps, pyramid, conditioned).float()
         if not self.config.diffusion.residual:
             return output
         return output + self.diffusion.from_x0(x_aux.float(), x_t.float(), t)
@@ -211,12 +212,15 @@ class CDCCodec(CompressionModel):
             clip_x0=cfg.clip_x0,
         )
         dtype = PRECISIONS[precision]
-        unet = self._unet_for(dtype)
+        module, unet = self._unet_for(dtype)
         x_aux = self.g_s(y_hat.float()) if self.config.diffusion.residual else None
-        pyramid = [c.to(dtype).contiguous(memory_format=torch.channels_last) for c in self.context(y_hat.float())]
+        # the context's share of every step, computed once for all of them
+        conditioned = module.condition([c.to(dtype).contiguous(memory_format=torch.channels_last)
+                                        for c in self.context(y_hat.float())])
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            return self._predict(unet, x_t.to(dtype).contiguous(memory_format=torch.channels_last), t, pyramid, x_aux)
+            x_t = x_t.to(dtype).contiguous(memory_format=torch.channels_last)
+            return self._predict(unet, x_t, t, conditioned, x_aux, conditioned=True)
 
         b, _, h, w = y_hat.shape
         shape = (b, 3, h * 16, w * 16)
@@ -232,17 +236,18 @@ class CDCCodec(CompressionModel):
         self.compiled_decoder = enabled
         return self
 
-    def _unet_for(self, dtype: torch.dtype) -> Callable[..., Tensor]:
+    def _unet_for(self, dtype: torch.dtype) -> tuple[ConditionalUNet, Callable[..., Tensor]]:
         """The decoding U-Net: fp32 as trained, or a channels-last copy in ``dtype`` (bf16 convolutions
         run ~2-3x faster than fp32 on CPUs with AVX-512-BF16/AMX and on GPUs; the entropy model and the
-        sampler state stay fp32), compiled when :meth:`compile_decoder` asked for it."""
+        sampler state stay fp32); and what runs its steps: itself, or compiled when
+        :meth:`compile_decoder` asked for it."""
         device = next(self.unet.parameters()).device
         key = (dtype, device, self.compiled_decoder)
         if key not in self._decode_unets:
             unet = self.unet
             if dtype != torch.float32:
                 unet = copy.deepcopy(unet).to(dtype=dtype, memory_format=torch.channels_last).eval()
-            self._decode_unets[key] = _compiled(unet) if self.compiled_decoder else unet
+            self._decode_unets[key] = (unet, _compiled(unet) if self.compiled_decoder else unet)
         return self._decode_unets[key]
 
     def train(self, mode: bool = True) -> CDCCodec:

@@ -38,6 +38,7 @@ import os
 import sys
 from pathlib import Path
 
+from cdc.allocator import keep_freed_memory
 from cdc.argtypes import COUNT, LAMBDA, RHO, TRAIN_STEPS
 from cdc.config import RECIPES
 from cdc.run_spec import RunSpec, SpecError
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdc.distributed import prepare_environment  # torch: only after the file-mode re-exec below
 
     prepare_environment()  # before accelerate, deepspeed and compressai are imported
+    keep_freed_memory()
     from cdc.trainer import TRAINING_ERRORS, train
 
     try:
