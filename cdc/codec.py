@@ -238,8 +238,8 @@ class CDCCodec(CompressionModel):
 
     def _unet_for(self, dtype: torch.dtype) -> tuple[ConditionalUNet, Callable[..., Tensor]]:
         """The decoding U-Net: fp32 as trained, or a channels-last copy in ``dtype`` (bf16 convolutions
-        run ~2-3x faster than fp32 on CPUs with AVX-512-BF16/AMX and on GPUs; the entropy model and the
-        sampler state stay fp32); and what runs its steps: itself, or compiled when
+        run ~2x faster than fp32 on CPUs with AVX-512-BF16, more with AMX and on GPUs; entropy coding and
+        the sampler state keep their own precision); and what runs its steps: itself, or compiled when
         :meth:`compile_decoder` asked for it."""
         device = next(self.unet.parameters()).device
         key = (dtype, device, self.compiled_decoder)

@@ -70,12 +70,14 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor | None = None, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """``context``: when the input is ``cat(x, c)`` with a fixed ``c``, :meth:`condition` (c) and x alone."""
+        """With ``context`` (what :meth:`condition` returned for channels c), ``x`` holds the other input
+        channels and the block returns what it would for ``cat(x, c)``."""
         if context is None:
             h, skip = self.block1(x), self.skip(x)
         else:
-            h, skip = self.block1.after_conv(_conv_part(self.block1[0], x, context[0])), context[1]
-            skip = _conv_part(self.skip, x, skip) if isinstance(self.skip, nn.Conv2d) else torch.cat((x, skip), 1)
+            first, rest = context
+            h = self.block1.after_conv(_conv_part(self.block1[0], x, first))
+            skip = _conv_part(self.skip, x, rest) if isinstance(self.skip, nn.Conv2d) else torch.cat((x, rest), 1)
         if self.time_mlp is not None and emb is not None:
             h = h + self.time_mlp(emb)[:, :, None, None]
         return self.block2(h) + skip
