@@ -33,6 +33,23 @@ def test_exact_round_trip_on_odd_sizes(codec, size):
     assert header.entropy_id == 1 and x_hat.shape == x.shape
 
 
+@torch.no_grad()
+def test_float64_files_decode_bit_exactly_with_another_convolution_implementation(codec):
+    """Both passes' parameters (transformer blocks, softmax, GELU) are float64 too: decoded with
+    PyTorch's own convolutions and one thread, a file gives the encoder's ŷ to the bit."""
+    x = photo_tensor(size=(128, 192))
+    enc = codec.compress(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.backends.mkldnn.flags(enabled=False):
+            decoded = codec.entropy.decompress(enc["strings"], enc["shape"])
+    finally:
+        torch.set_num_threads(threads)
+    assert codec.entropy.coder().dtype == torch.float64
+    assert torch.equal(decoded, enc["y_hat"])
+
+
 def test_pass_order_the_decoder_sees_exactly_the_encoders_context(codec):
     """Pass-1 parameters ignore y entirely; pass-2 parameters depend on the anchors only."""
     torch.manual_seed(1)
