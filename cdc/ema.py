@@ -35,8 +35,8 @@ class EMA:
         if not copying and step % self.every:
             return
         params = dict(model.named_parameters())
-        shadow = [p for _, p in self.shadow.named_parameters()]
-        weights = [params[n].detach().to(p.dtype) for n, p in self.shadow.named_parameters()]
+        names, shadow = zip(*self.shadow.named_parameters(), strict=True)
+        weights = [params[n].detach().to(p.dtype) for n, p in zip(names, shadow, strict=True)]
         # one multi-tensor kernel instead of one launch per parameter tensor (a load_state_dict every
         # step until ``start`` cost a paper-preset step on an H100 35-50 ms)
         if copying:

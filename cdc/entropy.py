@@ -150,10 +150,15 @@ class LatentEntropyModel(nn.Module, ABC):
     def _decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
         """:meth:`decompress` on a CPU model."""
 
-    @abstractmethod
     def update(self, force: bool = False) -> bool:
         """Build the discrete CDF tables the coder needs (call after training, and after any change of
-        the weights: it also drops :meth:`coder`'s copies)."""
+        the weights: it also drops :meth:`coder`'s copies). Returns whether any table changed."""
+        self._coders.clear()
+        return self._update_tables(force)
+
+    @abstractmethod
+    def _update_tables(self, force: bool) -> bool:
+        """:meth:`update`'s tables (rebuilt only if missing, unless ``force``)."""
 
     @torch.no_grad()
     def bits(self, y: Tensor) -> float:
@@ -219,8 +224,7 @@ class HyperLatentModel(LatentEntropyModel):
         h, w = latent_hw
         return self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
 
-    def update(self, force: bool = False) -> bool:
-        self._coders.clear()
+    def _update_tables(self, force: bool) -> bool:
         updated = self.entropy_bottleneck.update(force=force)
         updated |= self.gaussian_conditional.update_scale_table(self._table, force=force)
         return updated
