@@ -216,15 +216,17 @@ def train_anchor(out: Path, shards: str, preset: str, lmbda: float, steps: int) 
 
 # ------------------------------------------------------------------------------ training runs
 def run_candidate(candidate: Candidate, work: Path, preset: str, shards: str, lmbda: float, budget_s: float,
-                  timing: dict[str, float], workers: int = 0, extra: tuple[str, ...] = ()) -> dict:
-    """Train every stage of ``candidate`` through ``cdc/train.py``; returns {model, steps, seconds}."""
+                  timing: dict[str, float], workers: int = 0, extra: tuple[str, ...] = (),
+                  shares: tuple[float, float, float] = PHASE_SHARES) -> dict:
+    """Train every stage of ``candidate`` through ``cdc/train.py``; returns {model, steps, seconds}.
+    ``shares``: wall-clock shares of a phased candidate's autoencoder, frozen-latent and joint phases."""
     previous, steps_total, seconds = None, 0, 0.0
     for index, stage in enumerate(candidate.stages):
         out = work / f"{candidate.name}-lmbda{lmbda:g}" / f"stage{index}"
         share = stage.share * budget_s
         phases: list[str] = []
         if candidate.phased:
-            ae, frozen, joint = (s * share for s in PHASE_SHARES)
+            ae, frozen, joint = (s * share for s in shares)
             n_ae, n_frozen = round(ae / timing["fast-autoencoder"]), round(frozen / timing["fast-joint"])
             steps = n_ae + n_frozen + round(joint / timing["fast-joint"])
             phases = [f"train.autoencoder_fraction={n_ae / steps:.6f}",

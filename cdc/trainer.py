@@ -13,6 +13,8 @@ output directory itself, so ``cdc compress -m DIR`` works.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -32,10 +34,11 @@ from cdc.run_spec import RunSpec
 from cdc.tracking import RunTracker, code_version
 from cdc.train_state import DataWatchdog, Preemption, checkpoint_dirs, resume, save_checkpoint
 from cdc.training import build_optimizer, log_samples, shards_fingerprint, training_phase
+from shards.locks import DirectoryBusyError, exclusive_dir
 from shards.reader import ShardError, resolve_shards, train_loader, unit_range
 
 TRAINING_ERRORS = (ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError, FileNotFoundError,
-                   ModelNotFoundError)
+                   ModelNotFoundError, DirectoryBusyError)
 """What a run reports as one line (exit 2) instead of a traceback."""
 
 
@@ -70,8 +73,38 @@ def check_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
                               "(or --resume latest to continue the run that made it)")
 
 
+def warn_objective_change(out: Path, cfg: Config) -> None:
+    """On resume: say which loss settings differ from those the run was started with (a resumed run
+    with another λ or ρ silently trains a different model)."""
+    try:
+        before = json.loads((out / "train_config.json").read_text())["loss"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    now = cfg.to_dict()["loss"]
+    changed = [f"loss.{k}={now[k]} (was {before[k]})" for k in sorted(now) if k in before and before[k] != now[k]]
+    if changed:
+        print(f"cdc train: warning: resuming {out} with another objective: {', '.join(changed)}", file=sys.stderr)
+
+
 def train(spec: RunSpec) -> dict:
-    """Run ``spec`` to the end (or to a preemption); returns the summary written to ``train_summary.json``."""
+    """Run ``spec`` to the end (or to a preemption); returns the summary written to ``train_summary.json``.
+
+    The output directory is locked for the run (:func:`shards.locks.exclusive_dir`, by the main
+    process): a second run into it fails with one line.
+    """
+    out = Path(spec.output_dir)
+    if not is_main_launch():
+        return _train(spec)
+    with exclusive_dir(out, "training run"):
+        return _train(spec)
+
+
+def is_main_launch() -> bool:
+    """True in the launch's rank-0 process (or a single process): the one that holds the lock."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train(spec: RunSpec) -> dict:
     cfg = spec.config()
     tc = cfg.train
     out = Path(spec.output_dir)
@@ -88,9 +121,9 @@ def train(spec: RunSpec) -> dict:
     codec = CDCCodec(cfg)
     if spec.init_from:
         init_weights(codec, spec.init_from)
-    if main:  # only now that every check passed
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_NAME).unlink(missing_ok=True)  # an old export must not look like this run's
+    if main:  # only now that every check passed; an earlier export stays usable until this run's replaces it
+        if spec.resume:
+            warn_objective_change(out, cfg)
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         spec.save(out / "run_spec.json")
     loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(accelerator.device)

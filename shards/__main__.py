@@ -8,6 +8,7 @@ import os
 import sys
 
 from shards.build import build, process_pool_map
+from shards.locks import DirectoryBusyError
 from shards.manifest import Manifest, is_remote
 from shards.process import POLICIES, BuildConfig
 from shards.sources import SourceError
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = Manifest.load(args.manifest)
         print(json.dumps({"fingerprint": manifest.fingerprint, **manifest.totals()}, indent=2))
         return 0
-    except (SourceError, ValueError) as exc:
+    except (SourceError, ValueError, DirectoryBusyError) as exc:
         print(f"shards: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -18,14 +18,17 @@ Stages (each a plain function, so the CLI and the Prefect flow ``shard-corpus`` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from shards.locks import exclusive_dir
 from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, file_sha256, is_remote
 from shards.process import BuildConfig, process_image
 from shards.remote import publish, remote_up_to_date, work_dir_for
@@ -33,6 +36,9 @@ from shards.sources import expand_sources
 from shards.tarfiles import read_tar, write_tar
 
 STAGING = ".staging"
+OWNED = ".owned-shards.json"
+"""Shard names that builds in this directory wrote and a manifest may no longer name: the only tars
+the builder ever removes (a folder can hold a user's own ``backup-000001.tar``)."""
 SPLITS = ("train", "val")
 
 
@@ -77,9 +83,21 @@ class Assembly:
     duplicate_samples: int
 
 
+def input_signature(location: str) -> str:
+    """What identifies one input's content cheaply: a local file's path, size and modification time
+    (an image edited in place is rebuilt); a URL as it is."""
+    if "://" in location and not location.startswith("file://"):
+        return location
+    try:
+        st = os.stat(location.removeprefix("file://"))
+    except OSError:
+        return location
+    return f"{location}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def inputs_digest(locations: list[str]) -> str:
-    """SHA-256 of the sorted input locations (a rerun on other inputs rebuilds)."""
-    return hashlib.sha256("\n".join(locations).encode()).hexdigest()
+    """SHA-256 of the sorted inputs' signatures (a rerun on other or edited inputs rebuilds)."""
+    return hashlib.sha256("\n".join(map(input_signature, locations)).encode()).hexdigest()
 
 
 def plan_chunks(locations: list[str], cfg: BuildConfig) -> list[Chunk]:
@@ -107,14 +125,15 @@ def process_chunk(chunk: Chunk, out: str | Path, cfg: BuildConfig) -> Path:
     """Decode and convert one chunk into the staging area (skipped if already complete)."""
     staging = _staging(Path(out))
     index_path = staging / f"chunk-{chunk.index:06d}.json"
+    signatures = [input_signature(source) for source in chunk.sources]
     if index_path.exists():
         done = json.loads(index_path.read_text())
-        if [r["source"] for r in done] == list(chunk.sources):
+        if [r.get("signature") for r in done] == signatures:
             return index_path
     records, members = [], []
     for slot, source in enumerate(chunk.sources):
         rec = process_image(source, cfg)
-        entry = {"source": rec.source, "status": rec.status, "reason": rec.reason,
+        entry = {"source": rec.source, "signature": signatures[slot], "status": rec.status, "reason": rec.reason,
                  "image_hash": rec.image_hash, "split": rec.split, "samples": []}
         for sample in rec.samples:
             parts = sample.members()
@@ -212,12 +231,26 @@ def finalize(out: str | Path, sources: list[str], locations: list[str], cfg: Bui
     )
     manifest.save(out / MANIFEST_NAME)
     planned = {i.name for i in infos}
-    for stale in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        if stale.name not in planned:
-            stale.unlink()
+    ledger = out / OWNED
+    owned = set(json.loads(ledger.read_text())) if ledger.is_file() else set()
+    for stale in sorted(owned - planned):  # only what a build here wrote: never a user's own *-NNNNNN.tar
+        (out / stale).unlink(missing_ok=True)
+    ledger.unlink(missing_ok=True)
     if not keep_staging:
         shutil.rmtree(_staging(out), ignore_errors=True)
     return manifest
+
+
+def record_owned(out: Path, names: list[str]) -> None:
+    """Add ``names`` (shards about to be written) and the current manifest's shards to the ledger
+    (:data:`OWNED`) before anything is written, so that a build killed half-way still knows its files."""
+    ledger = out / OWNED
+    owned = set(json.loads(ledger.read_text())) if ledger.is_file() else set()
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        owned |= {info.name for info in Manifest.load(out / MANIFEST_NAME).shards}
+    tmp = ledger.with_name(ledger.name + ".tmp")
+    tmp.write_text(json.dumps(sorted(owned | set(names))))
+    tmp.replace(ledger)
 
 
 def up_to_date(out: Path, locations: list[str], cfg: BuildConfig) -> Manifest | None:
@@ -301,19 +334,26 @@ def build(sources: list[str], out: str | Path, cfg: BuildConfig, mapper: Mapper 
 
 def _build_local(sources: list[str], locations: list[str], out: Path, cfg: BuildConfig, mapper: Mapper,
                  progress: bool, keep_staging: bool) -> Manifest:
+    with exclusive_dir(out, "shard build"):
+        existing = up_to_date(out, locations, cfg)
+        if existing is not None:
+            if not keep_staging:  # a build killed after its manifest, before cleaning up
+                shutil.rmtree(_staging(out), ignore_errors=True)
+            return existing
+        return _build_locked(sources, locations, out, cfg, mapper, progress, keep_staging)
+
+
+def _build_locked(sources: list[str], locations: list[str], out: Path, cfg: BuildConfig, mapper: Mapper,
+                  progress: bool, keep_staging: bool) -> Manifest:
     from tqdm import tqdm
 
-    existing = up_to_date(out, locations, cfg)
-    if existing is not None:
-        if not keep_staging:  # a build killed after its manifest, before cleaning up
-            shutil.rmtree(_staging(out), ignore_errors=True)
-        return existing
     prepare_staging(out, cfg)
     chunks = plan_chunks(locations, cfg)
     with tqdm(total=len(locations), desc="decode", unit="img", disable=not progress) as bar:
         for chunk, _ in zip(chunks, mapper(process_chunk, chunks, out, cfg), strict=True):
             bar.update(len(chunk.sources))
     asm = assemble(out, chunks, cfg)
+    record_owned(out, [plan.name for plan in asm.shards])
     infos = []
     with tqdm(total=len(asm.shards), desc="write", unit="shard", disable=not progress) as bar:
         for info in mapper(write_shard, asm.shards, out):

@@ -36,6 +36,12 @@ class BuildConfig:
         max_shorter: if set, downscale (Lanczos) images whose shorter side exceeds this many
             pixels to exactly that; smaller images are kept as they are (never upscaled).
         patch_size: if set, cut non-overlapping patch_size x patch_size patches (one sample each).
+        train_scales: if set, each ``train``-split image becomes samples at each of these shorter
+            sides (pixels; a side at or above the image's own gives the image at its own size, never
+            upscaled), cut into ``patch_size`` patches when that is set: several scales of a 4K photo are
+            many different training crops. ``val`` images follow ``max_shorter``/``resize_shorter`` and are
+            never patched, so evaluation sees each held-out image once, whole. The split is decided on the
+            original image, so no photo lands in both.
         chunk_size: inputs per processing task (the unit of parallelism and of resume).
     """
 
@@ -48,6 +54,7 @@ class BuildConfig:
     resize_shorter: int | None = None
     max_shorter: int | None = None
     patch_size: int | None = None
+    train_scales: tuple[int, ...] = ()
     chunk_size: int = 256
 
     def __post_init__(self) -> None:
@@ -62,9 +69,15 @@ class BuildConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.resize_shorter and self.max_shorter:
             raise ValueError("give resize_shorter or max_shorter, not both")
+        if any(side < 1 for side in self.train_scales):
+            raise ValueError("train_scales must be >= 1")
+        object.__setattr__(self, "train_scales", tuple(sorted(set(self.train_scales))))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready fields; ``train_scales`` only when set, so manifests of earlier builds stay current."""
+        fields = asdict(self)
+        scales = fields.pop("train_scales")
+        return {**fields, "train_scales": list(scales)} if scales else fields
 
 
 @dataclass
@@ -131,17 +144,27 @@ def _target_shorter(image: Image.Image, cfg: BuildConfig) -> int | None:
     return cfg.resize_shorter
 
 
-def _pieces(image: Image.Image, cfg: BuildConfig) -> list[tuple[tuple[int, int] | None, Image.Image]]:
-    shorter = _target_shorter(image, cfg)
-    if shorter:
-        scale = shorter / min(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    if not cfg.patch_size:
+def _resized(image: Image.Image, shorter: int | None) -> Image.Image:
+    if not shorter or shorter == min(image.size):
+        return image
+    scale = shorter / min(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def _patches(image: Image.Image, p: int | None) -> list[tuple[tuple[int, int] | None, Image.Image]]:
+    if not p:
         return [(None, image)]
-    p = cfg.patch_size
     return [((r, c), image.crop((c * p, r * p, (c + 1) * p, (r + 1) * p)))
             for r in range(image.height // p) for c in range(image.width // p)]
+
+
+def _pieces(image: Image.Image, cfg: BuildConfig, split: str) -> list[tuple[tuple[int, int] | None, Image.Image]]:
+    if split == "train" and cfg.train_scales:
+        sides = sorted({min(side, min(image.size)) for side in cfg.train_scales})
+        return [piece for side in sides for piece in _patches(_resized(image, side), cfg.patch_size)]
+    image = _resized(image, _target_shorter(image, cfg))
+    return _patches(image, None if cfg.train_scales else cfg.patch_size)
 
 
 def process_image(source: str, cfg: BuildConfig) -> Record:
@@ -156,9 +179,9 @@ def process_image(source: str, cfg: BuildConfig) -> Record:
         return Record(source, "quarantined", str(exc))
     image_hash = content_hash(decoded.image)
     record = Record(source, "ok", image_hash=image_hash, split=split_of(image_hash, cfg.split_val))
-    resized = _target_shorter(decoded.image, cfg) is not None
+    resized = _target_shorter(decoded.image, cfg) is not None or bool(cfg.train_scales)
     keep = None if resized or cfg.patch_size else _keep_original(decoded, cfg.policy)
-    pieces = _pieces(decoded.image, cfg)
+    pieces = _pieces(decoded.image, cfg, record.split)
     if not pieces:
         return Record(source, "quarantined", f"{decoded.image.width}x{decoded.image.height} yields no "
                       f"{cfg.patch_size}x{cfg.patch_size} patch")

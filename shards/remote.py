@@ -92,10 +92,14 @@ def publish(local: Path, manifest: Manifest, url: str, progress: bool = False) -
     fs, root = _fs(url)
     fs.makedirs(root, exist_ok=True)
     present = _sizes(fs, root)
+    previous = _previous_shards(url)
     counts = {"uploaded": 0, "kept": 0, "removed": 0}
     with tqdm(total=len(manifest.shards), desc="upload", unit="shard", disable=not progress) as bar:
         for info in manifest.shards:
-            if present.get(info.name) == info.bytes:
+            # kept only when the previous manifest there vouches for the same bytes: tars pad to 10 KiB,
+            # so equal sizes alone are common between different shards
+            known = previous.get(info.name)
+            if present.get(info.name) == info.bytes and known is not None and known.sha256 == info.sha256:
                 counts["kept"] += 1
             else:
                 source, target = str(local / info.name), f"{root}/{info.name}"
@@ -104,15 +108,17 @@ def publish(local: Path, manifest: Manifest, url: str, progress: bool = False) -
             bar.update(1)
     planned = {info.name for info in manifest.shards}
     for name in sorted(present):
-        if _is_shard_name(name) and name not in planned:  # an older build's shard: the manifest no longer names it
+        if name in previous and name not in planned:  # an older build's shard: only those its manifest named
             _retry(f"{url}/{name}", lambda n=name: fs.rm_file(f"{root}/{n}"))
             counts["removed"] += 1
     _retry(f"{url}/{MANIFEST_NAME}", lambda: fs.put_file(str(local / MANIFEST_NAME), f"{root}/{MANIFEST_NAME}"))
     return counts
 
 
-def _is_shard_name(name: str) -> bool:
-    """``{split}-NNNNNN.tar``, the builder's shard names."""
-    stem, _, ext = name.rpartition(".")
-    split, _, index = stem.rpartition("-")
-    return ext == "tar" and bool(split) and len(index) == 6 and index.isdigit()
+def _previous_shards(url: str) -> dict:
+    """Shard name -> :class:`ShardInfo` of the manifest already at ``url`` (empty if none or unreadable):
+    the only objects a publish may replace without uploading, or remove."""
+    try:
+        return {info.name: info for info in Manifest.load(f"{url.rstrip('/')}/{MANIFEST_NAME}").shards}
+    except (ValueError, KeyError):
+        return {}

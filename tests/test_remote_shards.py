@@ -142,3 +142,38 @@ def test_transient_errors_are_retried_a_missing_object_is_not(monkeypatch):
     assert len(calls) == 1
     with pytest.raises(ConnectionResetError):
         remote.with_retries(lambda: (_ for _ in ()).throw(ConnectionResetError("down")))
+
+
+@pytest.mark.slow
+def test_issue27_rows2_8_publish_removes_only_its_own_shards_and_never_keeps_other_bytes(tmp_path, s3):
+    """Row 2: a foreign ``backup-000001.tar`` under the prefix survives; row 8: a build of other images of
+    the same shard sizes replaces the shards (equal sizes are common: tars pad to 10 KiB)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.pipe("corpus/ds/backup-000001.tar", b"someone's backup")
+    url = "s3://corpus/ds"
+
+    def build(names: tuple[str, ...], work: str) -> dict:
+        src = tmp_path / work / "src"
+        src.mkdir(parents=True)
+        for i, name in enumerate(names):
+            Image.fromarray(photo(name, (64, 64))).save(src / f"{i}.png")
+        r = subprocess.run([sys.executable, "-m", "shards", "build", str(src), "-o", url, "--max-count", "1",
+                            "--workers", "1", "--work-dir", str(tmp_path / work / "work")],
+                           env=s3, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        fs.invalidate_cache()
+        return json.loads(fs.cat("corpus/ds/manifest.json"))
+
+    build(("astronaut", "coffee"), "a")
+    second = build(("chelsea",), "b")
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("corpus/ds"))
+    assert names == ["backup-000001.tar", "manifest.json", "train-000000.tar"]
+    assert fs.cat("corpus/ds/backup-000001.tar") == b"someone's backup"
+    import hashlib
+
+    assert hashlib.sha256(fs.cat("corpus/ds/train-000000.tar")).hexdigest() == second["shards"][0]["sha256"]
+    r = subprocess.run([sys.executable, "-m", "shards", "verify", url], env=s3, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr

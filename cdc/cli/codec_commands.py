@@ -80,7 +80,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                                    margin=args.tile_margin)
         except (InputError, DecodeError, TilingError) as exc:
             raise CLIError(str(exc) if isinstance(exc, InputError) else f"{image}: {exc}") from None
-        atomic_write(outputs[i], encoded.data)
+        atomic_write(outputs[i], encoded.data, overwrite=args.overwrite)
         tiled = f", {tile_px}-px tiles" if tile_px else ""
         tqdm.write(f"{outputs[i]}: {w}x{h}{tiled}, {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp "
               f"(estimated {encoded.bpp_estimated:.4f})")
@@ -134,7 +134,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
             failed += 1
             continue
         try:
-            atomic_write(outputs[i], encode_png(image))
+            atomic_write(outputs[i], encode_png(image), overwrite=args.overwrite)
         except OSError as exc:
             say("error", f"{exc.filename or outputs[i]}: {exc.strerror or exc}")
             failed += 1

@@ -1,0 +1,178 @@
+"""The second reliability pass (issue 27), row by row: nothing a user or a stranger's file passes in
+may destroy data, hang, blow memory or print a traceback. Rows 2 and 8 (object storage) live in
+``test_remote_shards.py``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import REPO, photo
+from PIL import Image
+from test_adversarial import one_line
+
+from shards.build import build
+from shards.locks import DirectoryBusyError, exclusive_dir
+from shards.process import BuildConfig
+
+TINY_SHARD = REPO / "tests" / "assets" / "tiny-shard"
+
+
+def _corpus(folder: Path, names=("astronaut", "coffee", "chelsea")) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.fromarray(photo(name, (96, 128))).save(folder / f"{i}.png")
+    return folder
+
+
+def _train(out: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cdc.train", "--shards", str(TINY_SHARD), "--output-dir", str(out),
+                           *extra, "train.sample_every=0"], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+# ------------------------------------------------------------------ row 1: the builder removes only its own tars
+def test_row1_a_build_never_deletes_tars_it_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "backup-000001.tar").write_bytes(b"user data")
+    (out / "photos-202401.tar").write_bytes(b"more user data")
+    cfg = BuildConfig(max_count=1)
+    build([str(_corpus(tmp_path / "a"))], out, cfg)
+    assert {p.name for p in out.glob("train-*.tar")} == {f"train-{i:06d}.tar" for i in range(3)}
+    # a smaller corpus: the builder's own stale shard goes, the user's tars stay
+    build([str(_corpus(tmp_path / "b", ("rocket",)))], out, cfg)
+    assert sorted(p.name for p in out.glob("*.tar")) == ["backup-000001.tar", "photos-202401.tar", "train-000000.tar"]
+    assert (out / "backup-000001.tar").read_bytes() == b"user data"
+
+
+# ------------------------------------------------------------------ row 7: an input edited in place is rebuilt
+def test_row7_an_input_edited_in_place_is_rebuilt(tmp_path):
+    src = _corpus(tmp_path / "src", ("astronaut",))
+    out = tmp_path / "out"
+    first = build([str(src)], out, BuildConfig())
+    Image.fromarray(photo("coffee", (96, 128))).save(src / "0.png")
+    second = build([str(src)], out, BuildConfig())
+    assert second.fingerprint != first.fingerprint
+    from shards.verify import verify
+
+    assert verify(out) == []
+
+
+# ------------------------------------------------------------------ row 10: one writer per output directory
+def test_row10_a_second_build_into_a_busy_directory_fails_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    with exclusive_dir(out, "shard build"):
+        with pytest.raises(DirectoryBusyError, match="another shard build is writing here"):
+            build([str(_corpus(tmp_path / "a"))], out, BuildConfig())
+        r = subprocess.run([sys.executable, "-m", "shards", "build", str(tmp_path / "a"), "-o", str(out)],
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert r.returncode != 0
+        one_line(r, "shards: error:", str(out), "another shard build")
+    build([str(tmp_path / "a")], out, BuildConfig())  # released: the kernel drops the lock with its holder
+
+
+def test_row10_the_lock_dies_with_its_process_and_a_refused_start_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from shards.locks import exclusive_dir\n"
+                               f"with exclusive_dir({str(out)!r}):\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(DirectoryBusyError, match=f"pid {holder.pid}"), exclusive_dir(out):
+        pass
+    holder.kill()
+    holder.wait()
+    with exclusive_dir(out):
+        pass
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError), exclusive_dir(fresh):
+        raise RuntimeError("a check failed")
+    assert not fresh.exists()
+
+
+def test_row10_two_trainings_into_one_directory(tmp_path):
+    out = tmp_path / "run"
+    with exclusive_dir(out, "training run"):
+        r = _train(out, "--max-steps", "2")
+    assert r.returncode == 2, r.stderr[-2000:]
+    one_line(r, "cdc train: error:", str(out), "another training run is writing here")
+    assert not (out / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------------ row 4: resume keeps the export, warns on λ
+def test_row4_resume_keeps_the_previous_export_until_the_new_one_and_warns_on_a_new_objective(tmp_path):
+    out = tmp_path / "run"
+    r = _train(out, "--max-steps", "4", "train.checkpoint_every=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = (out / "config.json").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "cdc.train", "--shards", str(TINY_SHARD), "--output-dir", str(out),
+                             "--resume", "latest", "--max-steps", "100000", "--lmbda", "5", "train.sample_every=0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        for _ in range(600):  # until it trains (its metrics grow), then kill -9 mid-run
+            if (out / "metrics.jsonl").read_text().count("\n") > 6:
+                break
+            threading.Event().wait(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    reader.join(5)
+    assert any("warning: resuming" in line and "loss.lmbda=5.0 (was 0.01)" in line for line in lines), lines[-5:]
+    assert (out / "config.json").read_bytes() == before  # the finished run's export is still there, usable
+    from cdc.checkpoint import load_codec
+
+    load_codec(out)
+
+
+# ------------------------------------------------------------------ row 3: no clobbering at the rename
+def test_row3_no_write_replaces_a_file_that_appeared_during_it(tmp_path):
+    from cdc.files import atomic_path
+
+    target = tmp_path / "x.cdc"
+    with pytest.raises(FileExistsError) as err, atomic_path(target, overwrite=False) as tmp:
+        Path(tmp).write_bytes(b"ours")
+        target.write_bytes(b"theirs")  # another process got there first
+    assert target.read_bytes() == b"theirs" and err.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.cdc"]  # no temporary file left
+
+
+def test_row3_two_compresses_into_one_name_one_wins_one_fails(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(photo("coffee", (64, 64))).save(a)
+    Image.fromarray(photo("astronaut", (64, 64))).save(b)
+    procs = [subprocess.Popen([sys.executable, "-m", "cdc", "compress", str(p), "-m", "small-base", "-o",
+                               str(tmp_path / "x.cdc")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for p in (a, b)]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _, _ in results) == [0, 1], results
+    loser = next(err for code, _, err in results if code)
+    one_line(loser, "cdc: error:", "x.cdc", "exists")
+
+
+def test_row30_a_stale_temporary_file_is_swept_by_the_next_write(tmp_path):
+    from cdc.files import STALE_TMP_S, atomic_write
+
+    stale = tmp_path / ".x.cdc.abc123.tmp"
+    stale.write_bytes(b"left by kill -9")
+    old = os.path.getmtime(stale) - STALE_TMP_S - 10
+    os.utime(stale, (old, old))
+    fresh = tmp_path / ".x.cdc.def456.tmp"  # another writer's, in flight: kept
+    fresh.write_bytes(b"")
+    atomic_write(tmp_path / "x.cdc", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "x.cdc"]
+
+
+def test_row31_a_failed_write_names_the_output_not_the_temporary_file(tmp_path):
+    from cdc.files import atomic_write
+
+    (tmp_path / "x.png").mkdir()  # os.replace onto a directory fails, even for root
+    with pytest.raises(OSError) as err:
+        atomic_write(tmp_path / "x.png", b"data")
+    assert err.value.filename == str(tmp_path / "x.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
