@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.config import ModelConfig
-from cdc.entropy import HyperLatentModel, decoder_values
+from cdc.entropy import HyperLatentModel, checked_decompress, decoder_values
 from cdc.layers import ChannelLayerNorm
 
 
@@ -149,7 +149,8 @@ class EntroformerEntropyModel(HyperLatentModel):
 
     def _decode(self, string: bytes, mean: Tensor, scale: Tensor, sel: Tensor, into: Tensor) -> None:
         indexes = self.gaussian_conditional.build_indexes(scale[sel].view(1, -1))
-        values = self.gaussian_conditional.decompress([string], indexes, means=mean[sel].view(1, -1))
+        values = checked_decompress(self.gaussian_conditional, string, indexes.numel(), indexes,
+                                    means=mean[sel].view(1, -1))
         into[sel] = values.view(-1).to(into.dtype)
 
     def _compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:

@@ -171,6 +171,34 @@ class LatentEntropyModel(nn.Module, ABC):
         return ENTROPY_MODEL_IDS[self.name]
 
 
+PAD_PATTERNS = (b"\x00", b"\x5a")
+"""Two fillers after a string: decoded with either, the values agree only if the rANS decoder never
+read past the string's end (0x5a, not 0xff: all-ones bytes would keep compressai's bypass loop going)."""
+
+
+def checked_decompress(model, string: bytes, symbols: int, *args, **kwargs) -> Tensor:
+    """compressai's ``model.decompress([string], *args, **kwargs)``, safe for cut or crafted strings.
+
+    compressai's rANS decoder reads its input without bounds: a string shorter than the latent needs
+    makes it read whatever memory follows (output that differs between calls, or a SIGSEGV). Here the
+    string is followed by enough filler for any read the decoder can make (one 32-bit word per symbol
+    and per bypass chunk: at most ``8 * symbols + 16 * len(string)`` bytes), and decoded with two
+    fillers; if the results differ, it read past its string.
+
+    Args:
+        model: an ``EntropyBottleneck`` or ``GaussianConditional`` with updated tables.
+        symbols: how many values the string codes (C·h·w).
+
+    Raises:
+        ValueError: the string is too short for its latent.
+    """
+    pad = 8 * symbols + 16 * len(string) + 1024
+    first, second = (model.decompress([string + filler * pad], *args, **kwargs) for filler in PAD_PATTERNS)
+    if not torch.equal(first, second):
+        raise ValueError("a string ends before its latent does (cut or crafted file)")
+    return first
+
+
 def _drop_coders(module: LatentEntropyModel, *_) -> None:
     module._coders.clear()
 
@@ -221,8 +249,9 @@ class HyperLatentModel(LatentEntropyModel):
     def _z_decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
         if len(strings) != self.n_strings:
             raise ValueError(f"the {self.name} entropy model expects {self.n_strings} strings, got {len(strings)}")
-        h, w = latent_hw
-        return self.entropy_bottleneck.decompress([strings[0]], (math.ceil(h / 4), math.ceil(w / 4)))
+        size = (math.ceil(latent_hw[0] / 4), math.ceil(latent_hw[1] / 4))
+        symbols = self.entropy_bottleneck.channels * size[0] * size[1]
+        return checked_decompress(self.entropy_bottleneck, strings[0], symbols, size)
 
     def _update_tables(self, force: bool) -> bool:
         updated = self.entropy_bottleneck.update(force=force)
@@ -271,5 +300,5 @@ class MeanScaleHyperprior(HyperLatentModel):
     def _decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
         mean, scale = self._params(self._z_decompress(strings, latent_hw))
         indexes = self.gaussian_conditional.build_indexes(scale)
-        return self.gaussian_conditional.decompress([strings[1]], indexes, means=mean)
+        return checked_decompress(self.gaussian_conditional, strings[1], indexes.numel(), indexes, means=mean)
 

@@ -176,3 +176,30 @@ def test_row31_a_failed_write_names_the_output_not_the_temporary_file(tmp_path):
         atomic_write(tmp_path / "x.png", b"data")
     assert err.value.filename == str(tmp_path / "x.png")
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+# ------------------------------------------------------------------ row 5: strings too short for the latent
+def test_row5_cut_or_empty_strings_are_refused_and_the_batch_goes_on(tmp_path):
+    from test_adversarial import crafted
+
+    from cdc.bitstream import Bitstream
+    from cdc.checkpoint import save_codec
+    from conftest import tiny_codec
+
+    model = save_codec(tiny_codec(), tmp_path / "model")
+    good = crafted(model)
+    stream = Bitstream.from_bytes(good)
+    z, y = stream.strings
+    files = {"empty-y.cdc": crafted(model, strings=[z, b""]), "cut-y.cdc": crafted(model, strings=[z, y[: len(y) // 3]]),
+             "empty.cdc": crafted(model, strings=[b"", b""]),
+             "huge-empty.cdc": crafted(model, strings=[b"", b""], height=2048, width=2048, latent_hw=(128, 128)),
+             "good.cdc": good}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "cdc", "decompress", *(str(tmp_path / n) for n in files), "-m",
+                        str(model), "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(errors) == 4 and all("entropy decoding failed" in e for e in errors), r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]
