@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, photo
+from conftest import REPO, photo, tiny_codec
 from PIL import Image
-from test_adversarial import one_line
+from test_adversarial import crafted, one_line
 
 from shards.build import build
 from shards.locks import DirectoryBusyError, exclusive_dir
@@ -180,11 +180,8 @@ def test_row31_a_failed_write_names_the_output_not_the_temporary_file(tmp_path):
 
 # ------------------------------------------------------------------ row 5: strings too short for the latent
 def test_row5_cut_or_empty_strings_are_refused_and_the_batch_goes_on(tmp_path):
-    from test_adversarial import crafted
-
     from cdc.bitstream import Bitstream
     from cdc.checkpoint import save_codec
-    from conftest import tiny_codec
 
     model = save_codec(tiny_codec(), tmp_path / "model")
     good = crafted(model)
