@@ -187,7 +187,8 @@ def test_row5_cut_or_empty_strings_are_refused_and_the_batch_goes_on(tmp_path):
     good = crafted(model)
     stream = Bitstream.from_bytes(good)
     z, y = stream.strings
-    files = {"empty-y.cdc": crafted(model, strings=[z, b""]), "cut-y.cdc": crafted(model, strings=[z, y[: len(y) // 3]]),
+    files = {"empty-y.cdc": crafted(model, strings=[z, b""]),
+             "cut-y.cdc": crafted(model, strings=[z, y[: len(y) // 3]]),
              "empty.cdc": crafted(model, strings=[b"", b""]),
              "huge-empty.cdc": crafted(model, strings=[b"", b""], height=2048, width=2048, latent_hw=(128, 128)),
              "good.cdc": good}
