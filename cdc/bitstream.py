@@ -152,6 +152,8 @@ class Bitstream:
             raise BitstreamError("CRC mismatch: the file is corrupt")
         if min(height, width, steps) < 1:
             raise BitstreamError("invalid header: zero height, width or steps")
+        if seed >= 2**63:  # torch.Generator takes a signed 64-bit seed; the encoder never writes more
+            raise BitstreamError(f"invalid header: seed {seed} out of range (below 2**63)")
         return cls(
             fingerprint=fingerprint,
             prediction=_PREDICTION_NAMES[flags & 3],

@@ -99,6 +99,21 @@ def _json_info(path: Path, text: str | bytes) -> dict[str, Any]:
     return info
 
 
+def _check_shapes(path: Path, config: Config, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a config whose model differs from the file's tensors, comparing shapes on a model built
+    of fake tensors (no memory): an edited ``config.json`` must not allocate before it is found out."""
+    from torch._subclasses.fake_tensor import FakeTensorMode  # shapes without storage; public API has none
+
+    with FakeTensorMode():
+        expected = {k: tuple(v.shape) for k, v in CDCCodec(config).state_dict().items()}
+    # the coder's tables (CDFs, offsets) are sized by update(): empty in a fresh model
+    expected = {k: shapes.get(k, v) if v == (0,) else v for k, v in expected.items()}
+    if expected != shapes:
+        name = next(k for k in sorted(expected.keys() | shapes.keys()) if expected.get(k) != shapes.get(k))
+        raise CheckpointError(f"{path}: weights do not match the config ({name}: config {expected.get(name)}, "
+                              f"file {shapes.get(name)})")
+
+
 def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CDCCodec:
     """Load a codec checkpoint (directory or ``.safetensors`` file) in eval mode."""
     path = Path(path)
@@ -110,9 +125,16 @@ def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CDCCodec
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     try:
         with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+            _check_shapes(path, config, shapes)  # before any real allocation: a config may ask for 100s of GB
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except CheckpointError:
+        raise
     except Exception as exc:  # truncated or damaged files raise safetensors' own error types
         raise CheckpointError(f"{weights}: unreadable weights ({str(exc).splitlines()[0]})") from None
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # NaN weights would make the rANS coder loop for ever
+        raise CheckpointError(f"{path}: non-finite weights in {bad} (a diverged or damaged model)")
     codec = CDCCodec(config)
     try:
         codec.load_state_dict(state, strict=True)

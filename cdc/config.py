@@ -12,6 +12,7 @@ Naming follows the CDC paper (Yang & Mandt, NeurIPS 2023), not CompressAI: ``lmb
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -38,6 +39,10 @@ RECIPES: dict[str, tuple[str, ...]] = {
               "train.freeze_latent_fraction=0"),
 }
 """Training recipes: override bundles applied before any other override (``--recipe NAME``)."""
+
+
+MAX_TRAIN_STEPS = 10**9
+"""The most optimisation steps a run may ask for (CLI flags, overrides and job files alike)."""
 
 
 class ConfigError(ValueError):
@@ -104,6 +109,7 @@ class ModelConfig:
         _check(self.entropy_model in ENTROPY_MODELS, f"model.entropy_model must be one of {ENTROPY_MODELS}")
         _check(self.analysis in ANALYSES, f"model.analysis must be one of {ANALYSES}")
         _check(self.transform_dim >= 0, "model.transform_dim must be >= 0")
+        _check(self.attn_heads >= 1, "model.attn_heads must be >= 1")
         _check((self.attn_dim or self.hyper_channels) % self.attn_heads == 0,
                "model.attn_dim (or hyper_channels) must be divisible by model.attn_heads")
         _check(self.attn_radius >= 1, "model.attn_radius must be >= 1")
@@ -308,7 +314,12 @@ class TrainConfig:
         _check(self.lr_decay_every >= 1, "train.lr_decay_every must be >= 1")
         _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         _check(self.ema_every >= 1, "train.ema_every must be >= 1")
-        _check(self.max_steps >= 0, "train.max_steps must be >= 0")
+        _check(1 <= self.max_steps <= MAX_TRAIN_STEPS, f"train.max_steps must be in [1, {MAX_TRAIN_STEPS}]")
+        _check(self.log_every >= 1, "train.log_every must be >= 1")
+        _check(self.sample_every >= 0, "train.sample_every must be >= 0")
+        _check(self.num_workers >= 0, "train.num_workers must be >= 0")
+        _check(self.shuffle_buffer >= 1, "train.shuffle_buffer must be >= 1")
+        _check(0 <= self.seed < 2**63, "train.seed must be in [0, 2**63)")
         _check(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1,
                "train.checkpoint_every and train.keep_checkpoints must be >= 1")
         _check(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision: auto|bf16|no")
@@ -396,15 +407,22 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return lowered in ("true", "1", "yes")
             return bool(value)
         if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)  # a job's ``true`` is not one step
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         if hint is float:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return number
         if hint is str:
             return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError, yaml.YAMLError):
+        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from None
     raise ConfigError(f"{key}: unsupported type {hint}")
 
 

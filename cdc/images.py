@@ -31,9 +31,11 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, uint8: bo
     Raises:
         InputError: ``"<path>: <reason>"`` for a missing, unreadable or non-image file.
     """
+    from shards.sources import read_local_file
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_local_file(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:

@@ -108,12 +108,18 @@ class RunSpec:
     @classmethod
     def load(cls, path: str | Path) -> RunSpec:
         """Read a spec written by :meth:`save` (or by hand)."""
+        from shards.sources import read_local_file
+
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(read_local_file(path, max_bytes=2**20).decode("utf-8"))
         except OSError as exc:
             raise SpecError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         except json.JSONDecodeError as exc:
             raise SpecError(f"{path}: not JSON ({exc})") from None
+        except RecursionError:
+            raise SpecError(f"{path}: nested too deeply to be a run spec") from None
         return cls.from_dict(data, str(path))
 
 

@@ -85,7 +85,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     """The run spec of the command line: ``--job`` read from its file, or the flags."""
     if args.job:
         spec = RunSpec.load(args.job)
-        return dataclasses.replace(spec, world_size=args.world_size) if args.world_size else spec
+        return spec if args.world_size is None else dataclasses.replace(spec, world_size=args.world_size)
     flags = {"train.max_steps": args.max_steps, "loss.lmbda": args.lmbda, "loss.rho": args.rho,
              "diffusion.prediction": args.prediction}
     return RunSpec(shards=tuple(args.shards), output_dir=args.output_dir, preset=args.preset or "tiny",

@@ -13,6 +13,7 @@ output directory itself, so ``cdc compress -m DIR`` works.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -37,8 +38,17 @@ from cdc.training import build_optimizer, log_samples, shards_fingerprint, train
 from shards.locks import DirectoryBusyError, exclusive_dir
 from shards.reader import ShardError, resolve_shards, train_loader, unit_range
 
-TRAINING_ERRORS = (ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError, FileNotFoundError,
-                   ModelNotFoundError, DirectoryBusyError)
+
+class DivergedError(RuntimeError):
+    """The loss or the weights became non-finite: the run stops, keeping its last good checkpoint."""
+
+    def __init__(self, step: int, out: Path) -> None:
+        super().__init__(f"{out}: training diverged by step {step} (non-finite loss or weights; lower train.lr "
+                         "or loss.lmbda); its last checkpoint and any earlier export are kept")
+
+
+TRAINING_ERRORS = (DivergedError, ConfigError, ShardError, MissingWeightsError, LaunchError, CheckpointError,
+                   FileNotFoundError, ModelNotFoundError, DirectoryBusyError)
 """What a run reports as one line (exit 2) instead of a traceback."""
 
 
@@ -175,57 +185,64 @@ def _train(spec: RunSpec) -> dict:
     last: dict = {}
     bar = tqdm(total=tc.max_steps, initial=step, disable=not main, desc="train", unit="step")
     codec.train()
-    while step < tc.max_steps:
-        t0 = time.perf_counter()
-        batch = unit_range(next(data_iter).to(accelerator.device, non_blocking=True))
-        if tc.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        watchdog.fed()
-        window["wait"] += time.perf_counter() - t0
-        phase = training_phase(step, tc, fine_tune=fine_tune)
-        if graphed:  # the last step's graph outputs are dead: their memory may be reused
-            torch.compiler.cudagraph_mark_step_begin()
-        with accelerator.autocast():
-            outputs = codec(batch, phase=phase)
-            terms = loss_fn(outputs, num_pixels=tc.crop * tc.crop)
-            total = terms["loss"] + outputs["aux_loss"]
-        accelerator.backward(total)
-        if tc.grad_clip > 0 and accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(codec.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        ema.update(raw, step)
-        window["images"] += batch.shape[0] * accelerator.num_processes
-        # summed on the device (no host sync): the logged terms are means over the window's steps
-        step_terms = torch.stack([terms[k].detach().float() for k in LOGGED] + [outputs["aux_loss"].detach().float()])
-        window["sum"] = step_terms if window["sum"] is None else window["sum"] + step_terms
-        window["steps"] += 1
-        if step % tc.log_every == 0 or step == tc.max_steps:
-            values = accelerator.reduce(window["sum"] / window["steps"], reduction="mean").tolist()
-            elapsed = time.perf_counter() - window["start"]
-            last = {"step": step, **dict(zip((*LOGGED, "aux"), values, strict=True)),
-                    "lr": scheduler.get_last_lr()[0], "images_per_s": window["images"] / elapsed,
-                    "data_wait": window["wait"] / elapsed, "phase": CDCCodec.PHASES.index(phase)}
-            window = new_window()
-            if main:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(last) + "\n")
-                tracker.log_metrics({k: v for k, v in last.items() if k != "step"}, step)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", bpp=f"{last['bpp']:.3f}")
-        if tc.sample_every and step % tc.sample_every == 0 and main:
-            log_samples(ema.shadow, batch[:1], tracker, step)
-        bar.update(1)
-        stop = preemption.requested(accelerator, step)
-        if step % tc.checkpoint_every == 0 or stop or step == tc.max_steps:
-            save_checkpoint(accelerator, out, step, ckpt_meta, tc.keep_checkpoints)
-        if stop:
-            watchdog.stop()
-            accelerator.print(f"preempted: checkpoint saved at step {step}; rerun with --resume latest")
-            tracker.end(status="KILLED")
-            return {"step": step, "preempted": True}
-    bar.close()
+    try:  # an error ends the progress bar's line first: its one-line message stands alone
+        while step < tc.max_steps:
+            t0 = time.perf_counter()
+            batch = unit_range(next(data_iter).to(accelerator.device, non_blocking=True))
+            if tc.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            watchdog.fed()
+            window["wait"] += time.perf_counter() - t0
+            phase = training_phase(step, tc, fine_tune=fine_tune)
+            if graphed:  # the last step's graph outputs are dead: their memory may be reused
+                torch.compiler.cudagraph_mark_step_begin()
+            with accelerator.autocast():
+                outputs = codec(batch, phase=phase)
+                terms = loss_fn(outputs, num_pixels=tc.crop * tc.crop)
+                total = terms["loss"] + outputs["aux_loss"]
+            accelerator.backward(total)
+            if tc.grad_clip > 0 and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(codec.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            ema.update(raw, step)
+            window["images"] += batch.shape[0] * accelerator.num_processes
+            # summed on the device (no host sync): the logged terms are means over the window's steps
+            step_terms = torch.stack([terms[k].detach().float() for k in LOGGED]
+                                     + [outputs["aux_loss"].detach().float()])
+            window["sum"] = step_terms if window["sum"] is None else window["sum"] + step_terms
+            window["steps"] += 1
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                values = accelerator.reduce(window["sum"] / window["steps"], reduction="mean").tolist()
+                if not all(map(math.isfinite, values)):
+                    raise DivergedError(step, out)
+                elapsed = time.perf_counter() - window["start"]
+                last = {"step": step, **dict(zip((*LOGGED, "aux"), values, strict=True)),
+                        "lr": scheduler.get_last_lr()[0], "images_per_s": window["images"] / elapsed,
+                        "data_wait": window["wait"] / elapsed, "phase": CDCCodec.PHASES.index(phase)}
+                window = new_window()
+                if main:
+                    with metrics_file.open("a") as f:
+                        f.write(json.dumps(last) + "\n")
+                    tracker.log_metrics({k: v for k, v in last.items() if k != "step"}, step)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", bpp=f"{last['bpp']:.3f}")
+            if tc.sample_every and step % tc.sample_every == 0 and main:
+                log_samples(ema.shadow, batch[:1], tracker, step)
+            bar.update(1)
+            stop = preemption.requested(accelerator, step)
+            if step % tc.checkpoint_every == 0 or stop or step == tc.max_steps:
+                if not all(bool(torch.isfinite(p).all()) for p in raw.parameters()):  # never save a diverged model
+                    raise DivergedError(step, out)
+                save_checkpoint(accelerator, out, step, ckpt_meta, tc.keep_checkpoints)
+            if stop:
+                watchdog.stop()
+                accelerator.print(f"preempted: checkpoint saved at step {step}; rerun with --resume latest")
+                tracker.end(status="KILLED")
+                return {"step": step, "preempted": True}
+    finally:
+        bar.close()
     watchdog.stop()
     checksums = replica_checksums(accelerator, raw)
     summary = {"step": step, "preempted": False, "final": last, "world_size": accelerator.num_processes,

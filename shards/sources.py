@@ -88,9 +88,14 @@ def expand_sources(sources: list[str]) -> list[str]:
 MAX_INPUT_BYTES = 2**30  # no image file of a corpus is this large; /dev/zero behind a symlink is
 
 
-def _local_read(path: str, max_bytes: int) -> bytes:
+def read_local_file(path: str | os.PathLike, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     """Read a regular file of at most ``max_bytes`` (symlinks followed); FIFOs, devices and sockets
-    are refused without being opened (opening a FIFO blocks until a writer appears)."""
+    are refused without being opened (opening a FIFO blocks until a writer appears). The one rule for
+    every file a user names: shard inputs, the codec CLI's images and ``.cdc`` files.
+
+    Raises:
+        OSError: naming the path: missing, a directory, not a regular file, or larger than ``max_bytes``.
+    """
     mode = os.stat(path).st_mode
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, "is a directory", path)
@@ -107,7 +112,7 @@ def _local_read(path: str, max_bytes: int) -> bytes:
 
 def read_bytes(location: str, retries: int = 3, backoff: float = 0.5, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     """Read a local path or URL of at most ``max_bytes``; transient errors of remote reads are retried
-    with backoff. Local inputs must be regular files (see :func:`_local_read`).
+    with backoff. Local inputs must be regular files (see :func:`read_local_file`).
 
     Raises:
         OSError: the location cannot be read (after the retries for remote locations), is not a
@@ -115,7 +120,7 @@ def read_bytes(location: str, retries: int = 3, backoff: float = 0.5, max_bytes:
     """
     fs, path = fsspec.core.url_to_fs(location)
     if _protocol(fs) == "file":
-        return _local_read(path, max_bytes)
+        return read_local_file(path, max_bytes)
     for attempt in range(retries):
         try:
             with fs.open(path, "rb") as f:

@@ -4,6 +4,7 @@ may destroy data, hang, blow memory or print a traceback. Rows 2 and 8 (object s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -201,3 +202,121 @@ def test_row5_cut_or_empty_strings_are_refused_and_the_batch_goes_on(tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("cdc: error:")]
     assert len(errors) == 4 and all("entropy decoding failed" in e for e in errors), r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["good.png"]
+
+
+# ------------------------------------------------------------------ rows 13, 20, 26: models that cannot be trusted
+def _edit_config(model: Path, **model_changes) -> None:
+    info = json.loads((model / "config.json").read_text())
+    info["config"]["model"].update(model_changes)
+    (model / "config.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"latent_channels": 2_000_000}, "weights do not match the config"),
+    ({"unet_dim": 100_000}, "weights do not match the config"),
+    ({"attn_heads": 0}, "model.attn_heads must be >= 1"),
+])
+def test_rows20_26_an_edited_config_is_refused_before_it_allocates(tmp_path, changes, fragment):
+    from cdc.checkpoint import save_codec
+
+    model = save_codec(tiny_codec(), tmp_path / "model")
+    _edit_config(model, **changes)
+    png = tmp_path / "a.png"
+    Image.fromarray(photo("coffee", (64, 64))).save(png)
+    r = subprocess.run(["prlimit", "--as=3000000000", sys.executable, "-m", "cdc", "compress", str(png), "-m",
+                        str(model), "-o", str(tmp_path / "a.cdc")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    one_line(r, "cdc: error:", fragment)
+
+
+def test_row13_nan_weights_are_refused_at_load_and_training_stops_on_divergence(tmp_path):
+    import torch
+
+    from cdc.checkpoint import CheckpointError, load_codec, save_codec
+
+    codec = tiny_codec()
+    with torch.no_grad():
+        codec.g_a.stages[0][0].weight.fill_(float("nan"))
+    model = save_codec(codec, tmp_path / "model")
+    with pytest.raises(CheckpointError, match=r"non-finite weights in g_a\.stages\.0\.0\.weight"):
+        load_codec(model)
+    out = tmp_path / "run"
+    r = _train(out, "--max-steps", "6", "train.checkpoint_every=2", "train.lr=1e30", "train.grad_clip=0")
+    assert r.returncode == 2, r.stderr[-2000:]
+    one_line(r, "cdc train: error:", "training diverged by step")
+    assert not (out / "config.json").exists()
+    for ckpt in out.glob("checkpoint-*"):  # whatever was kept is finite
+        from safetensors.torch import load_file
+
+        for f in ckpt.rglob("*.safetensors"):
+            assert all(torch.isfinite(t).all() for t in load_file(f).values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("loss.lmbda=inf", "loss.lmbda: must be a finite number"),
+    ("train.max_steps=0", "train.max_steps must be in [1, 1000000000]"),
+    ("train.max_steps=1e30", "train.max_steps must be in [1, 1000000000]"),
+    ("train.max_steps=1e400", "train.max_steps: cannot read"),
+    ("train.log_every=0", "train.log_every must be >= 1"),
+    ("train.num_workers=-1", "train.num_workers must be >= 0"),
+    ("train.seed=99999999999999999999999", "train.seed must be in [0, 2**63)"),
+    ("model.enc_mults=[1,2", "model.enc_mults: cannot read"),
+])
+def test_row24_bad_overrides_are_one_line(tmp_path, override, fragment):
+    r = _train(tmp_path / "run", "--max-steps", "2", override, timeout=120)
+    assert r.returncode == 2
+    one_line(r, "cdc train: error:", fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b'{"shards": ["x"], "output_dir": "o", "settings": {"train.max_steps": 1e30}}', "train.max_steps must be in"),
+    (b'{"shards": ["x"], "output_dir": "o", "settings": {"train.max_steps": true}}', "train.max_steps: cannot read"),
+    (b'{"shards": ["x"], "output_dir": "o", "settings": {"loss.lmbda": Infinity}}', "must be a finite number"),
+    (b"\xff\xfe{}", "not UTF-8 text"),
+    (b"[" * 100_000, "nested too deeply"),
+])
+def test_rows16_29_33_job_files_get_the_cli_rules(tmp_path, content, fragment):
+    job = tmp_path / "job.json"
+    job.write_bytes(content)
+    r = subprocess.run([sys.executable, "-m", "cdc.train", "--job", str(job)], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 2
+    one_line(r, "cdc train: error:", fragment)
+
+
+def test_row33_world_size_zero_is_refused_with_a_job(tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"shards": [str(TINY_SHARD)], "output_dir": str(tmp_path / "o")}))
+    r = subprocess.run([sys.executable, "-m", "cdc.train", "--job", str(job), "--world-size", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    one_line(r, "cdc train: error:", "world_size must be >= 1")
+
+
+# ------------------------------------------------------------------ rows 14, 19, 21: files that are not files
+def test_rows14_19_fifos_and_devices_are_refused_without_reading(tmp_path):
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    cdc_fifo = tmp_path / "f.cdc"
+    os.mkfifo(cdc_fifo)
+    for args, name in ((["compress", str(fifo), "-m", "small-base", "-o", str(tmp_path / "o")], "f.png"),
+                       (["info", str(cdc_fifo)], "f.cdc"), (["info", "/dev/zero"], "/dev/zero"),
+                       (["decompress", "/dev/zero", "-m", "small-base", "-o", str(tmp_path / "o")], "/dev/zero")):
+        r = subprocess.run([sys.executable, "-m", "cdc", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, (args, r.stderr)
+        one_line(r, "cdc: error:", name, "not a regular file")
+
+
+def test_row21_a_seed_out_of_range_is_refused_by_the_parser_and_the_batch_goes_on(tmp_path):
+    from cdc.checkpoint import save_codec
+
+    model = save_codec(tiny_codec(), tmp_path / "model")
+    (tmp_path / "bad.cdc").write_bytes(crafted(model, seed=2**64 + 5))
+    (tmp_path / "good.cdc").write_bytes(crafted(model))
+    r = subprocess.run([sys.executable, "-m", "cdc", "decompress", str(tmp_path / "bad.cdc"),
+                        str(tmp_path / "good.cdc"), "-m", str(model), "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    one_line(r, "cdc: error:", "bad.cdc", "seed", "out of range")
+    assert (tmp_path / "out" / "good.png").is_file()

@@ -96,6 +96,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from cdc.files import atomic_write
     from cdc.images import encode_png
     from cdc.tiling import WHOLE_IMAGE_MAX_PIXELS
+    from shards.sources import read_local_file
 
     coder = load_coder(args.model, args.device, compile=args.compile)
     outputs = output_paths(args.files, args.output, ".png")
@@ -104,7 +105,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     for i, file in enumerate(args.files):  # refuse what cannot be written or read before any decoding
         try:
             refuse_existing(outputs[i], args.overwrite)
-            datas.append(Path(file).read_bytes())
+            datas.append(read_local_file(file))
             index.append(i)
         except CLIError as exc:
             say("error", str(exc))
@@ -152,11 +153,12 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     """Print bitstream headers as JSON (needs no model)."""
     from cdc.bitstream import Bitstream, BitstreamError
+    from shards.sources import read_local_file
 
     failed = 0
     for file in args.files:
         try:
-            data = Path(file).read_bytes()
+            data = read_local_file(file)
             stream = Bitstream.from_bytes(data)
         except (OSError, BitstreamError) as exc:
             say("error", f"{file}: {getattr(exc, 'strerror', None) or exc}")
