@@ -12,10 +12,10 @@ Candidates stay within the shipped-model limit (≤ 10 MB as float32 safetensors
 parameters):
 
 * ``small``: today's preset (g_a/g_s widths 16-64, U-Net width 16);
-* ``wide-ae``: CompressAI's N = 64 for g_a and g_s, U-Net width 12;
-* ``wider-ae``: N = 96, 96 latent and 48 hyper-latent channels, U-Net width 8.
+* ``wider-ae``: CompressAI's N = 96 for g_a and g_s, 96 latent and 48 hyper-latent channels, U-Net
+  width 8: most of the parameters move from the U-Net to the autoencoder.
 
-    python benchmarks/capacity.py --budget-min 7          # ≈ 35 min on 2 cores
+    python benchmarks/capacity.py --budget-min 7          # ≈ 30 min on 2 cores
     python benchmarks/capacity.py --quick                 # the script end to end (tiny, seconds)
 
 Writes ``benchmarks/results/capacity.json``; resumable (runs and evaluations kept under ``--work``).
@@ -50,7 +50,6 @@ from cdc.metrics import psnr
 
 CANDIDATES = {
     "small": (),
-    "wide-ae": ("model.transform_dim=64", "model.unet_dim=12"),
     "wider-ae": ("model.transform_dim=96", "model.latent_channels=96", "model.hyper_channels=48", "model.unet_dim=8"),
 }
 QUICK = {"tiny": (), "tiny-wide": ("model.transform_dim=16",)}

@@ -242,6 +242,9 @@ class TrainConfig:
         freeze_latent_fraction: second phase, fraction of ``max_steps``: the decoder (context
             decoder, U-Net, g_s) trains on the frozen latent (g_a and the entropy model get no
             gradient); then everything trains jointly. Skipped by ``--init-from``.
+        finetune_phases: run the two phases above in a fine-tune too (``--init-from``): a new λ or a
+            new corpus first refits the latent at the autoencoder's cheap steps, then the U-Net
+            adapts to it (how the shipped family derives its rates, ``scripts/train_family.py``).
         finetune_lr: learning rate of a run that starts from a trained model (``--init-from``);
             None: ``lr``. A fresh Adam at the from-scratch rate knocks a trained model off its
             optimum (``small``: 200 fine-tune steps at 5e-4 cost its base up to 3 dB and made two
@@ -292,6 +295,7 @@ class TrainConfig:
     autoencoder_fraction: float = 0.0
     freeze_latent_fraction: float = 0.0
     finetune_lr: float | None = None
+    finetune_phases: bool = False
     skip_bad_shards: bool = False
     data_timeout_s: float = 600.0
     lr_scaling: str = "none"

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 PRETRAINED_DIR = Path(__file__).with_name("pretrained")
+FAMILY = "family"
+"""The grid's ``base`` value that starts each cell from the family member nearest in λ."""
 
 
 def available() -> dict[str, Path]:
@@ -33,3 +35,30 @@ def resolve_checkpoint(ref: str | Path) -> Path:
         return shipped[str(ref)]
     names = ", ".join(shipped) or "none"
     raise FileNotFoundError(f"{ref}: no such model checkpoint (nor a shipped model name: {names})")
+
+
+def family() -> dict[str, tuple[float, float]]:
+    """The shipped rate-quality family (``scripts/train_family.py``): name -> (λ, ρ) of each member."""
+    from cdc.checkpoint import read_checkpoint_info
+
+    members = {}
+    for name, path in available().items():
+        meta = read_checkpoint_info(path)["metadata"]
+        if meta.get("family"):
+            members[name] = (float(meta["lmbda"]), float(meta["rho"]))
+    return members
+
+
+def nearest_member(lmbda: float, rho: float = 0.0) -> str:
+    """The family member with objective ρ nearest to ``lmbda`` in log λ (λ > 0; ties: the lower rate).
+
+    Raises:
+        FileNotFoundError: no shipped member has that ρ.
+    """
+    import math
+
+    candidates = [(abs(math.log(m_lmbda / lmbda)), -m_lmbda, name)
+                  for name, (m_lmbda, m_rho) in family().items() if m_rho == rho and m_lmbda > 0]
+    if not candidates:
+        raise FileNotFoundError(f"no shipped family member with rho = {rho:g} (scripts/train_family.py makes them)")
+    return min(candidates)[2]

@@ -121,7 +121,7 @@ def _train(spec: RunSpec) -> dict:
     check_output_dir(out, spec.resume, spec.overwrite)
     urls = resolve_shards(list(spec.shards), "train", skip_missing=tc.skip_bad_shards)  # fail fast: missing shards
     fine_tune = bool(spec.init_from)
-    phased = not fine_tune and any(tc.phase_steps())
+    phased = (not fine_tune or tc.finetune_phases) and any(tc.phase_steps())
     # phases leave parts of the model without gradients for a while: DDP must look for them
     accelerator = make_accelerator(tc.mixed_precision, out, tc.batch_size, tc.grad_clip, find_unused=bool(phased))
     check_world_size(accelerator.num_processes, spec.world_size)

@@ -36,10 +36,11 @@ def training_phase(step: int, tc: TrainConfig, fine_tune: bool = False) -> str:
 
     From scratch: ``autoencoder`` for ``autoencoder_fraction * max_steps`` steps, then ``decoder``
     (frozen latent) for ``freeze_latent_fraction * max_steps``, then ``joint``. A fine-tune
-    (``--init-from``) starts from a trained model and is ``joint`` throughout.
+    (``--init-from``) starts from a trained model and is ``joint`` throughout, unless
+    ``tc.finetune_phases``.
     """
     autoencoder, frozen = tc.phase_steps()
-    if fine_tune or step >= autoencoder + frozen:
+    if (fine_tune and not tc.finetune_phases) or step >= autoencoder + frozen:
         return "joint"
     return "autoencoder" if step < autoencoder else "decoder"
 

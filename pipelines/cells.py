@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,20 +91,23 @@ def plan_grid(lmbdas: list[float], rhos: list[float], *, preset: str, prediction
               shards: str, shards_fingerprint: str, code_version: str, out: Path, experiment: str,
               overrides: list[str] | None = None, cell_overrides: dict[str, list[str]] | None = None,
               warm_key: str = "", warm_dir: Path | None = None,
+              bases: Mapping[float, tuple[str, Path]] | None = None,
               registered: set[str] | frozenset[str] = frozenset()) -> GridPlan:
     """The grid's work, without running anything: the cells to train with their ``cdc/train.py`` jobs
     and the cells already registered under their key (skipped). Pure: tests check it without Prefect.
 
     ``cell_overrides`` maps ``"lambda/rho"`` (``%g``) to extra overrides of that cell; ``warm_dir`` is
-    the model every cell starts from (``warm_key`` its identity, part of every cell key).
+    the model every cell starts from (``warm_key`` its identity, part of every cell key); ``bases``
+    maps a λ to its own start ``(key, model)`` instead (the shipped family member nearest in λ).
     """
     base = list(overrides or [])
     extra = cell_overrides or {}
+    start = {lmbda: (bases or {}).get(lmbda, (warm_key, warm_dir)) for lmbda in lmbdas}
     cells = [Cell(lmbda, rho, preset, prediction, cell_train_steps, tuple(base + extra.get(f"{lmbda:g}/{rho:g}", [])),
-                  warm_key, shards_fingerprint, code_version) for rho in rhos for lmbda in lmbdas]
+                  start[lmbda][0], shards_fingerprint, code_version) for rho in rhos for lmbda in lmbdas]
     todo = [CellJob(c, train_job(c.label, out / "cells" / f"{c.label}-{c.key}", shards=shards, preset=preset,
                                  prediction=prediction, train_steps=cell_train_steps, lmbda=c.lmbda, rho=c.rho,
-                                 overrides=list(c.overrides), init_from=warm_dir,
+                                 overrides=list(c.overrides), init_from=start[c.lmbda][1],
                                  tags={"cdc.role": "cell", "cdc.cell_key": c.key}, experiment=experiment))
             for c in cells if c.key not in registered]
     return GridPlan(cells, todo, [c for c in cells if c.key in registered])

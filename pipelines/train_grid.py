@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cdc.metrics import REPORT_METRICS
+from cdc.pretrained import FAMILY
 from cdc.registry import register_grid, registered_cell_keys
 from cdc.tracking import code_version, setup_mlflow
 from pipelines.cells import (
@@ -95,7 +96,9 @@ def train_grid(
             fast-start recipe by default, so a moderate rate works; the paper's recipe needs ~1e-6
             and hundreds of thousands of steps); 0 steps skips it.
         base: start every cell from this trained model (a path or a shipped name such as
-            ``small-base``) instead of a warm-up; its fingerprint is part of every cell key.
+            ``small-q2``) instead of a warm-up; ``"family"``: each cell from the shipped family member
+            nearest to its λ (:func:`cdc.pretrained.nearest_member`), so that cells land at different
+            rates after a short fine-tune. The start's fingerprint is part of every cell key.
         corpus / shards: image sources to shard (``split_val``, ``patch_size``, ``max_shorter`` as in
             ``shard-corpus``), or an existing manifest.
         eval_dataset, eval_root, eval_protocol, decode_steps (DDIM steps; None: each model's default), eval_limit:
@@ -121,12 +124,16 @@ def train_grid(
 
     warm_dir = None
     warm_key = ""
-    if base:
-        from cdc.checkpoint import read_checkpoint_info
-        from cdc.resolve import resolve_model
+    bases = {}
+    if base == FAMILY:
+        from cdc.pretrained import nearest_member
 
-        warm_dir = resolve_model(base)
-        warm_key = read_checkpoint_info(warm_dir)["fingerprint"][:16]
+        for lmbda in lmbdas:
+            name = nearest_member(lmbda)
+            bases[lmbda] = _start(name)
+            logger.info(f"cells at λ = {lmbda:g} start from {name} (fingerprint {bases[lmbda][0]})")
+    elif base:
+        warm_key, warm_dir = _start(base)
         logger.info(f"cells start from {base} ({warm_dir}, fingerprint {warm_key})")
     elif warmup_train_steps > 0:
         warm_key = config_key({"preset": preset, "prediction": prediction, "steps": warmup_train_steps,
@@ -140,7 +147,7 @@ def train_grid(
     plan = plan_grid(lmbdas, rhos, preset=preset, prediction=prediction, cell_train_steps=cell_train_steps,
                      shards=manifest, shards_fingerprint=fingerprint, code_version=version, out=out,
                      experiment=experiment, overrides=overrides, cell_overrides=cell_overrides,
-                     warm_key=warm_key, warm_dir=warm_dir, registered=registered_cell_keys())
+                     warm_key=warm_key, warm_dir=warm_dir, bases=bases, registered=registered_cell_keys())
     for cell in plan.skipped:
         logger.info(f"{cell.label}: already registered (cell key {cell.key}), skipped")
 
@@ -172,6 +179,15 @@ def train_grid(
     create_markdown_artifact(summary["markdown"], key="train-grid-summary", description=f"Grid in {out}")
     print(summary["markdown"])
     return summary
+
+
+def _start(model: str) -> tuple[str, Path]:
+    """A cell's starting model as (identity: fingerprint prefix, checkpoint path)."""
+    from cdc.checkpoint import read_checkpoint_info
+    from cdc.resolve import resolve_model
+
+    path = resolve_model(model)
+    return read_checkpoint_info(path)["fingerprint"][:16], path
 
 
 def _attempts(future) -> int:

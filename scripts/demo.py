@@ -1,10 +1,10 @@
 """The end-to-end demo (`make demo`): real photos -> shards -> a 2 x 2 lambda x rho grid of `small`
-codecs fine-tuned from the shipped base model (`small-base`) -> evaluation on the held-out split
-against JPEG, WebP and AVIF -> MLflow registry -> the rate-quality table, plot paths and what to
-run next.
+codecs, each cell fine-tuned from the shipped family member nearest in lambda -> evaluation on the
+held-out split against JPEG, WebP and AVIF -> MLflow registry -> the rate-quality table, plot paths
+and what to run next.
 
-The photos are the offline development corpus (shards/devcorpus.py): the photos inside the
-installed wheels plus, where `apt-get download` works, Debian's photographic wallpapers. Everything
+The photos are the photo corpus (shards/photocorpus.py, the 255 photographs of shards/photos.tsv,
+fetched from Debian and PyPI packages and verified by SHA-1); its held-out split is the family's. Everything
 stays in this folder: MLflow on SQLite (.cdc/mlflow.db, artifacts in .cdc/mlartifacts), Prefect in
 local (ephemeral) mode (.cdc/prefect), outputs in runs/demo/. No server is needed. About 10-15
 minutes on 2 CPU cores.
@@ -26,8 +26,8 @@ os.environ.setdefault("PREFECT_HOME", str(HOME / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-LMBDAS = [0.004, 0.2]  # rate weights of the grid (larger: fewer bits); far apart: 150 steps must separate them
-STEPS = 150  # fine-tune steps per cell, from the shipped base
+LMBDAS = [0.005, 0.045]  # rate weights of the grid (larger: fewer bits): the family's two ends
+STEPS = 150  # fine-tune steps per cell, from the family member nearest in lambda
 EVAL_IMAGES = 4  # held-out images per evaluation
 
 
@@ -53,17 +53,18 @@ def main() -> None:
     # imported and does not create its parents: make it first (a fresh clone has no .cdc/).
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     from pipelines.train_grid import train_grid
-    from shards.devcorpus import assemble
+    from shards.photocorpus import DEFAULT_CACHE, DEFAULT_LIST, fetch_photos, read_list
 
     start = time.time()
     if "--fresh" in sys.argv:
         shutil.rmtree(OUT, ignore_errors=True)
-    files, _ = assemble(OUT / "corpus")  # warns (and goes on) where the Debian mirror is unreachable
+    photos, _ = fetch_photos(read_list(DEFAULT_LIST), DEFAULT_CACHE)  # warns (and goes on) for what it cannot get
     sources = OUT / "corpus" / "sources.txt"
-    sources.write_text("".join(f"{f.path}\n" for f in files))
+    sources.parent.mkdir(parents=True, exist_ok=True)
+    sources.write_text("".join(f"{p}\n" for p in sorted(map(str, photos.values()))))
     summary = train_grid(
-        lmbdas=LMBDAS, rhos=[0.0, 0.9], preset="small", cell_train_steps=STEPS, base="small-base",
-        corpus=[str(sources)], max_shorter=512, split_val=0.15,  # the base model's corpus and split
+        lmbdas=LMBDAS, rhos=[0.0, 0.9], preset="small", cell_train_steps=STEPS, base="family",
+        corpus=[str(sources)], max_shorter=512, split_val=0.15,  # the family's held-out split
         eval_dataset="shards", eval_limit=EVAL_IMAGES, baselines=["jpeg", "webp", "avif"], output_dir=str(OUT),
         experiment="cdc-demo", overrides=["train.num_workers=1"],
     )

@@ -41,7 +41,7 @@ RESERVED_PACKAGES = frozenset({"mate-backgrounds", "plasma-workspace-wallpapers"
 
 DEFAULT_LIST = Path(__file__).with_name("photos.tsv")
 DEFAULT_CACHE = Path.home() / ".cache" / "cdc"
-TRAIN_SCALES = (512, 768, 1024, 1536, 4096)
+TRAIN_SCALES = (512, 768, 1024)
 PATCH = 256
 
 
@@ -146,12 +146,13 @@ def _jpeg_end(data: bytes, start: int) -> int | None:
     return None
 
 
-def extract_member(blob: bytes, member: str) -> bytes:
+def extract_member(blob: bytes, member: str, sha1: str | None = None) -> bytes:
     """The photo's bytes from a package file: the file itself, or a stream inside a container.
 
     * ``...rcc@OFFSET`` (gcompris-qt-data): the WebP stream at OFFSET of a Qt resource file; its RIFF
       header gives the length.
-    * ``...edj`` (enlightenment-data): the largest complete JPEG stream inside the Eet file.
+    * ``...edj`` (enlightenment-data): a complete JPEG stream inside the Eet file: the one whose SHA-1
+      is ``sha1`` when given (thumbnails and look-alike bytes are skipped), else the largest.
     * ``...npz`` (python3-pywt): the greyscale array inside, written as a PNG with Pillow's defaults.
     """
     if "@" in member:
@@ -168,16 +169,18 @@ def extract_member(blob: bytes, member: str) -> bytes:
             Image.fromarray(arrays[arrays.files[0]]).save(buffer, format="PNG")
         return buffer.getvalue()
     if member.endswith(".edj"):
-        best = b""
+        streams = []
         pos = blob.find(b"\xff\xd8\xff")
         while pos >= 0:
             end = _jpeg_end(blob, pos)
-            if end and end - pos > len(best):
-                best = blob[pos:end]
+            if end:
+                streams.append(blob[pos:end])
             pos = blob.find(b"\xff\xd8\xff", pos + 3)
-        if not best:
+        if sha1 is not None:
+            streams = [s for s in streams if hashlib.sha1(s).hexdigest() == sha1] or streams
+        if not streams:
             raise ValueError("no JPEG stream inside")
-        return best
+        return max(streams, key=len)
     return blob
 
 
@@ -215,7 +218,7 @@ def fetch_photos(rows: list[PhotoRow], cache: Path, warn=lambda msg: print(msg, 
             try:
                 if blob is None:
                     raise ValueError("not in the package")
-                data = extract_member(blob, row.member)
+                data = extract_member(blob, row.member, row.sha1)
                 if hashlib.sha1(data).hexdigest() != row.sha1:
                     raise ValueError("SHA-1 mismatch")
             except ValueError as exc:

@@ -46,6 +46,23 @@ def test_a_cells_key_changes_with_its_data_code_and_starting_point():
     assert plan_grid([0.01], [0.0], **PLAN).cells[0].key == key
 
 
+def test_grid_cells_start_from_the_family_member_nearest_in_lambda(monkeypatch):
+    import cdc.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "family", lambda: {"q4": (0.005, 0.0), "q3": (0.01, 0.0), "q1": (0.045, 0.0),
+                                                       "q1-perceptual": (0.045, 0.9)})
+    assert [pretrained.nearest_member(x) for x in (0.001, 0.007, 0.0071, 0.02, 0.2)] == ["q4", "q4", "q3", "q3", "q1"]
+    assert pretrained.nearest_member(0.2, rho=0.9) == "q1-perceptual"
+    with pytest.raises(FileNotFoundError, match=r"rho = 0\.5"):
+        pretrained.nearest_member(0.01, rho=0.5)
+    plan = plan_grid([0.004, 0.05], [0.0, 0.9], **PLAN, bases={0.004: ("a" * 16, Path("/q4")),
+                                                               0.05: ("b" * 16, Path("/q1"))})
+    assert [(c.label, j.job.spec.init_from) for c, j in zip(plan.cells, plan.todo, strict=True)] == [
+        ("lmbda0.004-rho0", "/q4"), ("lmbda0.05-rho0", "/q1"), ("lmbda0.004-rho0.9", "/q4"),
+        ("lmbda0.05-rho0.9", "/q1")]
+    assert plan.cells[0].warmup_key == "a" * 16 and plan.cells[1].warmup_key == "b" * 16
+
+
 def test_ema_copies_until_start_then_averages_every_n_steps():
     model = nn.Linear(2, 1, bias=False)
     ema = EMA(model, decay=0.5, every=2, start=1)

@@ -1,0 +1,47 @@
+"""The shipped family's quality regression test: every member codes the committed held-out crops
+(``tests/assets/heldout``) to the bytes and PSNR recorded when it was shipped
+(``benchmarks/results/family.json``, written by ``scripts/train_family.py``), so that no later change
+to the codec, the coder or the decoder silently degrades a shipped model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO
+from PIL import Image
+
+from cdc.checkpoint import load_codec, read_checkpoint_info
+from cdc.coder import Coder
+from cdc.images import from_uint8, to_uint8
+from cdc.metrics import psnr
+from cdc.pretrained import available, family
+
+RESULTS = json.loads((REPO / "benchmarks" / "results" / "family.json").read_text())
+CROPS = REPO / "tests" / "assets" / "heldout"
+MEMBERS = sorted(RESULTS["members"])
+
+
+def test_every_shipped_member_has_its_card_its_results_and_fits_the_size_limit():
+    assert MEMBERS, "no family member recorded"
+    assert set(family()) == set(MEMBERS)
+    for name in MEMBERS:
+        path = available()[name]
+        assert path.stat().st_size <= 10 * 2**20
+        assert path.with_suffix(".md").is_file()
+        assert read_checkpoint_info(path)["fingerprint"] == RESULTS["members"][name]["fingerprint"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MEMBERS)
+def test_a_member_codes_the_held_out_crops_as_when_it_was_shipped(name):
+    coder = Coder(load_codec(available()[name]))
+    reference = RESULTS["members"][name]["regression"]
+    assert sorted(reference) == sorted(p.name for p in CROPS.glob("*.png"))
+    for crop, expected in reference.items():
+        img = np.asarray(Image.open(CROPS / crop).convert("RGB"))
+        encoded = coder.encode(from_uint8(img), steps=1, gamma=0.0, seed=0)
+        assert len(encoded.data) == expected["bytes"], crop  # the entropy coder is exact on every machine
+        quality = psnr(img, to_uint8(coder.decode(encoded.data)[0]))
+        assert abs(quality - expected["psnr"]) < 0.05, (crop, quality, expected["psnr"])  # pixels: ±1 LSB
