@@ -20,7 +20,16 @@ from cdc.codec import CDCCodec
 from cdc.images import to_uint8
 from cdc.layers import pad_to_multiple, padded_size
 from cdc.sampler import SamplerError, ddim_timesteps
-from cdc.tiling import DEFAULT_MARGIN, RowSink, TileGrid, TilingError, decode_tiles, encode_tiles
+from cdc.tiling import (
+    DEFAULT_MARGIN,
+    MAX_TILE,
+    RowSink,
+    TileGrid,
+    TilingError,
+    coded_pixels,
+    decode_tiles,
+    encode_tiles,
+)
 
 
 class DecodeError(ValueError):
@@ -146,9 +155,12 @@ class Coder:
         if max_pixels is not None and pixels > max_pixels:
             raise DecodeError(f"header claims {stream.width}x{stream.height} pixels, over the limit of {max_pixels} "
                               "(--max-pixels)")
-        if not stream.tile and max_whole_pixels is not None and pixels > max_whole_pixels:
-            raise DecodeError(f"header claims {stream.width}x{stream.height} pixels coded as one tile, over the "
-                              f"whole-image limit of {max_whole_pixels} (memory grows with pixels; tile it)")
+        coded = coded_pixels(stream.height, stream.width)
+        if not stream.tile and max_whole_pixels is not None and coded > max_whole_pixels:
+            raise DecodeError(f"header claims {stream.width}x{stream.height} pixels ({coded} padded) coded as one "
+                              f"tile, over the whole-image limit of {max_whole_pixels} (memory grows with pixels)")
+        if stream.tile > MAX_TILE:
+            raise DecodeError(f"header asks for {stream.tile}-px tiles, over the tile limit of {MAX_TILE} pixels")
         if steps is None and max_steps is not None and stream.steps > max_steps:
             raise DecodeError(f"header asks for {stream.steps} DDIM steps, over the limit of {max_steps} "
                               "(--max-steps; or choose --steps)")

@@ -34,6 +34,8 @@ DEFAULT_TILE = 768  # px: a 896² decode window needs ~1.4 GB for the small pres
 DEFAULT_MARGIN = 64  # px on each side: g_a context when encoding, the blend band when decoding
 AUTO_TILE_PIXELS = 4 * DEFAULT_TILE**2  # ``--tile auto`` tiles images larger than this (2.4 MP)
 WHOLE_IMAGE_MAX_PIXELS = 4096 * 4096  # untiled files above this are refused: ~27 GB on the CPU (small)
+MAX_TILE = 4096  # px: the largest core tile (a tile is coded as one image: the same bound)
+CODING_MULTIPLE = 64  # images are coded padded to this multiple: limits count the padded pixels
 NOISE_BLOCK = 64  # px: the start noise is drawn per block so that overlapping tiles agree
 
 RowSink = Callable[[int, Tensor], None]
@@ -131,16 +133,25 @@ def choose_tile(spec: str | int, height: int, width: int) -> int | None:
 
     ``auto`` tiles images over :data:`AUTO_TILE_PIXELS` with :data:`DEFAULT_TILE` and codes smaller
     ones whole (as the paper evaluates them); raises :class:`TilingError` for whole-image coding
-    over :data:`WHOLE_IMAGE_MAX_PIXELS`.
+    over :data:`WHOLE_IMAGE_MAX_PIXELS` and for tiles over :data:`MAX_TILE`. Both count the pixels
+    that are coded: the image padded to a multiple of 64 (a 1×100000 image codes 64×100032).
     """
+    pixels = coded_pixels(height, width)
     if spec == "auto":
-        return DEFAULT_TILE if height * width > AUTO_TILE_PIXELS else None
+        return DEFAULT_TILE if pixels > AUTO_TILE_PIXELS else None
     if spec == "off":
-        if height * width > WHOLE_IMAGE_MAX_PIXELS:
-            raise TilingError(f"{width}x{height} is over the whole-image limit of {WHOLE_IMAGE_MAX_PIXELS} pixels "
-                              "(memory grows with pixels): use --tile auto or --tile N")
+        if pixels > WHOLE_IMAGE_MAX_PIXELS:
+            raise TilingError(f"{width}x{height} codes {pixels} padded pixels, over the whole-image limit of "
+                              f"{WHOLE_IMAGE_MAX_PIXELS} (memory grows with pixels): use --tile auto or --tile N")
         return None
+    if int(spec) > MAX_TILE:
+        raise TilingError(f"tile {spec} is over the limit of {MAX_TILE} pixels (a tile is decoded as one image)")
     return int(spec)
+
+
+def coded_pixels(height: int, width: int) -> int:
+    """Pixels actually coded for an image: padded to a multiple of :data:`CODING_MULTIPLE` on each side."""
+    return math.ceil(height / CODING_MULTIPLE) * math.ceil(width / CODING_MULTIPLE) * CODING_MULTIPLE**2
 
 
 def crop_padded(x: Tensor, box: Box) -> Tensor:

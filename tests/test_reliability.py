@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, photo, tiny_codec
 from PIL import Image
@@ -320,3 +321,42 @@ def test_row21_a_seed_out_of_range_is_refused_by_the_parser_and_the_batch_goes_o
     assert r.returncode == 1
     one_line(r, "cdc: error:", "bad.cdc", "seed", "out of range")
     assert (tmp_path / "out" / "good.png").is_file()
+
+
+# ------------------------------------------------------------------ rows 17, 18: limits count the coded pixels
+@pytest.mark.slow
+def test_row17_a_thin_image_is_tiled_by_its_padded_size_and_decodes_in_bounded_memory(tmp_path):
+    from test_adversarial import _peak_rss_mb
+
+    from cdc.bitstream import Bitstream
+    from cdc.checkpoint import save_codec
+    from cdc.tiling import choose_tile, coded_pixels
+
+    assert coded_pixels(1, 100_000) == 64 * 100_032 and choose_tile("auto", 1, 100_000)  # 6.4 M coded pixels
+    model = save_codec(tiny_codec(), tmp_path / "model")
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.tile(photo("coffee", (1, 400)), (1, 250, 1))).save(thin)
+    r = subprocess.run([sys.executable, "-m", "cdc", "compress", str(thin), "-m", str(model), "-o",
+                        str(tmp_path / "thin.cdc")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert Bitstream.from_bytes((tmp_path / "thin.cdc").read_bytes()).tile  # tiled, not one 6.4 MP window
+    r, peak = _peak_rss_mb(["decompress", tmp_path / "thin.cdc", "-m", model, "-o", tmp_path / "out"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert peak < 2000, peak
+
+
+def test_row18_tiles_are_bounded_at_encode_and_decode(tmp_path):
+    from cdc.checkpoint import save_codec
+
+    model = save_codec(tiny_codec(), tmp_path / "model")
+    png = tmp_path / "a.png"
+    Image.fromarray(photo("coffee", (64, 64))).save(png)
+    r = subprocess.run([sys.executable, "-m", "cdc", "compress", str(png), "-m", str(model), "--tile", "4224", "-o",
+                        str(tmp_path / "a.cdc")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "4224" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "big.cdc").write_bytes(crafted(model, tile=4224, margin=0, height=4160, width=4160,
+                                               latent_hw=(264, 264), strings=[b"x"] * 2))
+    r = subprocess.run([sys.executable, "-m", "cdc", "decompress", str(tmp_path / "big.cdc"), "-m", str(model), "-o",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    one_line(r, "cdc: error:", "big.cdc", "over the tile limit of 4096")
