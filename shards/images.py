@@ -131,6 +131,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
     # for the rare image above Pillow's own limit that passed ours
     above_pillow = width * height > (Image.MAX_IMAGE_PIXELS or width * height)
     try:
+        if fmt == "PNG":  # the PNG decoder reads IDAT without its CRCs: a flipped byte decodes as other pixels
+            with _explicit_limit():
+                Image.open(io.BytesIO(data)).verify()
         with _explicit_limit() if above_pillow else contextlib.nullcontext():
             img.load()
     except Exception as exc:

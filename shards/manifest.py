@@ -145,6 +145,11 @@ class Manifest:
             raise ValueError(f"{path}: incomplete manifest (no {exc.args[0]!r})") from None
         except (TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: malformed manifest ({exc})") from None
+        for info in manifest.shards:  # a shard name never leaves the manifest's folder
+            if not info.name or "/" in info.name or "\\" in info.name or info.name.startswith("."):
+                raise ValueError(f"{path}: shard name {info.name!r} is not a file in the manifest's folder")
+            if not isinstance(info.bytes, int) or info.bytes < 0:
+                raise ValueError(f"{path}: shard {info.name}: invalid size {info.bytes!r}")
         if manifest.written + len(manifest.quarantine) + len(manifest.duplicates) != manifest.scanned:
             raise ValueError(f"{path}: accounting mismatch (written + quarantined + duplicates != scanned)")
         return manifest

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import itertools
 import random
 import warnings
@@ -42,6 +41,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from shards.images import ImageDecodeError, decode_image
 from shards.manifest import Manifest, is_remote, manifest_path, shard_urls, stream_options
 from shards.remote import with_retries
 from shards.tarfiles import iter_tar
@@ -70,7 +70,15 @@ def resolve_shards(source: str | Path | list[str], split: str = "train", skip_mi
             if not is_remote(path) and not Path(path).is_file():
                 raise ShardError(f"{path}: no such shard manifest")
             try:
-                urls += shard_urls(path, split)
+                found = shard_urls(path, split)
+                if not is_remote(path):  # a cheap check at open: sizes the manifest recorded
+                    sizes = {s.name: s.bytes for s in Manifest.load(path).shards}
+                    for url in found:
+                        local = Path(url)
+                        if local.is_file() and local.stat().st_size != sizes[local.name]:
+                            raise ShardError(f"{url}: {local.stat().st_size} bytes, the manifest says "
+                                             f"{sizes[local.name]} (a changed or damaged shard: rebuild or verify it)")
+                urls += found
             except ValueError as exc:
                 raise ShardError(str(exc)) from None
         else:
@@ -192,10 +200,20 @@ class _ReadAhead:
 def decode_crop(sample: dict, crop: int, rng: random.Random) -> torch.Tensor:
     """Decode a sample's image, upscale it if a side is below ``crop``, take a random crop.
 
-    Returns a (3, crop, crop) uint8 tensor (see :func:`unit_range`).
+    The image is decoded as the builder decodes it (:func:`shards.images.decode_image`: one pixel
+    limit for both). Returns a (3, crop, crop) uint8 tensor (see :func:`unit_range`).
+
+    Raises:
+        ShardError: naming the shard and the member: no image in the sample, or an undecodable one.
     """
-    ext = next(e for e in IMAGE_EXTS if e in sample)
-    image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
+    where = f"{sample.get('__url__', 'shard')}: member {sample.get('__key__', '?')}"
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        raise ShardError(f"{where}: no image in the sample")
+    try:
+        image = decode_image(sample[ext]).image
+    except ImageDecodeError as exc:
+        raise ShardError(f"{where}: {exc}") from None
     w, h = image.size
     if min(w, h) < crop:
         scale = crop / min(w, h)
@@ -256,7 +274,13 @@ class ShardStream(IterableDataset):
             batch = []
             for index, sample in enumerate(stream, start=skip):
                 rng = random.Random(_seed(self.seed, self.rank, lane, epoch, index))
-                batch.append(decode_crop(sample, self.crop, rng))
+                try:
+                    batch.append(decode_crop(sample, self.crop, rng))
+                except ShardError as exc:
+                    if not self.skip_bad:
+                        raise ShardError(f"{exc} (set train.skip_bad_shards=true to skip bad samples)") from None
+                    warnings.warn(f"{exc}; sample skipped", stacklevel=2)
+                    continue
                 if len(batch) == self.batch_size:
                     yield torch.stack(batch)
                     batch = []

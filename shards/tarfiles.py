@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from shards.sources import MAX_INPUT_BYTES as MAX_MEMBER_BYTES  # a member is one input image
+
 
 def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> int:
     """Write ``members`` (name, data) to ``path`` atomically; returns the archive size in bytes."""
@@ -73,6 +75,8 @@ def iter_tar(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         if stored != sum(header[:148]) + 256 + sum(header[156:]):
             raise ValueError("tar header checksum mismatch")
         size = _octal(header[124:136])
+        if size > MAX_MEMBER_BYTES:
+            raise ValueError(f"tar member {_name(header)!r} claims {size} bytes, over the limit of {MAX_MEMBER_BYTES}")
         kind = header[156:157]
         data = stream.read(size)
         if len(data) < size:

@@ -360,3 +360,106 @@ def test_row18_tiles_are_bounded_at_encode_and_decode(tmp_path):
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     one_line(r, "cdc: error:", "big.cdc", "over the tile limit of 4096")
+
+
+# ------------------------------------------------------------------ row 6: PNG chunk checksums
+def test_row6_a_png_with_a_flipped_idat_byte_is_refused_and_quarantined(tmp_path):
+    import io as _io
+
+    buf = _io.BytesIO()
+    Image.fromarray(photo("coffee", (96, 128))).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[data.index(b"IDAT") + 100] ^= 0x10
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bitflip.png").write_bytes(bytes(data))
+    Image.fromarray(photo("astronaut", (96, 128))).save(src / "ok.png")
+    manifest = build([str(src)], tmp_path / "out", BuildConfig())
+    assert [q["reason"] for q in manifest.quarantine] == [
+        "truncated or corrupt PNG data (broken PNG file (bad header checksum in b'IDAT'))"]
+    r = subprocess.run([sys.executable, "-m", "cdc", "compress", str(src / "bitflip.png"), "-m", "small-base", "-o",
+                        str(tmp_path / "x.cdc")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    one_line(r, "cdc: error:", "bitflip.png", "truncated or corrupt PNG data")
+
+
+# ------------------------------------------------------------------ rows 9, 22, 23: what a shard may hold
+def _tiny_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "shards"
+    shutil.copytree(TINY_SHARD, out)
+    return out
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"bytes": 1}, "the manifest says 1"),
+    ({"name": "../other/train-000000.tar"}, "is not a file in the manifest's folder"),
+    ({"name": "/etc/train-000000.tar"}, "is not a file in the manifest's folder"),
+])
+def test_row9_a_manifest_cannot_point_outside_its_folder_or_lie_about_sizes(tmp_path, change, fragment):
+    from shards.reader import ShardError, resolve_shards
+
+    shards = _tiny_copy(tmp_path)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["shards"][0].update(change)
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match=fragment):
+        resolve_shards(str(shards), "train")
+
+
+def _sample_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    from shards.tarfiles import write_tar
+
+    write_tar(path, members)
+
+
+@pytest.mark.parametrize("members, fragment", [
+    ([("a.json", b"{}")], "no image in the sample"),
+    ([("a.png", b"\x89PNG\r\n\x1a\n garbage")], "member a:"),
+])
+def test_rows22_23_bad_samples_are_one_line_or_skipped(tmp_path, members, fragment):
+    from shards.reader import ShardError, ShardStream
+
+    bad = tmp_path / "bad.tar"
+    good = tmp_path / "good.tar"
+    buf = __import__("io").BytesIO()
+    Image.fromarray(photo("coffee", (80, 80))).save(buf, format="PNG")
+    _sample_tar(bad, members)
+    _sample_tar(good, [("b.png", buf.getvalue())])
+    with pytest.raises(ShardError, match=fragment):
+        next(iter(ShardStream([str(bad)], 1, 64).lane_batches(0)))
+    with pytest.warns(UserWarning, match="sample skipped"):
+        batch = next(iter(ShardStream([str(bad), str(good)], 1, 64, skip_bad=True).lane_batches(0)))
+    assert batch.shape == (1, 3, 64, 64)
+
+
+def test_row22_a_member_claiming_8_gib_is_refused_without_allocating(tmp_path):
+    from shards.tarfiles import iter_tar
+
+    header = bytearray(512)
+    header[:5] = b"a.png"
+    header[100:108] = b"0000644\0"
+    header[124:136] = b"%011o\0" % (2**33 - 1)  # the largest size of an octal field
+    header[148:156] = b" " * 8
+    header[148:155] = b"%06o\0" % sum(header)
+    with pytest.raises(ValueError, match="claims 8589934591 bytes"):
+        list(iter_tar(__import__("io").BytesIO(bytes(header) + b"\0" * 1024)))
+
+
+def test_row23_the_reader_decodes_what_the_builder_accepted(monkeypatch):
+    """The builder applies its own pixel limit (above Pillow's 179 MP bomb guard); the reader used
+    Pillow's and died on what the builder had accepted. Here Pillow's guard is made tiny instead of
+    the image huge: the reader must not apply it."""
+    import io as _io
+    import random
+
+    from PIL import Image as PILImage
+
+    from shards.reader import decode_crop
+
+    buf = _io.BytesIO()
+    PILImage.fromarray(photo("coffee", (70, 90))).save(buf, format="PNG")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 2x this raises DecompressionBombError in Pillow
+    sample = {"__key__": "k", "__url__": "s.tar", "png": buf.getvalue()}
+    assert decode_crop(sample, 64, random.Random(0)).shape == (3, 64, 64)
