@@ -52,17 +52,19 @@ class Member:
     autoencoder_fraction: float
     freeze_latent_fraction: float
     batch_size: int = 8
+    lr_decay_every: int = 0  # 0: a quarter of the steps
 
     def overrides(self) -> list[str]:
         return [f"train.autoencoder_fraction={self.autoencoder_fraction}",
                 f"train.freeze_latent_fraction={self.freeze_latent_fraction}",
                 f"train.finetune_phases={str(self.autoencoder_fraction + self.freeze_latent_fraction > 0).lower()}",
-                f"train.batch_size={self.batch_size}", f"train.lr_decay_every={max(1000, self.steps // 4)}",
+                f"train.batch_size={self.batch_size}",
+                f"train.lr_decay_every={self.lr_decay_every or max(1000, self.steps // 4)}",
                 "train.checkpoint_every=500", "train.log_every=100", "train.sample_every=0"]
 
 
 FAMILY = (
-    Member("small-q4", 0.005, 0.0, "small-base", 20000, 0.97, 0.01),
+    Member("small-q4", 0.005, 0.0, "small-base", 12000, 0.97, 0.01, lr_decay_every=5000),
     Member("small-q3", 0.01, 0.0, "small-q4", 2500, 0.94, 0.02),
     Member("small-q2", 0.02, 0.0, "small-q3", 2500, 0.94, 0.02),
     Member("small-q1", 0.045, 0.0, "small-q2", 2500, 0.94, 0.02),
@@ -214,14 +216,29 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
     return "\n".join(lines)
 
 
+def training_minutes(model: Path) -> float:
+    """Wall-clock minutes of a run: its invocations' ledger, else the sum of its logged windows
+    (``metrics.jsonl``: images over images/s; a run started by hand has no ledger)."""
+    ledger = model / "wall_seconds.json"
+    if ledger.is_file():
+        return sum(json.loads(ledger.read_text())) / 60
+    rows = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
+    batch = json.loads((model / "train_config.json").read_text())["train"]["batch_size"]
+    seconds, last = 0.0, 0
+    for row in rows:
+        if row["step"] > last:  # a resumed run logs its steps again from its checkpoint
+            seconds += (row["step"] - last) * batch / row["images_per_s"]
+            last = row["step"]
+    return seconds / 60
+
+
 def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     """Evaluate a trained member, export it with its card, and record its row."""
     from cdc.checkpoint import load_codec, read_checkpoint_info, save_codec
 
     model = work / member.name
     rows = evaluate(model, images, DECODES[member.rho], curves)
-    ledger = model / "wall_seconds.json"
-    minutes = sum(json.loads(ledger.read_text())) / 60 if ledger.is_file() else float("nan")
+    minutes = training_minutes(model)
     target = REPO / "cdc" / "pretrained" / f"{member.name}.safetensors"
     metadata = {**read_checkpoint_info(model)["metadata"], "name": member.name, "family": True, "heldout": rows}
     save_codec(load_codec(model), target, metadata=metadata)
