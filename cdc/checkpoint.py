@@ -11,6 +11,7 @@ shape, bytes); bitstreams carry its first 6 bytes so a file is never decoded by 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -61,12 +62,22 @@ def save_codec(codec: CDCCodec, path: str | Path, metadata: dict[str, Any] | Non
     }
     if path.suffix == ".safetensors":
         with atomic_path(path) as tmp:
-            save_file(state, tmp, metadata={"cdc_config": json.dumps(info)})
+            _save_file(state, tmp, metadata={"cdc_config": json.dumps(info)})
     else:
         with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(state, tmp)
+            _save_file(state, tmp)
         atomic_write(path / CONFIG_NAME, (json.dumps(info, indent=2) + "\n").encode())
     return path
+
+
+def _save_file(state: dict, path: str, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, its write failures (a full disk) raised as ``OSError`` naming ``path``."""
+    try:
+        save_file(state, path, metadata=metadata)
+    except OSError:
+        raise
+    except Exception as exc:  # SafetensorError
+        raise OSError(errno.EIO, f"cannot write weights ({str(exc).splitlines()[0]})", path) from None
 
 
 def read_checkpoint_info(path: str | Path) -> dict[str, Any]:

@@ -10,8 +10,9 @@ same image: another grid, the study, a registry refresh. An entry is keyed by
 * each metric's version (its package and weights, :func:`cdc.metrics.metric_versions`),
 
 and holds one image's row (bytes, bpp, encode/decode seconds of the first measurement, metric
-values) and, when computed, its patch features (``.npy``). An entry that lacks a requested metric
-is a miss and is rewritten. Files are written atomically (temporary file + rename), so concurrent
+values) and, when computed, its patch features (``.npy``). An entry that lacks a requested metric,
+or whose checksum does not match its content (a damaged or edited file), is a miss and is
+rewritten. Files are written atomically (temporary file + rename), so concurrent
 evaluations never read half an entry. ``CDC_EVAL_CACHE`` moves it (default
 ``~/.cache/cdc/baselines``); deleting the folder is always safe.
 """
@@ -61,12 +62,15 @@ class BaselineCache:
         try:
             entry = json.loads(path.read_text())
             feats = np.load(path.with_suffix(".npy")) if features else None
-        except (OSError, ValueError):
-            self.misses += 1
-            return None
-        known = entry.get("versions", {})
-        if any(known.get(m) != v for m, v in self.versions.items()):
-            self.misses += 1
+            if not isinstance(entry, dict) or entry.get("checksum") != _checksum(entry):
+                raise ValueError("damaged or edited entry")
+            known = entry["versions"]
+            if any(known.get(m) != v for m, v in self.versions.items()):
+                raise ValueError("other metric versions")
+            if feats is not None and entry.get("features") != hashlib.sha256(feats.tobytes()).hexdigest():
+                raise ValueError("features do not match the entry")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.misses += 1  # a bad entry is a miss; measuring again rewrites it
             return None
         self.hits += 1
         row = {k: v for k, v in entry["row"].items() if k not in known or k in self.versions}
@@ -75,17 +79,28 @@ class BaselineCache:
     def put(self, codec_id: str, image: str, row: dict, features: np.ndarray | None) -> None:
         """Store one image's row (and patch features) for ``codec_id``, atomically."""
         path = self._path(codec_id, image)
+        entry_features = None
         if features is not None:
             buf = io.BytesIO()
             np.save(buf, features)
             atomic_write(path.with_suffix(".npy"), buf.getvalue())
+            entry_features = hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest()
         versions = dict(self.versions)
-        try:  # keep the values of other metrics an earlier evaluation stored
+        try:  # keep the values of other metrics an earlier (intact) evaluation stored
             old = json.loads(path.read_text())
-            kept = {m: v for m, v in old["versions"].items() if m not in versions}
-            row = {**{m: old["row"][m] for m in kept if m in old["row"]}, **row}
-            versions.update(kept)
-        except (OSError, ValueError, KeyError):
+            if old.get("checksum") == _checksum(old):
+                kept = {m: v for m, v in old["versions"].items() if m not in versions}
+                row = {**{m: old["row"][m] for m in kept if m in old["row"]}, **row}
+                versions.update(kept)
+                entry_features = entry_features or old.get("features")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
-        entry = {"codec": codec_id, "image": image, "versions": versions, "row": row}
+        entry = {"codec": codec_id, "image": image, "versions": versions, "row": row, "features": entry_features}
+        entry["checksum"] = _checksum(entry)
         atomic_write(path, json.dumps(entry).encode())
+
+
+def _checksum(entry: dict) -> str:
+    """SHA-256 of an entry's content (every field but the checksum itself): an edited digit is a miss."""
+    content = {k: v for k, v in entry.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

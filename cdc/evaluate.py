@@ -49,7 +49,8 @@ class EvalSettings:
         limit: use only the first N images (0 = all); save_recon: reconstructions kept per point.
         metrics: names from :data:`cdc.metrics.ALL_METRICS` (``fd-stlpips-vgg``, ``fid``, ``kid`` are
             computed over HiFiC patches of the whole dataset).
-        cache: reuse and store classical-baseline measurements (:mod:`cdc.eval_cache`).
+        cache: reuse classical-baseline measurements (:mod:`cdc.eval_cache`); either way, what is
+            measured is stored (``--no-cache`` refreshes entries).
     """
 
     dataset: str = "kodak"
@@ -104,8 +105,9 @@ def run_curve(name: str, description: str, points: Iterable[Point], settings: Ev
 def run_curves(curves: list[Curve], settings: EvalSettings, suite: MetricSuite, out_dir: Path) -> list[Path]:
     """Measure every point of every curve on every image; write each curve's JSON files; return their paths."""
     files = images_for(settings)
+    # --no-cache (settings.cache False) measures everything and refreshes the entries it measured
     cache = (BaselineCache(default_cache_dir(), metric_versions(suite.computed))
-             if settings.cache and any(p.cache_id for c in curves for p in c.points) else None)
+             if any(p.cache_id for c in curves for p in c.points) else None)
     rows: dict[tuple[int, int], list[dict]] = {}
     for i, path in enumerate(tqdm(files, desc="evaluate", unit="img", leave=False)):
         ref = np.asarray(load_eval_image(path, settings.protocol))
@@ -114,7 +116,7 @@ def run_curves(curves: list[Curve], settings: EvalSettings, suite: MetricSuite, 
             for pi, point in enumerate(curve.points):
                 key = f"{ci}/{pi}"
                 hit = cache.get(point.cache_id, image_key(ref), suite.fd_net is not None) \
-                    if cache and point.cache_id else None
+                    if cache and point.cache_id and settings.cache else None
                 if hit is not None:
                     row, feats = hit
                     rows.setdefault((ci, pi), []).append({"image": path.name, **row})

@@ -40,8 +40,14 @@ def curve(name: str, description: str, points: list[dict[str, float]], meta: dic
 
 
 def load(path: str | Path) -> dict:
-    data = json.loads(Path(path).read_text())
-    if "results" not in data or "bpp" not in data["results"]:
+    """A CompressAI-schema results file; raises ``ValueError`` naming it when it is not one."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path}: not JSON ({str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) or "bpp" not in data["results"]:
         raise ValueError(f"{path}: not a results file (needs results.bpp)")
     return data
 

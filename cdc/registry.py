@@ -16,6 +16,7 @@ under a rate; the CLI accepts ``-m models:/NAME@ALIAS`` and ``-m "best:bpp<=0.2,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -101,7 +102,7 @@ def find(target_bpp: float, objective: str = "perception", dataset: str = "div2k
         RegistryError: nothing was evaluated on ``dataset`` at or under the rate.
     """
     if objective not in ("perception", "distortion"):
-        raise ValueError("objective must be 'perception' or 'distortion'")
+        raise RegistryError(f"objective must be 'perception' or 'distortion', not {objective!r}")
     candidates = [v for v in list_versions(prefix)
                   if v.metric(dataset, "bpp") is not None and v.metric(dataset, "bpp") <= target_bpp]
     if not candidates:
@@ -119,16 +120,37 @@ def find(target_bpp: float, objective: str = "perception", dataset: str = "div2k
     raise RegistryError(f"no candidate has the {objective} metrics on {dataset}")
 
 
-_BEST = re.compile(r"^best:\s*bpp\s*<=\s*([0-9.eE+-]+)\s*"
-                   r"(?:,\s*objective\s*=\s*(\w+))?\s*(?:,\s*dataset\s*=\s*(\w+))?$")
+def parse_best(ref: str) -> tuple[float, str, str]:
+    """``best:bpp<=X[,objective=perception|distortion][,dataset=NAME]`` (options in any order) ->
+    (X, objective, dataset); raises :class:`RegistryError` naming the query for anything else."""
+    first, *options = (part.strip() for part in ref.removeprefix("best:").split(","))
+    key, sep, value = first.replace(" ", "").partition("<=")
+    if key != "bpp" or not sep:
+        raise RegistryError(f"{ref}: a best: query starts with bpp<=X")
+    try:
+        target = float(value)
+    except ValueError:
+        raise RegistryError(f"{ref}: {value!r} is not a number of bits per pixel") from None
+    chosen = {"objective": "perception", "dataset": "div2k"}
+    for option in options:
+        name, sep, choice = (x.strip() for x in option.partition("="))
+        if not sep or name not in chosen or not re.fullmatch(r"[\w.-]+", choice):
+            raise RegistryError(f"{ref}: unknown option {option!r} (objective=..., dataset=...)")
+        chosen[name] = choice
+    if chosen["objective"] not in ("perception", "distortion"):
+        raise RegistryError(f"{ref}: objective must be perception or distortion, not {chosen['objective']!r}")
+    return target, chosen["objective"], chosen["dataset"]
 
 
 def resolve(ref: str, cache: Path | None = None) -> Path:
-    """A ``models:/...`` URI or a ``best:bpp<=X[,objective=...][,dataset=...]`` query -> local checkpoint."""
-    match = _BEST.match(ref)
-    if match:
-        target, objective, dataset = match.groups()
-        ref = find(float(target), objective or "perception", dataset or "div2k").uri
+    """A ``models:/...`` URI or a ``best:bpp<=X[,objective=...][,dataset=...]`` query -> local checkpoint.
+
+    Downloads are cached per tracking store and model version (its run id included), so another
+    registry's version 1 is never served from this one's cache; an incomplete entry is fetched again.
+    """
+    if ref.startswith("best:"):
+        target, objective, dataset = parse_best(ref)
+        ref = find(target, objective, dataset).uri
     if not ref.startswith("models:/"):
         raise RegistryError(f"{ref}: not a models:/ URI or best: query")
     mlflow = _mlflow()
@@ -140,12 +162,20 @@ def resolve(ref: str, cache: Path | None = None) -> Path:
     except mlflow.exceptions.MlflowException as exc:
         raise RegistryError(f"{ref}: {exc.message if hasattr(exc, 'message') else exc}") from None
     cache = cache or Path(os.environ.get("CDC_MODEL_CACHE", Path.home() / ".cache" / "cdc" / "models"))
-    target = cache / mv.name / str(mv.version)
+    identity = hashlib.sha256(f"{mlflow.get_tracking_uri()}|{mv.name}|{mv.version}|{mv.run_id}|{mv.source}".encode())
+    target = cache / mv.name / f"{mv.version}-{identity.hexdigest()[:16]}"
     checkpoint = target / "artifacts" / "checkpoint"
-    if not (checkpoint / "model.safetensors").is_file():
-        target.mkdir(parents=True, exist_ok=True)
+    if not all((checkpoint / f).is_file() for f in ("model.safetensors", "config.json")):
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete entry: fetch it whole again
+        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # MLflow reads it from the environment
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(target))
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(staging))
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished the same download first
+            shutil.rmtree(staging, ignore_errors=True)
     if not (checkpoint / "model.safetensors").is_file():
         raise RegistryError(f"{ref}: the model has no codec checkpoint artifact")
     return checkpoint

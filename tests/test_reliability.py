@@ -463,3 +463,55 @@ def test_row23_the_reader_decodes_what_the_builder_accepted(monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 2x this raises DecompressionBombError in Pillow
     sample = {"__key__": "k", "__url__": "s.tar", "png": buf.getvalue()}
     assert decode_crop(sample, 64, random.Random(0)).shape == (3, 64, 64)
+
+
+# ------------------------------------------------------------------ rows 12, 29: the evaluation cache
+def test_rows12_29_an_edited_or_broken_cache_entry_is_a_miss_and_is_rewritten(tmp_path):
+    from cdc.eval_cache import BaselineCache
+
+    cache = BaselineCache(tmp_path, {"psnr-rgb": "v1"})
+    cache.put("JPEG|q50", "img", {"bytes": 10, "psnr-rgb": 32.44}, None)
+    assert cache.get("JPEG|q50", "img", False)[0]["psnr-rgb"] == 32.44
+    path = next(tmp_path.rglob("*.json"))
+    path.write_text(path.read_text().replace("32.44", "92.44"))  # one digit changed by hand
+    assert cache.get("JPEG|q50", "img", False) is None
+    path.write_text("[]")
+    assert cache.get("JPEG|q50", "img", False) is None
+    cache.put("JPEG|q50", "img", {"bytes": 10, "psnr-rgb": 32.44}, None)
+    assert cache.get("JPEG|q50", "img", False)[0]["psnr-rgb"] == 32.44
+
+
+# ------------------------------------------------------------------ rows 25, 27, 28, 29: one line each
+@pytest.mark.parametrize("query, fragment", [
+    ("best:bpp<=1.2.3", "'1.2.3' is not a number"),
+    ("best:bpp<=0.3,objective=foo", "objective must be perception or distortion"),
+    ("best:bpp<=0.3,colour=red", "unknown option 'colour=red'"),
+])
+def test_row25_bad_registry_queries_are_one_line(query, fragment):
+    from cdc.registry import RegistryError, parse_best
+
+    with pytest.raises(RegistryError, match=fragment):
+        parse_best(query)
+
+
+def test_row31_a_query_in_another_key_order_is_understood():
+    from cdc.registry import parse_best
+
+    assert parse_best("best: bpp <= 0.5, dataset=shards, objective=distortion") == (0.5, "distortion", "shards")
+    assert parse_best("best:bpp<=0.5") == (0.5, "perception", "div2k")
+
+
+def test_rows27_28_29_cli_failures_are_one_line(tmp_path):
+    (tmp_path / "notjson.json").write_text("not json")
+    full = subprocess.run(["bash", "-c", f"{sys.executable} -m cdc info {REPO}/tests/golden/*.cdc | head -1"],
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in full.stderr and "BrokenPipe" not in full.stderr, full.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for args, fragment in ((["init", "--preset", "tiny", "-o", str(blocker / "m")], "cannot write the checkpoint"),
+                           (["plot", str(tmp_path / "notjson.json")], "not JSON"),
+                           (["decompress", str(tmp_path / "notjson.json"), "-m", "small-base", "--device", "meta",
+                             "-o", str(tmp_path / "o")], "--device meta: not supported")):
+        r = subprocess.run([sys.executable, "-m", "cdc", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, (args, r.stderr)
+        one_line(r, "cdc: error:", fragment)

@@ -18,6 +18,7 @@ other files in the same call are still processed, and no partial output file is 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CLIError as exc:
         say("error", str(exc))
+        return EXIT_FAILED
+    except BrokenPipeError:  # `cdc info f.cdc | head -1`: the reader left; no traceback, no second error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     except KeyboardInterrupt:
         say("error", "interrupted")

@@ -49,7 +49,14 @@ def cmd_init(args: argparse.Namespace) -> int:
             metadata = {"trained": False, "init_seed": args.seed}
     except (ConfigError, CheckpointError) as exc:
         raise CLIError(str(exc)) from None
-    path = save_codec(codec, args.output, metadata=metadata)
+    out = Path(args.output)
+    existed = out.exists()
+    try:
+        path = save_codec(codec, out, metadata=metadata)
+    except OSError as exc:  # read-only or full file system: say so, leave nothing behind
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise CLIError(f"{exc.filename or out}: cannot write the checkpoint ({exc.strerror or exc})") from None
     n_params = sum(p.numel() for p in codec.parameters())
     what = f"copy of {args.source}" if args.source else "untrained"
     print(f"{path}: {what} '{config.preset}' codec, {n_params / 1e6:.2f} M parameters")

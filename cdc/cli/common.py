@@ -37,9 +37,11 @@ def load_coder(ref: str, device: str = "cpu", compile: bool = False):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except RuntimeError as exc:
         raise CLIError(f"--device {device}: {exc}") from None
+    if kind not in ("cpu", "cuda"):
+        raise CLIError(f"--device {device}: not supported (cpu, cuda, cuda:N or auto)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {device}: no CUDA device on this machine")
     try:

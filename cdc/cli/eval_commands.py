@@ -80,10 +80,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from cdc.rd import gallery, plot
 
     out = Path(args.output or Path(args.results[0]).parent / "plots")
-    for path in plot(args.results, out):
-        print(path)
-    if args.gallery:
-        print(gallery(args.results, out / "gallery.png", target_bpp=args.bpp))
+    try:
+        for path in plot(args.results, out):
+            print(path)
+        if args.gallery:
+            print(gallery(args.results, out / "gallery.png", target_bpp=args.bpp))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 
@@ -91,7 +94,10 @@ def cmd_bdrate(args: argparse.Namespace) -> int:
     """Print a BD-rate table against the anchor curve."""
     from cdc.rd import bd_table
 
-    text, _ = bd_table(args.anchor, args.results, args.metrics.split(",") if args.metrics else None)
+    try:
+        text, _ = bd_table(args.anchor, args.results, args.metrics.split(",") if args.metrics else None)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     print(text)
     return 0
 
