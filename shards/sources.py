@@ -54,6 +54,8 @@ def _expand_one(source: str) -> list[str]:
         raise SourceError(f"{source}: unsupported location ({exc})") from None
     if GLOB_CHARS & set(path):
         return [_unstrip(fs, p) for p in fs.glob(path) if _is_image(p)]
+    if _protocol(fs) != "file" and _is_image(path):
+        return [source]  # an image URL: no request to classify it (its read is bounded, see read_bytes)
     try:
         is_dir = fs.isdir(path)
     except OSError as exc:
@@ -110,6 +112,28 @@ def read_local_file(path: str | os.PathLike, max_bytes: int = MAX_INPUT_BYTES) -
     return data
 
 
+def http_timeout_s() -> float:
+    """Seconds an HTTP(S) read may take in all (``CDC_HTTP_TIMEOUT_S``, default 60): a server that
+    stops answering fails the input with a reason instead of hanging the build."""
+    return float(os.environ.get("CDC_HTTP_TIMEOUT_S", "60"))
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, TimeoutError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _remote_options(location: str) -> dict:
+    if not location.startswith(("http://", "https://")):
+        return {}
+    import aiohttp
+
+    return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=http_timeout_s())}}
+
+
 def read_bytes(location: str, retries: int = 3, backoff: float = 0.5, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     """Read a local path or URL of at most ``max_bytes``; transient errors of remote reads are retried
     with backoff. Local inputs must be regular files (see :func:`read_local_file`).
@@ -118,20 +142,23 @@ def read_bytes(location: str, retries: int = 3, backoff: float = 0.5, max_bytes:
         OSError: the location cannot be read (after the retries for remote locations), is not a
             regular file, or is larger than ``max_bytes``.
     """
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = fsspec.core.url_to_fs(location, **_remote_options(location))
     if _protocol(fs) == "file":
         return read_local_file(path, max_bytes)
     for attempt in range(retries):
         try:
-            with fs.open(path, "rb") as f:
+            streamed = {"block_size": 0} if location.startswith(("http://", "https://")) else {}  # one GET
+            with fs.open(path, "rb", **streamed) as f:
                 data = f.read(max_bytes + 1)
             if len(data) > max_bytes:
                 raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", location)
             return data
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            raise
         except OSError as exc:
-            if attempt == retries - 1 or exc.errno == errno.EFBIG:
+            if _timed_out(exc):  # fsspec reports an HTTP timeout as a missing file
+                exc = OSError(errno.ETIMEDOUT, f"timed out after {http_timeout_s():g} s", location)
+            elif isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
                 raise
+            if attempt == retries - 1 or exc.errno == errno.EFBIG:
+                raise exc from None
             time.sleep(backoff * 2**attempt)
     raise AssertionError("unreachable")

@@ -515,3 +515,33 @@ def test_rows27_28_29_cli_failures_are_one_line(tmp_path):
         r = subprocess.run([sys.executable, "-m", "cdc", *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 1, (args, r.stderr)
         one_line(r, "cdc: error:", fragment)
+
+
+# ------------------------------------------------------------------ row 15: a server that stops answering
+def test_row15_a_sleeping_http_server_fails_the_input_with_a_reason_in_bounded_time(tmp_path):
+    import http.server
+    import time
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            time.sleep(30)
+
+        def do_HEAD(self):  # noqa: N802
+            time.sleep(30)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/slow_cat.png"
+        start = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "shards", "build", url, "-o", str(tmp_path / "out"), "--workers", "1"],
+                           capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ,
+                                                                                       "CDC_HTTP_TIMEOUT_S": "1"})
+        assert time.monotonic() - start < 60
+        assert "Traceback" not in r.stderr
+        assert "quarantined:" in r.stderr and "timed out after 1 s" in r.stderr, r.stderr
+    finally:
+        server.shutdown()
