@@ -523,10 +523,10 @@ def test_row15_a_sleeping_http_server_fails_the_input_with_a_reason_in_bounded_t
     import time
 
     class Slow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):
             time.sleep(30)
 
-        def do_HEAD(self):  # noqa: N802
+        def do_HEAD(self):
             time.sleep(30)
 
         def log_message(self, *args):
