@@ -537,9 +537,9 @@ def test_row15_a_sleeping_http_server_fails_the_input_with_a_reason_in_bounded_t
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/slow_cat.png"
         start = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", "shards", "build", url, "-o", str(tmp_path / "out"), "--workers", "1"],
-                           capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ,
-                                                                                       "CDC_HTTP_TIMEOUT_S": "1"})
+        env = {**os.environ, "CDC_HTTP_TIMEOUT_S": "1"}
+        r = subprocess.run([sys.executable, "-m", "shards", "build", url, "-o", str(tmp_path / "out"),
+                            "--workers", "1"], capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
         assert time.monotonic() - start < 60
         assert "Traceback" not in r.stderr
         assert "quarantined:" in r.stderr and "timed out after 1 s" in r.stderr, r.stderr
