@@ -26,6 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cdc.metrics import REPORT_METRICS
 from cdc.pretrained import FAMILY
+from cdc.rd import slug
 from cdc.registry import register_grid, registered_cell_keys
 from cdc.tracking import code_version, setup_mlflow
 from pipelines.cells import (
@@ -144,10 +145,19 @@ def train_grid(
                         init_from=None, tags={"cdc.role": "warmup"}, experiment=experiment)
         train(job, launcher, launcher_options or {})
 
-    plan = plan_grid(lmbdas, rhos, preset=preset, prediction=prediction, cell_train_steps=cell_train_steps,
-                     shards=manifest, shards_fingerprint=fingerprint, code_version=version, out=out,
-                     experiment=experiment, overrides=overrides, cell_overrides=cell_overrides,
-                     warm_key=warm_key, warm_dir=warm_dir, bases=bases, registered=registered_cell_keys())
+    def planned(registered: set[str]):
+        return plan_grid(lmbdas, rhos, preset=preset, prediction=prediction, cell_train_steps=cell_train_steps,
+                         shards=manifest, shards_fingerprint=fingerprint, code_version=version, out=out,
+                         experiment=experiment, overrides=overrides, cell_overrides=cell_overrides,
+                         warm_key=warm_key, warm_dir=warm_dir, bases=bases, registered=registered)
+
+    registered = registered_cell_keys()
+    plan = planned(registered)
+    # a cell the registry knows but whose results are gone from this output folder is made again
+    gone = {c.key for c in plan.skipped if not (out / "eval" / f"{slug(f'CDC {c.label}')}.json").is_file()}
+    if gone:
+        logger.warning(f"{len(gone)} registered cell(s) have no results in {out}: trained and evaluated again")
+        plan = planned(registered - gone)
     for cell in plan.skipped:
         logger.info(f"{cell.label}: already registered (cell key {cell.key}), skipped")
 

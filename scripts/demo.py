@@ -49,6 +49,10 @@ def make_gallery() -> Path:
 
 
 def main() -> None:
+    if "--fresh" in sys.argv:  # fresh means fresh: the demo's outputs and its own registry and tracking
+        shutil.rmtree(OUT, ignore_errors=True)
+        if Path(os.environ["CDC_HOME"]) == HOME:  # never a registry the user pointed CDC_HOME at
+            shutil.rmtree(HOME, ignore_errors=True)
     # Prefect keeps its settings and local server database here, reads the folder when it is
     # imported and does not create its parents: make it first (a fresh clone has no .cdc/).
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -56,8 +60,6 @@ def main() -> None:
     from shards.photocorpus import DEFAULT_CACHE, DEFAULT_LIST, fetch_photos, read_list
 
     start = time.time()
-    if "--fresh" in sys.argv:
-        shutil.rmtree(OUT, ignore_errors=True)
     photos, _ = fetch_photos(read_list(DEFAULT_LIST), DEFAULT_CACHE)  # warns (and goes on) for what it cannot get
     sources = OUT / "corpus" / "sources.txt"
     sources.parent.mkdir(parents=True, exist_ok=True)

@@ -124,3 +124,14 @@ def test_grid_deployment_registers_models(services, tmp_path):
     assert "| lmbda0.1-rho0 | 0.1 | 0 | failed:" in summary and "train.crop must be a multiple of 64" in summary
     assert "AwaitingRetry" in third.stdout and summary.count("skipped (registered)") == 2
     assert len(versions(env)) == 2
+
+    # issue 28: the output folder removed (as `scripts/demo.py --fresh` did) while the registry keeps its cells:
+    # they are trained and evaluated again, never a missing-results traceback
+    import shutil
+
+    shutil.rmtree(home / "grid")
+    fourth = run_grid(env, home, "[0.01,0.05]")
+    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    summary = (home / "grid" / "summary.md").read_text()
+    assert "skipped (registered)" not in summary and len(versions(env)) == 4
+    assert all((home / "grid" / "eval" / f"CDC_lmbda{x}-rho0.json").is_file() for x in ("0.01", "0.05"))
