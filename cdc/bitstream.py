@@ -143,7 +143,7 @@ class Bitstream:
         n_strings = reader.varint()
         if n_strings > (64 if version == 1 else len(data)):  # each string takes at least a byte
             raise BitstreamError(f"implausible number of strings ({n_strings})")
-        strings = [reader.take(reader.varint()) for _ in range(n_strings)]
+        strings = [reader.take(reader.varint(), "string") for _ in range(n_strings)]
         body_end = reader.pos
         crc = reader.take(4)
         if reader.pos != len(data):
@@ -207,10 +207,12 @@ class _Reader:
     def __init__(self, data: bytes, pos: int) -> None:
         self.data, self.pos = data, pos
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int, what: str = "") -> bytes:
         if self.pos + n > len(self.data):
+            if what and n > len(self.data):  # a length no file of this size could hold: the field itself is bad
+                raise BitstreamError(f"corrupt {what} length ({n} bytes in a {len(self.data)}-byte file)")
             raise BitstreamError(
-                f"truncated: needs at least {self.pos + n} bytes, the file has {len(self.data)}"
+                f"truncated or corrupt: needs at least {self.pos + n} bytes, the file has {len(self.data)}"
             )
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n

@@ -82,6 +82,9 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
         return img.convert("RGB")
     if mode.startswith("I") or mode == "F":
         arr = np.asarray(img).astype(np.float64)
+        if not np.isfinite(arr).all():
+            arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+            notes.append("non-finite samples (NaN/inf) set to 0")
         peak = arr.max(initial=0)
         if mode == "F":
             arr = arr * 255 if peak <= 1.0 else arr  # float images are [0, 1] or [0, 255]
@@ -149,6 +152,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
 
 def _has_rotation(img: Image.Image) -> bool:
     try:
-        return img.getexif().get(0x0112, 1) not in (1, None)
+        return img.getexif().get(0x0112, 1) in range(2, 9)  # 1 and invalid values (0, 9, ...) change nothing
     except Exception:  # broken EXIF blocks must not fail an otherwise valid image
         return False

@@ -65,7 +65,10 @@ def _expand_one(source: str) -> list[str]:
     if Path(path).suffix.lower() in LIST_SUFFIXES:
         if not fs.exists(path):
             raise SourceError(f"{source}: no such list file")
-        text = fs.cat_file(path).decode()
+        try:
+            text = fs.cat_file(path).decode()
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{source}: not a text list file (byte {exc.start} is not UTF-8)") from None
         return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if _is_image(path):
         # A listed single file is kept even if missing: the builder quarantines it with its reason.

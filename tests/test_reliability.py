@@ -545,3 +545,43 @@ def test_row15_a_sleeping_http_server_fails_the_input_with_a_reason_in_bounded_t
         assert "quarantined:" in r.stderr and "timed out after 1 s" in r.stderr, r.stderr
     finally:
         server.shutdown()
+
+
+# ------------------------------------------------------------------ row 31: messages that say what happened
+def test_row31_messages_name_the_real_cause(tmp_path):
+    import io as _io
+
+    from cdc.bitstream import Bitstream, BitstreamError
+    from shards.images import decode_image
+    from shards.sources import SourceError, expand_sources
+
+    data = crafted(save_codec_tiny(tmp_path))
+    stream = Bitstream.from_bytes(data)
+    bad = bytearray(data)
+    bad[len(data) - 4 - len(stream.strings[1]) - 1] = 0x7f  # the last string's length byte, flipped high
+    with pytest.raises(BitstreamError, match=r"corrupt string length \(127 bytes in a \d+-byte file\)"):
+        Bitstream.from_bytes(bytes(bad))
+    img = Image.fromarray(photo("coffee", (64, 64)))
+    exif = img.getexif()
+    exif[0x0112] = 9  # not an orientation
+    buf = _io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    assert decode_image(buf.getvalue()).notes == []
+    nan = np.full((64, 64), np.nan, np.float32)
+    nan[:32] = 0.5
+    buf = _io.BytesIO()
+    Image.fromarray(nan, "F").save(buf, format="TIFF")
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")  # no raw numpy RuntimeWarning
+        notes = decode_image(buf.getvalue()).notes
+    assert "non-finite samples (NaN/inf) set to 0" in notes
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(SourceError, match="not a text list file"):
+        expand_sources([str(listing)])
+
+
+def save_codec_tiny(tmp_path: Path) -> Path:
+    from cdc.checkpoint import save_codec
+
+    return save_codec(tiny_codec(), tmp_path / "model")
