@@ -259,12 +259,92 @@ def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     return entry
 
 
+def plot_family(results: dict, out: Path) -> Path:
+    """PSNR and ST-LPIPS-Alex against bpp: the members (one-step decode; the perceptual one also at its
+    default decode), JPEG and WebP on the same held-out photos."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = ((axes[0], "psnr-rgb", "PSNR (dB)"), (axes[1], "stlpips-alex", "ST-LPIPS-Alex (lower is better)"))
+    for ax, metric, label in panels:
+        for name, curve in results["classical"].items():
+            ax.plot([p["bpp"] for p in curve], [p[metric] for p in curve], "s--", label=name.upper(), alpha=0.7)
+        distortion = sorted((m["heldout"][0] for m in results["members"].values() if m["rho"] == 0),
+                            key=lambda r: r["bpp"])
+        ax.plot([r["bpp"] for r in distortion], [r[metric] for r in distortion], "o-", label="CDC ρ = 0 (1 step)")
+        for m in results["members"].values():
+            if m["rho"] > 0:
+                for r in m["heldout"]:
+                    ax.plot(r["bpp"], r[metric], "*", markersize=11,
+                            label=f"CDC ρ = {m['rho']:g} ({r['steps']} steps, γ = {r['gamma']:g})")
+        ax.set_xlim(0, 0.8)
+        ax.set_xlabel("bpp (real bitstreams)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"The shipped family on {results['held_out_photos']} held-out photos")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "rd.png", dpi=110)
+    plt.close(fig)
+    return out / "rd.png"
+
+
+def gallery(results: dict, images, out: Path, target: float = 0.15, crop: int = 256) -> Path:
+    """original | JPEG | WebP | CDC ρ = 0 | CDC ρ > 0, each at its setting nearest ``target`` bpp on one
+    held-out photo (a centre crop; the codecs code the whole photo)."""
+    from PIL import Image, ImageDraw
+
+    from cdc.baselines import build_baseline
+    from cdc.checkpoint import load_codec
+    from cdc.coder import Coder
+    from cdc.images import from_uint8, to_uint8
+    from cdc.pretrained import available
+
+    name, img = images[0]
+    pixels = img.shape[0] * img.shape[1]
+    panels = [("original", img)]
+    for codec_name in ("jpeg", "webp"):
+        codec = build_baseline(codec_name)
+        coded = [codec.encode(img, q) for q in range(1, 96)]
+        data = min(coded, key=lambda d: abs(8 * len(d) / pixels - target))
+        panels.append((f"{codec_name.upper()} {8 * len(data) / pixels:.3f} bpp", codec.decode(data)))
+    for rho, steps, gamma in ((0.0, 1, 0.0), (0.9, 9, 0.8)):
+        members = [m for m in results["members"].values() if m["rho"] == rho]
+        if not members:
+            continue
+        member = min(members, key=lambda m: abs(m["heldout"][0]["bpp"] - target))
+        coder = Coder(load_codec(available()[member["name"]]))
+        encoded = coder.encode(from_uint8(img), steps=steps, gamma=gamma, seed=0)
+        panels.append((f"{member['name']} {encoded.bpp:.3f} bpp", to_uint8(coder.decode(encoded.data)[0])))
+    h, w = img.shape[:2]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    sheet = Image.new("RGB", (crop * len(panels), crop + 24), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (caption, pixels_) in enumerate(panels):
+        sheet.paste(Image.fromarray(pixels_[top:top + crop, left:left + crop]), (i * crop, 24))
+        draw.text((i * crop + 4, 4), caption, fill="black")
+    out.mkdir(parents=True, exist_ok=True)
+    sheet.save(out / "gallery.png")
+    print(f"[family] gallery of {name}: {out / 'gallery.png'}")
+    return out / "gallery.png"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("runs") / "family", help="checkpoints (outside git)")
     p.add_argument("--only", nargs="*", help="member names (default: all, in order)")
     p.add_argument("--evaluate-only", action="store_true", help="re-measure and re-export trained members")
+    p.add_argument("--report", action="store_true", help="only the RD plot and the gallery (docs/family/)")
     args = p.parse_args(argv)
+    if args.report:
+        results = json.loads(RESULTS.read_text())
+        print(plot_family(results, REPO / "docs" / "family"))
+        gallery(results, held_out(), REPO / "docs" / "family")
+        return 0
     if not Path(SHARDS).exists():
         from shards.photocorpus import build_corpus
 
