@@ -157,8 +157,9 @@ class Coder:
                               "(--max-pixels)")
         coded = coded_pixels(stream.height, stream.width)
         if not stream.tile and max_whole_pixels is not None and coded > max_whole_pixels:
-            raise DecodeError(f"header claims {stream.width}x{stream.height} pixels ({coded} padded) coded as one "
-                              f"tile, over the whole-image limit of {max_whole_pixels} (memory grows with pixels)")
+            raise DecodeError(f"header claims {stream.width}x{stream.height} pixels coded as one tile, over the "
+                              f"whole-image limit of {max_whole_pixels} ({coded} padded pixels; memory grows with "
+                              "pixels: tile it)")
         if stream.tile > MAX_TILE:
             raise DecodeError(f"header asks for {stream.tile}-px tiles, over the tile limit of {MAX_TILE} pixels")
         if steps is None and max_steps is not None and stream.steps > max_steps:
