@@ -65,9 +65,9 @@ class Member:
 
 FAMILY = (
     Member("small-q4", 0.005, 0.0, "small-base", 12000, 0.97, 0.01, lr_decay_every=5000),
-    Member("small-q3", 0.01, 0.0, "small-q4", 2500, 0.94, 0.02),
-    Member("small-q2", 0.02, 0.0, "small-q3", 2500, 0.94, 0.02),
-    Member("small-q1", 0.045, 0.0, "small-q2", 2500, 0.94, 0.02),
+    Member("small-q3", 0.01, 0.0, "small-q4", 1500, 0.93, 0.02),
+    Member("small-q2", 0.02, 0.0, "small-q3", 1500, 0.93, 0.02),
+    Member("small-q1", 0.045, 0.0, "small-q2", 1500, 0.93, 0.02),
     Member("small-q1-perceptual", 0.045, 0.9, "small-q1", 200, 0.0, 0.0, batch_size=4),
 )
 DECODES = {0.0: ((1, 0.0),), 0.9: ((1, 0.0), (9, 0.8))}
