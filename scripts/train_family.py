@@ -207,7 +207,7 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
         return "–" if v is None else format(v, spec)
 
     for r in rows:
-        lines.append(f"| {r['steps']} steps, γ = {r['gamma']:g} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | "
+        lines.append(f"| {r['steps']} step{'s' if r['steps'] > 1 else ''}, γ = {r['gamma']:g} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | "
                      f"{fmt(r['jpeg_psnr'], '.2f')} | {r['ms-ssim-rgb']:.4f} | {r['stlpips-alex']:.4f} | "
                      f"{fmt(r['jpeg_stlpips_alex'], '.4f')} | {fmt(r['webp_stlpips_alex'], '.4f')} |")
     lines += ["", "Limitations: a CPU-sized model (a few M parameters) trained for minutes to hours on 2 CPU "
@@ -334,14 +334,22 @@ def gallery(results: dict, images, out: Path, target: float = 0.15, crop: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cdc.checkpoint import read_checkpoint_info
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("runs") / "family", help="checkpoints (outside git)")
     p.add_argument("--only", nargs="*", help="member names (default: all, in order)")
     p.add_argument("--evaluate-only", action="store_true", help="re-measure and re-export trained members")
     p.add_argument("--report", action="store_true", help="only the RD plot and the gallery (docs/family/)")
     args = p.parse_args(argv)
-    if args.report:
+    if args.report:  # from the recorded results: cards, plot, gallery
         results = json.loads(RESULTS.read_text())
+        provenance = json.loads((Path(SHARDS).parent / "provenance.json").read_text())
+        for member in (m for m in FAMILY if m.name in results["members"]):
+            entry = results["members"][member.name]
+            target = REPO / "cdc" / "pretrained" / f"{member.name}.safetensors"
+            target.with_suffix(".md").write_text(card(member, read_checkpoint_info(target), entry["heldout"],
+                                                      entry["train_minutes"], provenance))
         print(plot_family(results, REPO / "docs" / "family"))
         gallery(results, held_out(), REPO / "docs" / "family")
         return 0
