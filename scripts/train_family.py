@@ -207,7 +207,8 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
         return "–" if v is None else format(v, spec)
 
     for r in rows:
-        lines.append(f"| {r['steps']} step{'s' if r['steps'] > 1 else ''}, γ = {r['gamma']:g} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | "
+        decode = f"{r['steps']} step{'s' if r['steps'] > 1 else ''}, γ = {r['gamma']:g}"
+        lines.append(f"| {decode} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | "
                      f"{fmt(r['jpeg_psnr'], '.2f')} | {r['ms-ssim-rgb']:.4f} | {r['stlpips-alex']:.4f} | "
                      f"{fmt(r['jpeg_stlpips_alex'], '.4f')} | {fmt(r['webp_stlpips_alex'], '.4f')} |")
     lines += ["", "Limitations: a CPU-sized model (a few M parameters) trained for minutes to hours on 2 CPU "
