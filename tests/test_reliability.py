@@ -585,3 +585,41 @@ def save_codec_tiny(tmp_path: Path) -> Path:
     from cdc.checkpoint import save_codec
 
     return save_codec(tiny_codec(), tmp_path / "model")
+
+
+# ------------------------------------------------------------------ row 11: the registry's download cache
+@pytest.mark.slow
+def test_row11_another_stores_version_1_is_never_served_from_this_ones_cache(tmp_path):
+    """Two SQLite tracking stores each register a different tiny model as ``cdc-x-rho0`` version 1;
+    resolving ``models:/cdc-x-rho0/1`` against each gives that store's model, and a cache entry that
+    lost its ``config.json`` is fetched again."""
+    code = '''
+import json, sys
+from pathlib import Path
+import mlflow
+from cdc.checkpoint import read_checkpoint_info, save_codec
+from cdc.registry import register, resolve
+from conftest import tiny_codec
+root, seed = Path(sys.argv[1]), int(sys.argv[2])
+model = save_codec(tiny_codec(seed=seed), root / f"model{seed}")
+with mlflow.start_run():
+    register(model, {"shards": {"bpp": 0.1 + seed}}, "shards", f"key{seed}", 1)
+path = resolve("models:/cdc-x-rho0/1", cache=root / "cache")
+print(json.dumps([read_checkpoint_info(path)["fingerprint"], read_checkpoint_info(model)["fingerprint"], str(path)]))
+'''
+    results = []
+    for seed in (0, 1):
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/store{seed}.db",
+               "PYTHONPATH": str(REPO / "tests")}
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(seed)], capture_output=True, text=True,
+                           timeout=600, env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    (served0, made0, path0), (served1, made1, path1) = results
+    assert served0 == made0 and served1 == made1 and made0 != made1 and path0 != path1
+    Path(path1, "config.json").unlink()  # an incomplete entry
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/store1.db"}
+    fetch = ("from pathlib import Path; from cdc.registry import resolve; "
+             f"print(resolve('models:/cdc-x-rho0/1', cache=Path({str(tmp_path)!r}) / 'cache'))")
+    again = subprocess.run([sys.executable, "-c", fetch], capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and Path(again.stdout.strip(), "config.json").is_file(), again.stderr[-2000:]
