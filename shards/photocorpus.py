@@ -33,20 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shards.build import build, process_pool_map
+from shards.devcorpus import RESERVED_PACKAGES, CorpusError
 from shards.manifest import Manifest
 from shards.process import BuildConfig
-
-RESERVED_PACKAGES = frozenset({"mate-backgrounds", "plasma-workspace-wallpapers"})
-"""Independent evaluation only: never used for training, tuning or tests."""
 
 DEFAULT_LIST = Path(__file__).with_name("photos.tsv")
 DEFAULT_CACHE = Path.home() / ".cache" / "cdc"
 TRAIN_SCALES = (512, 768, 1024)
 PATCH = 256
-
-
-class CorpusError(RuntimeError):
-    """The list cannot be used (missing, malformed, or naming a reserved package)."""
 
 
 @dataclass(frozen=True)
