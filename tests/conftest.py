@@ -65,3 +65,19 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
         [sys.executable, "-m", "cdc", *map(str, args)], cwd=cwd, capture_output=True, text=True,
         env={**os.environ, **(env or {})}, timeout=timeout,
     )
+
+
+# Linux copies the exec-ing process's old peak into the child's ``ru_maxrss`` (``exec_mmap``), and a
+# vfork'd child execs from pytest's own address space: measured directly, a CLI run reports pytest's
+# peak. A small Python in between absorbs that inheritance; its child's peak is the command's own.
+_MEASURE = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0); "
+            "open(sys.argv[1], 'w').write(f'{os.waitstatus_to_exitcode(s)} {u.ru_maxrss}')")
+
+
+def peak_rss_mb(args: list, tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``python -m cdc ARGS``; its result and its own peak resident set in MB (from ``wait4``)."""
+    usage = tmp_path / "rusage"
+    r = subprocess.run([sys.executable, "-c", _MEASURE, str(usage), sys.executable, "-m", "cdc", *map(str, args)],
+                       capture_output=True, text=True, timeout=900)
+    code, kib = usage.read_text().split()
+    return subprocess.CompletedProcess(args, int(code), r.stdout, r.stderr), int(kib) / 1024

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, photo, run_cli
+from conftest import REPO, peak_rss_mb, photo, run_cli
 from PIL import Image
 
 from cdc.bitstream import Bitstream
@@ -184,16 +184,6 @@ def test_row7_an_image_over_the_limit_is_refused_from_its_header(tmp_path, model
     one_line(r, "cdc: error:", "big.png", "12000x12000", "over the limit of 16777216")
 
 
-def _peak_rss_mb(args: list, tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
-    """Run ``python -m cdc ARGS``; its result and its own peak RSS in MB from the kernel (``wait4``)."""
-    with open(tmp_path / "stdout", "w+") as out, open(tmp_path / "stderr", "w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "cdc", *map(str, args)], stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        out.seek(0), err.seek(0)
-        result = subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(status), out.read(), err.read())
-    return result, usage.ru_maxrss / 1024
-
-
 @pytest.mark.slow
 def test_row7_a_12000_square_photo_is_coded_tile_by_tile_in_bounded_memory(tmp_path, model):
     """It used to take 4.25 GB and die in the allocator; tiled, encoding stays near the image's own
@@ -213,10 +203,10 @@ def test_row7_a_12000_square_photo_is_coded_tile_by_tile_in_bounded_memory(tmp_p
     assert r.returncode == 1 and not (tmp_path / "whole.cdc").exists()
     one_line(r, "cdc: error:", "big.png", "over the whole-image limit", "--tile auto")
     # decoding: a 6000 x 4000 crop keeps the test to a minute (12000² decodes the same way, 2 min on 2 cores)
-    r, _ = _peak_rss_mb(["compress", tmp_path / "crop.png", "-m", model, "-o", tmp_path / "crop.cdc", "--steps", "1"],
+    r, _ = peak_rss_mb(["compress", tmp_path / "crop.png", "-m", model, "-o", tmp_path / "crop.cdc", "--steps", "1"],
                         tmp_path)
     assert r.returncode == 0, r.stderr
-    r, decode_mb = _peak_rss_mb(["decompress", tmp_path / "crop.cdc", "-m", model, "-o", tmp_path / "crop.out.png"],
+    r, decode_mb = peak_rss_mb(["decompress", tmp_path / "crop.cdc", "-m", model, "-o", tmp_path / "crop.out.png"],
                                 tmp_path)
     assert r.returncode == 0 and "6000x4000, 48 tiles" in r.stdout, r.stderr
     assert Image.open(tmp_path / "crop.out.png").size == (6000, 4000)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, photo, tiny_codec
+from conftest import REPO, peak_rss_mb, photo, tiny_codec
 from PIL import Image
 from test_adversarial import crafted, one_line
 
@@ -225,9 +225,7 @@ def test_rows20_26_an_edited_config_is_refused_before_it_allocates(tmp_path, cha
     _edit_config(model, **changes)
     png = tmp_path / "a.png"
     Image.fromarray(photo("coffee", (64, 64))).save(png)
-    from test_adversarial import _peak_rss_mb
-
-    r, peak = _peak_rss_mb(["compress", png, "-m", model, "-o", tmp_path / "a.cdc"], tmp_path)
+    r, peak = peak_rss_mb(["compress", png, "-m", model, "-o", tmp_path / "a.cdc"], tmp_path)
     assert r.returncode != 0
     one_line(r, "cdc: error:", fragment)
     assert peak < 1500, peak  # 2,000,000 latent channels used to take over 3 GB before failing
@@ -329,8 +327,6 @@ def test_row21_a_seed_out_of_range_is_refused_by_the_parser_and_the_batch_goes_o
 # ------------------------------------------------------------------ rows 17, 18: limits count the coded pixels
 @pytest.mark.slow
 def test_row17_a_thin_image_is_tiled_by_its_padded_size_and_decodes_in_bounded_memory(tmp_path, monkeypatch):
-    from test_adversarial import _peak_rss_mb
-
     from cdc.bitstream import Bitstream
     from cdc.checkpoint import save_codec
     from cdc.tiling import choose_tile, coded_pixels
@@ -344,7 +340,7 @@ def test_row17_a_thin_image_is_tiled_by_its_padded_size_and_decodes_in_bounded_m
     assert r.returncode == 0, r.stderr
     assert Bitstream.from_bytes((tmp_path / "thin.cdc").read_bytes()).tile  # tiled, not one 6.4 MP window
     monkeypatch.setenv("CDC_MALLOC", "system")  # the working set, not the heap glibc is told to keep
-    r, peak = _peak_rss_mb(["decompress", tmp_path / "thin.cdc", "-m", model, "-o", tmp_path / "out"], tmp_path)
+    r, peak = peak_rss_mb(["decompress", tmp_path / "thin.cdc", "-m", model, "-o", tmp_path / "out"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert peak < 2000, peak
 
