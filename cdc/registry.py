@@ -6,7 +6,8 @@
   evaluation dataset ``<dataset>.<metric>`` (``div2k.bpp``, ``div2k.psnr-rgb``, ``div2k.stlpips-vgg``, ...).
 * Aliases ``q1`` ... ``qK`` order a family's versions by bpp (low to high, like CompressAI's
   quality 1..8); ``champion`` is the version closest to the family's target rate (default 0.25 bpp).
-* Each version is a pyfunc model (image array in -> reconstruction + real bpp out) with the raw
+* Each version is a pyfunc model (image files in -> ``.cdc`` files, real bpp and reconstructions out;
+  ``.cdc`` files in -> reconstructions; :mod:`cdc.pyfunc`) with the raw
   codec checkpoint as an artifact, loadable by ``mlflow.pyfunc.load_model("models:/cdc-x-rho0.9@q2")``.
 
 ``find(target_bpp=0.2, objective="perception", dataset="div2k")`` returns the best version at or
@@ -207,18 +208,14 @@ def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_
     """
     import mlflow
 
-    from cdc.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_info
-    from cdc.pyfunc import MODEL_CODE, SIGNATURE, input_example
+    from cdc.checkpoint import read_checkpoint_info
+    from cdc.pyfunc import MODEL_CODE, SIGNATURE, input_example, stage_checkpoint
 
     info = read_checkpoint_info(checkpoint)
     cfg, meta = info["config"], info.get("metadata", {})
     family = family_name(cfg["diffusion"]["prediction"], cfg["loss"]["rho"])
     with tempfile.TemporaryDirectory() as tmp:
-        # only the codec checkpoint travels (a training directory also holds optimizer states)
-        staged = Path(tmp) / "checkpoint"
-        staged.mkdir()
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            shutil.copy2(Path(checkpoint) / name, staged / name)
+        staged = stage_checkpoint(checkpoint, Path(tmp))
         model_info = mlflow.pyfunc.log_model(name="codec", python_model=str(MODEL_CODE),
                                              artifacts={"checkpoint": str(staged)}, signature=SIGNATURE,
                                              input_example=input_example(), registered_model_name=family)

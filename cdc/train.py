@@ -96,7 +96,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, train, print the exported model; 2 with one error line for anything the user can fix."""
+    """Parse, train, print the exported model; 2 with one error line for anything the user can fix.
+    A preempted run (SIGTERM/SIGINT) ends the process itself with 0 once its checkpoint is saved."""
     args = parse_args(argv)
     from cdc.distributed import prepare_environment  # torch: only after the file-mode re-exec below
 
@@ -111,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         line = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
         print(f"cdc train: error: {line.removeprefix('shards.reader.ShardError: ')}", file=sys.stderr)
         return 2
-    if not summary.get("preempted") and summary.get("model"):
+    if summary.get("preempted"):
+        # The checkpoint and the tracker's last words are written: leave before torch's C++ static
+        # destructors, which take seconds that a scheduler's grace period (SIGTERM, then SIGKILL) may not give.
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(0)
+    if summary.get("model"):
         print(f"model: {summary['model']} (fingerprint {summary['fingerprint'][:12]})")
     return 0
 

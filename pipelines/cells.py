@@ -159,19 +159,17 @@ def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str,
 
 @task(name="evaluate-baselines", cache_policy=NO_CACHE)
 def evaluate_baselines(names: list[str], settings: dict, out_dir: str) -> list[str]:
-    """The classical codecs on the same images (skipped when their results already exist)."""
+    """The classical codecs on the same images (skipped when their results already exist), all in one
+    pass over the images: each reference image is decoded and its features computed once."""
     from cdc.baselines import build_baseline
-    from cdc.evaluate import EvalSettings, baseline_points, run_curve
+    from cdc.evaluate import Curve, EvalSettings, baseline_points, run_curves
     from cdc.metrics import MetricSuite
     from cdc.rd import slug
 
     cfg = EvalSettings(**settings)
-    suite = MetricSuite(cfg.device, cfg.metrics)
-    paths = []
-    for name in names:
-        baseline = build_baseline(name)
-        existing = Path(out_dir) / f"{slug(baseline.name)}.json"
-        paths.append(str(existing) if existing.is_file() else
-                     str(run_curve(baseline.name, baseline.description, baseline_points(baseline), cfg, suite,
-                                   Path(out_dir))))
-    return paths
+    chosen = [build_baseline(name) for name in names]
+    paths = {b.name: Path(out_dir) / f"{slug(b.name)}.json" for b in chosen}
+    todo = [Curve(b.name, b.description, baseline_points(b), {}) for b in chosen if not paths[b.name].is_file()]
+    if todo:
+        run_curves(todo, cfg, MetricSuite(cfg.device, cfg.metrics), Path(out_dir))
+    return [str(paths[b.name]) for b in chosen]

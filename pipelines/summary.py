@@ -129,6 +129,9 @@ def summarize(cells: list[Cell], skipped: list[Cell], registered: dict[str, dict
                           f"Failures: {len(failures)}. RD plots: " + ", ".join(f"`{p}`" for p in plots),
                           "", "Checks:", *check_lines, *([f"\n**{warning}**"] if warning else [])])
     (out_dir / "summary.md").write_text(markdown + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(
+        {"dataset": dataset, "table": "\n".join(lines), "checks": "\n".join(check_lines), "warning": warning,
+         "cells": rows, "plots": plots}, indent=1) + "\n")
     parent = registered.get("__parent__", {}).get("run_id")
     if parent:
         client = mlflow.MlflowClient()

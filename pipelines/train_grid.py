@@ -24,7 +24,7 @@ from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from cdc.metrics import REPORT_METRICS
+from cdc.metrics import parse_metrics
 from cdc.pretrained import FAMILY
 from cdc.rd import slug
 from cdc.registry import register_grid, registered_cell_keys
@@ -78,6 +78,7 @@ def train_grid(
     decode_steps: int | None = None,
     eval_limit: int = 0,
     baselines: list[str] | None = None,
+    metrics: str = "report",
     launcher: str = "local",
     launcher_options: dict | None = None,
     max_concurrent: int = 1,
@@ -105,6 +106,8 @@ def train_grid(
         eval_dataset, eval_root, eval_protocol, decode_steps (DDIM steps; None: each model's default), eval_limit:
             where and how cells are evaluated (``shards`` = the held-out val split).
         baselines: classical codecs evaluated on the same images (default jpeg, webp).
+        metrics: what every evaluation measures, as ``cdc eval --metrics`` (default ``report``; the
+            VGG-based ones dominate a cold evaluation's time on a CPU).
         launcher, launcher_options: ``local`` | ``slurm`` | ``k8s`` and their keyword options.
         max_concurrent: global concurrency limit ``cdc-train-cells`` (simultaneous trainings).
         retries: extra attempts of a failing cell's training.
@@ -162,7 +165,7 @@ def train_grid(
         logger.info(f"{cell.label}: already registered (cell key {cell.key}), skipped")
 
     settings = {"dataset": eval_dataset, "root": eval_root or (manifest if eval_dataset == "shards" else None),
-                "protocol": eval_protocol, "limit": eval_limit, "save_recon": 1, "metrics": REPORT_METRICS}
+                "protocol": eval_protocol, "limit": eval_limit, "save_recon": 1, "metrics": parse_metrics(metrics)}
     eval_dir = out / "eval"
     futures = {}
     for planned in plan.todo:

@@ -103,12 +103,15 @@ def test_grid_deployment_registers_models(services, tmp_path):
     assert "cdc-x-rho0" in listing.stdout and "q1" in listing.stdout
     code = ("import mlflow, numpy as np; from cdc.tracking import configure_tracking; configure_tracking();"
             "m = mlflow.pyfunc.load_model('models:/cdc-x-rho0@q1');"
-            "out = m.predict(np.zeros((40, 50, 3), np.uint8)); print(out['reconstruction'].shape, out['bpp'][0] > 0);"
+            "import io, pandas as pd; from PIL import Image;"
+            "f = io.BytesIO(); Image.new('RGB', (50, 40)).save(f, 'PNG');"
+            "out = m.predict(pd.DataFrame({'image': [f.getvalue()]}));"
+            "print(Image.open(io.BytesIO(out['reconstruction'][0])).size, out['bpp'][0] > 0, len(out['cdc'][0]) > 0);"
             "info = mlflow.models.get_model_info('models:/cdc-x-rho0@q1'); flavor = info.flavors['python_function'];"
             "print('from-code' if flavor.get('model_code_path') and 'python_model' not in flavor else flavor,"
             "      info.saved_input_example_info is not None)")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert "(40, 50, 3) True" in r.stdout, r.stderr[-2000:]
+    assert "(50, 40) True True" in r.stdout, r.stderr[-2000:]
     assert "from-code True" in r.stdout, r.stdout  # no CloudPickle in the registry; an input example
 
     # a rerun registers nothing new

@@ -8,6 +8,7 @@ Subcommands::
     cdc info FILE.cdc...                                header as JSON (no model needed)
     cdc models list                                     registered models (MLflow registry)
     cdc eval | plot | bdrate                            evaluation harness (see cdc/cli/eval_commands.py)
+    cdc serve -m MODEL [-p 5001]                        the codec over HTTP (MLflow scoring server)
 
 MODEL is a checkpoint path, ``models:/NAME@ALIAS`` or ``best:bpp<=0.2,objective=perception``.
 
@@ -28,12 +29,13 @@ from cdc.cli.common import EXIT_FAILED, CLIError, quiet_third_party_warnings, sa
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cdc`` argument parser with every subcommand."""
-    from cdc.cli import codec_commands, eval_commands
+    from cdc.cli import codec_commands, eval_commands, serve_commands
 
     parser = argparse.ArgumentParser(prog="cdc", description="Conditional-diffusion image codec.")
     sub = parser.add_subparsers(dest="command", required=True)
     codec_commands.add_commands(sub)
     eval_commands.add_commands(sub)
+    serve_commands.add_commands(sub)
     return parser
 
 
