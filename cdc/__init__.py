@@ -10,8 +10,14 @@ Public API::
 Attributes are imported lazily so that light commands (``cdc info``) do not load PyTorch.
 """
 
+import warnings
 from importlib import import_module
 from typing import Any
+
+# compressai imports torch_geometric, whose module bodies call torch.jit.script (deprecated since
+# torch 2.14): one FutureWarning per process that says nothing about the user's work. Only it.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning,
+                        module=r"torch\.jit\._script")
 
 __version__ = "0.1.0"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import warnings
 from pathlib import Path
 
 import torch
@@ -32,8 +31,7 @@ def using_deepspeed() -> bool:
 
 
 def prepare_environment() -> None:
-    """Call before importing accelerate/deepspeed (and compressai, whose import warns on torch 2.14)."""
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+    """Call before importing accelerate/deepspeed."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import mlflow
@@ -52,14 +53,21 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({"image": [buf.getvalue()]})
 
 
+_BASE64 = re.compile(rb"[A-Za-z0-9+/=\s]+")
+
+
 def _as_bytes(value) -> bytes | None:
-    """A request cell as bytes: raw bytes, or base64 text (the ``instances``/``inputs`` JSON forms,
-    which MLflow hands over undecoded); None for an empty cell."""
+    """A request cell as file bytes; None for an empty cell.
+
+    MLflow base64-decodes binary columns of the ``dataframe_*`` JSON forms only: ``instances`` and
+    ``inputs`` arrive as the base64 text itself (str, or its UTF-8 bytes). Text made only of the
+    base64 alphabet is decoded; a real image or ``.cdc`` file always holds other bytes (its magic
+    number starts with one).
+    """
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    return base64.b64decode(str(value), validate=False)
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    return base64.b64decode(data) if _BASE64.fullmatch(data) else data
 
 
 def _rows(model_input) -> list[dict]:
@@ -68,8 +76,7 @@ def _rows(model_input) -> list[dict]:
         model_input = pd.DataFrame({k: list(np.atleast_1d(v)) for k, v in model_input.items()})
     if isinstance(model_input, list):
         model_input = pd.DataFrame(model_input)
-    records = model_input.to_dict("records")
-    return [{"image": _as_bytes(r.get("image")), "cdc": _as_bytes(r.get("cdc"))} for r in records]
+    return [{"image": r.get("image"), "cdc": r.get("cdc")} for r in model_input.to_dict("records")]
 
 
 class CDCPyfunc(mlflow.pyfunc.PythonModel):
@@ -94,11 +101,11 @@ class CDCPyfunc(mlflow.pyfunc.PythonModel):
         from shards.images import decode_image
 
         try:
-            data = request["cdc"]
+            data, image = _as_bytes(request["cdc"]), _as_bytes(request["image"])
             if data is None:
-                if request["image"] is None:
+                if image is None:
                     raise ValueError("a row needs an 'image' (file bytes) or a 'cdc' (a .cdc file)")
-                pixels = np.asarray(decode_image(request["image"]).image, dtype=np.uint8)
+                pixels = np.asarray(decode_image(image).image, dtype=np.uint8)
                 data = self.coder.encode(from_uint8(pixels), steps=steps).data
             rec, stream = self.coder.decode_uint8(data, steps=steps)
         except (DecodeError, ValueError, OSError) as exc:

@@ -32,6 +32,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 LMBDAS = [0.005, 0.09]  # rate weights of the grid (larger: fewer bits): the family's two ends
+RHOS = [0.0, 0.9]  # perceptual weights
 STEPS = 150  # fine-tune steps per cell, from the family member nearest in lambda
 EVAL_IMAGES = 4  # held-out images per evaluation
 # What the summary shows, nothing more: a Fréchet distance over 4 images' ~24 HiFiC patches in 1,472
@@ -70,7 +71,7 @@ def publish(summary: dict, gallery_png: Path, minutes: float) -> None:
         shutil.copyfile(plot, docs / Path(plot).name)
     shutil.copyfile(gallery_png, docs / "gallery.png")
     (docs / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"published to {docs}")
+    print(f"Published to {docs}")
 
 
 def main() -> None:
@@ -81,29 +82,42 @@ def main() -> None:
     # Prefect keeps its settings and local server database here, reads the folder when it is
     # imported and does not create its parents: make it first (a fresh clone has no .cdc/).
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    from demo_display import Stages, quiet_console
+
     from pipelines.train_grid import train_grid
     from shards.photocorpus import DEFAULT_CACHE, DEFAULT_LIST, fetch_photos, read_list
 
     start = time.time()
-    photos, _ = fetch_photos(read_list(DEFAULT_LIST), DEFAULT_CACHE)  # warns (and goes on) for what it cannot get
-    sources = OUT / "corpus" / "sources.txt"
-    sources.parent.mkdir(parents=True, exist_ok=True)
-    sources.write_text("".join(f"{p}\n" for p in sorted(map(str, photos.values()))))
-    summary = train_grid(
-        lmbdas=LMBDAS, rhos=[0.0, 0.9], preset="small", cell_train_steps=STEPS, base="family",
-        corpus=[str(sources)], max_shorter=512, split_val=0.15,  # the family's held-out split
-        eval_dataset="shards", eval_limit=EVAL_IMAGES, baselines=["jpeg", "webp", "avif"], metrics=METRICS,
-        output_dir=str(OUT),
-        experiment="cdc-demo", overrides=["train.num_workers=1"],
-    )
-    print("\n" + "=" * 100)
+    log = OUT / "demo.log"
+    cells, codecs = len(LMBDAS) * len(RHOS), ["jpeg", "webp", "avif"]
+    print(f"cdc demo: {len(LMBDAS)} λ × {len(RHOS)} ρ cells of `small` codecs, {STEPS} fine-tune steps each, "
+          f"evaluated on {EVAL_IMAGES} held-out photos (full log: {log})")
+    try:
+        with quiet_console(log, Stages(OUT, cells, STEPS, len(codecs))) as say:
+            photos, _ = fetch_photos(read_list(DEFAULT_LIST), DEFAULT_CACHE)  # warns and goes on for what is missing
+            say(f"✓ {'photo corpus':<22} {len(photos)} photos  [{(time.time() - start) / 60:4.1f} min]")
+            sources = OUT / "corpus" / "sources.txt"
+            sources.parent.mkdir(parents=True, exist_ok=True)
+            sources.write_text("".join(f"{p}\n" for p in sorted(map(str, photos.values()))))
+            summary = train_grid(
+                lmbdas=LMBDAS, rhos=RHOS, preset="small", cell_train_steps=STEPS, base="family",
+                corpus=[str(sources)], max_shorter=512, split_val=0.15,  # the family's held-out split
+                eval_dataset="shards", eval_limit=EVAL_IMAGES, baselines=codecs, metrics=METRICS,
+                output_dir=str(OUT), experiment="cdc-demo", overrides=["train.num_workers=1"],
+            )
+            gallery_png = make_gallery()
+    except BaseException:
+        print(f"cdc demo: failed; the last lines of {log}:", file=sys.stderr)
+        print("".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:]), file=sys.stderr)
+        raise SystemExit(1) from None
+    print()
     print(summary["markdown"])
-    gallery_png = make_gallery()
     print(f"\nGallery (original | JPEG at the same bpp | CDC rho 0 | CDC rho 0.9): {gallery_png}")
-    print(f"\nBaseline and family curves (CompressAI schema): {', '.join(summary['curves'])}")
+    print(f"Baseline and family curves (CompressAI schema): {', '.join(summary['curves'])}")
     minutes = (time.time() - start) / 60
     if "--publish" in sys.argv:
         publish(summary, gallery_png, minutes)
+    print(f"Full log: {log}")
     print(f"Done in {minutes:.1f} min. Next:")
     print(f"  mlflow ui --backend-store-uri sqlite:///{HOME}/mlflow.db        # runs, metrics, sample images, registry")
     print("  .venv/bin/cdc models list --dataset shards")

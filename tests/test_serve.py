@@ -44,7 +44,7 @@ def pyfunc(tmp_path_factory):
 def test_a_batch_of_files_comes_back_as_cdc_files_and_a_bad_row_stays_its_own(pyfunc, tmp_path):
     model, wrapped = pyfunc
     a, b = photo("coffee", (64, 96)), photo("astronaut", (80, 64))
-    out = wrapped.predict(None, pd.DataFrame({"image": [_file(a), _file(b, "JPEG"), b"not an image"]}))
+    out = wrapped.predict(None, pd.DataFrame({"image": [_file(a), _file(b, "JPEG"), b"\x00not an image"]}))
     assert list(out["height"][:2]) == [64, 80] and list(out["width"][:2]) == [96, 64]
     assert out["error"][0] is None and "not a recognised image format" in out["error"][2]
     (tmp_path / "a.cdc").write_bytes(out["cdc"][0])
@@ -108,7 +108,7 @@ def test_cdc_serve_answers_batches_over_http(pyfunc, tmp_path):
         # the other JSON forms, and decoding a .cdc file sent back
         r = requests.post(f"{url}/invocations", json={"instances": [{"cdc": rows[1]["cdc"]}]}, timeout=120)
         assert r.status_code == 200, r.text[:2000]
-        assert r.json()["predictions"][0]["reconstruction"] == rows[1]["reconstruction"]
+        assert r.json()["predictions"][0]["reconstruction"] == rows[1]["reconstruction"], r.json()["predictions"][0]["error"]
         r = requests.post(f"{url}/invocations", json={"inputs": {"image": [files[0]]}, "params": {"steps": 2}},
                           timeout=120)
         assert r.status_code == 200, r.text[:2000]

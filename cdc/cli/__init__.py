@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from cdc.allocator import keep_freed_memory
-from cdc.cli.common import EXIT_FAILED, CLIError, quiet_third_party_warnings, say
+from cdc.cli.common import EXIT_FAILED, CLIError, say
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cdc`` console script; returns the exit status."""
-    quiet_third_party_warnings()
     keep_freed_memory()
     args = build_parser().parse_args(argv)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,11 +11,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class CLIError(Exception):
     """A fatal, user-facing error (printed as one line)."""
-
-
-def quiet_third_party_warnings() -> None:
-    """Silence third-party deprecation noise that says nothing about the user's files."""
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
 
 
 def say(kind: str, message: str) -> None:
