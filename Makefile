@@ -12,7 +12,7 @@ LOCK := requirements/requirements.lock
 STAMP := $(VENV)/.installed-$(shell sha256sum $(LOCK) pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo serve stop test test-fast lint lock bench science clean
+.PHONY: setup demo serve stop test test-fast lint docs lock bench science clean
 
 setup: $(STAMP)
 
@@ -40,8 +40,12 @@ lint: setup
 test-fast: setup
 	$(BIN)/pytest -q
 
+# The documentation site (site/); --strict: a broken link or API reference fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # The whole suite: fast tests, then the slow end-to-end ones (real processes and servers).
-test: lint
+test: lint docs
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m slow
 

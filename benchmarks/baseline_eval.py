@@ -50,10 +50,11 @@ def after(settings: dict, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=4, help="held-out photos (the demo evaluates 4)")
-    p.add_argument("--shards", default="runs/photos/shards", help="a shard folder with a val split")
+    p.add_argument("--shards", type=Path, default=REPO / "runs" / "photos" / "shards",
+                   help="a shard folder with a val split")
     p.add_argument("--repeat", type=int, default=1)
     args = p.parse_args()
-    settings = {"dataset": "shards", "root": str(Path(args.shards) / "manifest.json"), "protocol": "full",
+    settings = {"dataset": "shards", "root": str(args.shards.resolve() / "manifest.json"), "protocol": "full",
                 "limit": args.images, "save_recon": 0}
     seconds: dict[str, list[float]] = {"before": [], "after": []}
     for _ in range(args.repeat):

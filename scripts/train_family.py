@@ -53,6 +53,7 @@ class Member:
     freeze_latent_fraction: float
     batch_size: int = 8
     lr_decay_every: int = 0  # 0: a quarter of the steps
+    history: str = ""  # how the shipped weights came about where that differs from one plain run
 
     def overrides(self) -> list[str]:
         return [f"train.autoencoder_fraction={self.autoencoder_fraction}",
@@ -64,11 +65,15 @@ class Member:
 
 
 FAMILY = (
-    Member("small-q4", 0.005, 0.0, "small-base", 12000, 0.97, 0.01, lr_decay_every=5000),
-    Member("small-q3", 0.01, 0.0, "small-q4", 1500, 0.93, 0.02),
+    Member("small-q4", 0.005, 0.0, "small-base", 18000, 0.97, 0.01, lr_decay_every=5000,
+           history="trained to 12,000 steps (the phases laid out for 12,000), then resumed to 18,000"),
+    Member("small-q3", 0.01, 0.0, "small-q4", 1500, 0.93, 0.02,
+           history="started from small-q4's 12,000-step weights (fingerprint b143f300efb7…), before q4 was resumed"),
     Member("small-q2", 0.02, 0.0, "small-q3", 1500, 0.93, 0.02),
     Member("small-q1", 0.045, 0.0, "small-q2", 1500, 0.93, 0.02),
+    Member("small-q0", 0.09, 0.0, "small-q1", 1500, 0.93, 0.02),
     Member("small-q1-perceptual", 0.045, 0.9, "small-q1", 200, 0.0, 0.0, batch_size=4),
+    Member("small-q0-perceptual", 0.09, 0.9, "small-q0", 200, 0.0, 0.0, batch_size=4),
 )
 DECODES = {0.0: ((1, 0.0),), 0.9: ((1, 0.0), (9, 0.8))}
 """(DDIM steps, γ) reported per ρ: the deterministic one-step decode for the distortion models; the
@@ -101,8 +106,13 @@ def held_out() -> list[tuple[str, np.ndarray]]:
     return [(f.name, np.asarray(load_eval_image(f, "full"))) for f in shard_split_images(SHARDS, "val")]
 
 
-def classical_curves(images) -> dict[str, list[dict]]:
-    """Mean bpp, PSNR and ST-LPIPS-Alex of JPEG and WebP (Pillow) over the held-out photos, per quality."""
+QUALITIES = (0, 1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 75)
+"""Pillow quality settings of the classical curves (0 and 1: their lowest rates, for the lowest members)."""
+
+
+def classical_curves(images, known: dict[str, list[dict]] | None = None) -> dict[str, list[dict]]:
+    """Mean bpp, PSNR and ST-LPIPS-Alex of JPEG and WebP (Pillow) over the held-out photos, per
+    quality; the qualities already in ``known`` are kept, not measured again."""
     from cdc.baselines import build_baseline
     from cdc.metrics import MetricSuite
 
@@ -110,8 +120,8 @@ def classical_curves(images) -> dict[str, list[dict]]:
     curves = {}
     for name in ("jpeg", "webp"):
         codec = build_baseline(name)
-        points = []
-        for quality in (2, 5, 10, 15, 20, 30, 40, 50, 60, 75):
+        points = list((known or {}).get(name, []))
+        for quality in sorted(set(QUALITIES) - {p["quality"] for p in points}):
             rows = []
             for _, img in images:
                 data = codec.encode(img, quality)
@@ -148,11 +158,16 @@ def evaluate(model: Path, images, decodes, curves) -> list[dict]:
             rec = to_uint8(coder.decode(encoded.data)[0])
             per_image.append({"bpp": encoded.bpp, **suite.pair(img, rec)})
         row = {"steps": steps, "gamma": gamma, **{k: float(np.mean([r[k] for r in per_image])) for k in per_image[0]}}
-        for codec, curve in curves.items():
-            row[f"{codec}_psnr"] = at_rate(curve, row["bpp"], "psnr-rgb")
-            row[f"{codec}_stlpips_alex"] = at_rate(curve, row["bpp"], "stlpips-alex")
-        rows.append(row)
+        rows.append(with_classical(row, curves))
     return rows
+
+
+def with_classical(row: dict, curves: dict[str, list[dict]]) -> dict:
+    """``row`` (a member's mean bpp and metrics) with each classical codec's PSNR and ST-LPIPS-Alex at its bpp."""
+    for codec, curve in curves.items():
+        row[f"{codec}_psnr"] = at_rate(curve, row["bpp"], "psnr-rgb")
+        row[f"{codec}_stlpips_alex"] = at_rate(curve, row["bpp"], "stlpips-alex")
+    return row
 
 
 def regression_reference(model: Path) -> dict[str, dict[str, float]]:
@@ -195,7 +210,8 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
         + (f": {member.autoencoder_fraction:.0%} of the steps refit the latent as an MSE autoencoder, "
            f"{member.freeze_latent_fraction:.0%} train the U-Net on the frozen latent, the rest jointly"
            if member.autoencoder_fraction else ": joint training (diffusion + ST-LPIPS-Alex)")
-        + f"; EMA weights exported. Training wall clock: {minutes:.0f} min on 2 CPU cores.",
+        + f"; EMA weights exported. Training wall clock: {minutes:.0f} min on 2 CPU cores."
+        + (f" History: {member.history}." if member.history else ""),
         f"* **reproduce**: `python scripts/train_family.py --only {member.name}` (after its `init_from`)",
         "", "## Held-out photos (real bitstreams, mean over the 36 held-out photos)", "",
         "| decode | bpp | PSNR (dB) | JPEG PSNR at this bpp | MS-SSIM | ST-LPIPS-Alex | JPEG ST-LPIPS "
@@ -260,6 +276,33 @@ def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     return entry
 
 
+def family_table(results: dict) -> str:
+    """The README's and the docs' family table (markdown), rendered from ``results``: one row per
+    member and decode, with JPEG and WebP on the same photos at the same bpp."""
+
+    def fmt(v, spec, signed=False):
+        return "–" if v is None else format(v, ("+" if signed else "") + spec)
+
+    lines = ["| model | λ | ρ | decode | bpp | PSNR (dB) | JPEG at this bpp | Δ vs JPEG | WebP at this bpp "
+             "| ST-LPIPS-Alex | JPEG | WebP | size | train min |", "|" + "---|" * 14]
+    for m in sorted(results["members"].values(), key=lambda m: (m["rho"], -m["heldout"][0]["bpp"])):
+        for r in m["heldout"]:
+            delta = None if r["jpeg_psnr"] is None else r["psnr-rgb"] - r["jpeg_psnr"]
+            lines.append(
+                f"| `{m['name']}` | {m['lmbda']:g} | {m['rho']:g} | {r['steps']} step{'s' if r['steps'] > 1 else ''}, "
+                f"γ = {r['gamma']:g} | {r['bpp']:.3f} | {r['psnr-rgb']:.2f} | {fmt(r['jpeg_psnr'], '.2f')} | "
+                f"{fmt(delta, '.2f', True)} | {fmt(r.get('webp_psnr'), '.2f')} | {r['stlpips-alex']:.3f} | "
+                f"{fmt(r['jpeg_stlpips_alex'], '.3f')} | {fmt(r['webp_stlpips_alex'], '.3f')} | "
+                f"{m['size_mb']:.1f} MB | {m['train_minutes']:.0f} |")
+    return "\n".join(lines)
+
+
+def save_results(results: dict) -> None:
+    """Write ``benchmarks/results/family.json`` with its rendered ``table``."""
+    results["table"] = family_table(results)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
 def plot_family(results: dict, out: Path) -> Path:
     """PSNR and ST-LPIPS-Alex against bpp: the members (one-step decode; the perceptual one also at its
     default decode), JPEG and WebP on the same held-out photos."""
@@ -280,7 +323,7 @@ def plot_family(results: dict, out: Path) -> Path:
             if m["rho"] > 0:
                 for r in m["heldout"]:
                     ax.plot(r["bpp"], r[metric], "*", markersize=11,
-                            label=f"CDC ρ = {m['rho']:g} ({r['steps']} steps, γ = {r['gamma']:g})")
+                            label=f"{m['name']} ({r['steps']} step{'s' if r['steps'] > 1 else ''}, γ = {r['gamma']:g})")
         ax.set_xlim(0, 0.8)
         ax.set_xlabel("bpp (real bitstreams)")
         ax.set_ylabel(label)
@@ -343,14 +386,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluate-only", action="store_true", help="re-measure and re-export trained members")
     p.add_argument("--report", action="store_true", help="only the RD plot and the gallery (docs/family/)")
     args = p.parse_args(argv)
-    if args.report:  # from the recorded results: cards, plot, gallery
+    if args.report:  # from the recorded results (classical curves completed): cards, table, plot, gallery
         results = json.loads(RESULTS.read_text())
+        results["classical"] = classical_curves(held_out(), results["classical"])
+        for entry in results["members"].values():
+            entry["heldout"] = [with_classical(row, results["classical"]) for row in entry["heldout"]]
         provenance = json.loads((Path(SHARDS).parent / "provenance.json").read_text())
         for member in (m for m in FAMILY if m.name in results["members"]):
             entry = results["members"][member.name]
             target = REPO / "cdc" / "pretrained" / f"{member.name}.safetensors"
             target.with_suffix(".md").write_text(card(member, read_checkpoint_info(target), entry["heldout"],
                                                       entry["train_minutes"], provenance))
+        save_results(results)
         print(plot_family(results, REPO / "docs" / "family"))
         gallery(results, held_out(), REPO / "docs" / "family")
         return 0
@@ -368,11 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.work / member.name / "config.json").is_file():
             print(f"[family] {member.name}: not trained yet", file=sys.stderr)
             continue
-        curves = curves or results.get("classical") or classical_curves(images)
+        curves = curves or classical_curves(images, results.get("classical"))
         results["classical"] = curves
         results["held_out_photos"] = len(images)
         ship(member, args.work, images, curves, results)
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        save_results(results)
     return 0
 
 
