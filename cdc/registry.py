@@ -269,8 +269,9 @@ def register_grid(models: list[TrainedModel], dataset: str, experiment: str, set
                 mlflow.log_params(m.params)
                 mlflow.log_metrics({f"{ds}.{k}": v for ds, values in m.metrics.items() for k, v in values.items()})
                 mlflow.log_artifact(m.results_file, "eval")
-                steps = json.loads(Path(m.results_file).read_text())["meta"]["steps"]
-                version = register(m.model_dir, m.metrics, dataset, m.key, steps)
+                meta = json.loads(Path(m.results_file).read_text())["meta"]
+                gamma = {"decode_gamma": meta["gamma"]} if meta.get("gamma") is not None else {}
+                version = register(m.model_dir, m.metrics, dataset, m.key, meta["steps"], tags=gamma)
                 out[m.key] = {"name": version.name, "version": version.version}
     return out
 

@@ -138,10 +138,10 @@ def run_training(job: TrainJob, launcher: str, launcher_options: dict) -> str:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str,
-                   decode_steps: int | None = None) -> tuple[str, dict[str, float]]:
-    """Evaluate one trained model (one RD point) with ``decode_steps`` DDIM steps (None: the model's
-    default); returns (results file, averaged metrics)."""
+def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str, decode_steps: int | None = None,
+                   gamma: float | None = None) -> tuple[str, dict[str, float]]:
+    """Evaluate one trained model (one RD point) with ``decode_steps`` DDIM steps and start-noise
+    scale ``gamma`` (None: the model's defaults); returns (results file, averaged metrics)."""
     from cdc.checkpoint import load_codec
     from cdc.coder import Coder
     from cdc.evaluate import EvalSettings, cdc_points, run_curve
@@ -149,10 +149,11 @@ def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str,
 
     coder = Coder(load_codec(model_dir))
     steps = decode_steps if decode_steps is not None else coder.codec.config.sampler.steps
-    cfg = EvalSettings(**{**settings, "steps": (steps,)})
+    gamma = gamma if gamma is not None else coder.codec.config.sampler.gamma
+    cfg = EvalSettings(**{**settings, "steps": (steps,), "gamma": gamma})
     suite = MetricSuite(cfg.device, cfg.metrics)
     path = run_curve(name, "CDC grid cell, real bitstreams", cdc_points([coder], steps, cfg), cfg, suite,
-                     Path(out_dir), meta={"model": model_dir, "steps": steps})
+                     Path(out_dir), meta={"model": model_dir, "steps": steps, "gamma": gamma})
     results = json.loads(path.read_text())["results"]
     return str(path), {k: v[0] for k, v in results.items()}
 

@@ -76,6 +76,7 @@ def train_grid(
     eval_root: str | None = None,
     eval_protocol: str = "full",
     decode_steps: int | None = None,
+    distortion_decode: list | None = None,
     eval_limit: int = 0,
     baselines: list[str] | None = None,
     metrics: str = "report",
@@ -105,6 +106,8 @@ def train_grid(
             ``shard-corpus``), or an existing manifest.
         eval_dataset, eval_root, eval_protocol, decode_steps (DDIM steps; None: each model's default), eval_limit:
             where and how cells are evaluated (``shards`` = the held-out val split).
+        distortion_decode: ``[DDIM steps, γ]`` for the ρ = 0 cells instead (e.g. ``[1, 0.0]``: the
+            deterministic one-step decode, an x0-model's best PSNR); None: as every cell.
         baselines: classical codecs evaluated on the same images (default jpeg, webp).
         metrics: what every evaluation measures, as ``cdc eval --metrics`` (default ``report``; the
             VGG-based ones dominate a cold evaluation's time on a CPU).
@@ -170,7 +173,8 @@ def train_grid(
     futures = {}
     for planned in plan.todo:
         trained = train.submit(planned.job, launcher, launcher_options or {})
-        evaluated = evaluate_model.submit(trained, f"CDC {planned.cell.label}", settings, str(eval_dir), decode_steps)
+        steps, gamma = (distortion_decode if distortion_decode and planned.cell.rho == 0 else (decode_steps, None))
+        evaluated = evaluate_model.submit(trained, f"CDC {planned.cell.label}", settings, str(eval_dir), steps, gamma)
         futures[planned.cell] = (planned.output_dir, trained, evaluated)
     baseline_files = evaluate_baselines.submit(["jpeg", "webp"] if baselines is None else baselines, settings,
                                                str(eval_dir))

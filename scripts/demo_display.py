@@ -38,7 +38,11 @@ class Stages:
         results = [p.name for p in (out / "eval").glob("*.json") if not p.name.endswith(".per-image.json")]
         evaluated = sum(name.startswith("CDC_") for name in results)
         classical = len(results) - evaluated
+        sources = out / "corpus" / "sources.txt"
+        photos = len(sources.read_text().splitlines()) if sources.is_file() else 0
         return [
+            ("photo corpus", photos > 0, f"{photos} photos fetched and verified" if photos else
+             "fetching the packages, verifying every SHA-1"),
             ("shards", manifest.is_file(), "held-out split of the photo corpus"),
             ("training", trained >= self.cells, f"{trained}/{self.cells} cells, "
                                                 f"{min(_steps(out / 'cells'), self.cells * self.steps)}"
@@ -63,6 +67,8 @@ def quiet_console(log: Path, stages: Stages, every: float = 2.0):
     stop = threading.Event()
     start = time.time()
     shown: list[str] = []  # stages already finished on the terminal
+    live = term.isatty()
+    clear = "\r\033[K" if live else ""  # back to the line's start, erase it
 
     def draw(final: bool = False) -> None:
         for name, done, detail in stages.now():
@@ -70,11 +76,11 @@ def quiet_console(log: Path, stages: Stages, every: float = 2.0):
                 continue
             clock = f"{(time.time() - start) / 60:4.1f} min"
             if done:
-                term.write(f"\r\033[K✓ {name:<22} {detail}  [{clock}]\n")
+                term.write(f"{clear}✓ {name:<22} {detail}  [{clock}]\n")
                 shown.append(name)
                 continue
-            if not final:
-                term.write(f"\r\033[K… {name:<22} {detail}  [{clock}]")
+            if live and not final:  # a log file or a pipe gets the finished stages only
+                term.write(f"{clear}… {name:<22} {detail}  [{clock}]")
             break
 
     def watch() -> None:
@@ -84,7 +90,7 @@ def quiet_console(log: Path, stages: Stages, every: float = 2.0):
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     try:
-        yield lambda line: term.write(f"\r\033[K{line}\n")
+        yield lambda line: term.write(f"{clear}{line}\n")
     finally:
         stop.set()
         thread.join()
@@ -93,5 +99,5 @@ def quiet_console(log: Path, stages: Stages, every: float = 2.0):
         os.dup2(saved[0], 1), os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
-        term.write("\r\033[K")
+        term.write(clear)
         term.close()

@@ -18,11 +18,13 @@ with quiet_console(out / "demo.log", Stages(out, cells=1, steps=10, baselines=1)
     print("prefect chatter"); print("a warning", file=sys.stderr)
     subprocess.run([sys.executable, "-c", "print('a child process bar')"])
     say("stage zero done")
+    (out / "corpus").mkdir(parents=True); (out / "corpus" / "sources.txt").write_text("a.jpg\\nb.jpg\\n")
     (out / "shards").mkdir(parents=True); (out / "shards" / "manifest.json").write_text("{{}}")
     (out / "cells" / "c").mkdir(parents=True)
     (out / "cells" / "c" / "metrics.jsonl").write_text(json.dumps({{"step": 10}}) + "\\n")
     (out / "cells" / "c" / "train_summary.json").write_text("{{}}")
-    (out / "eval").mkdir(); (out / "eval" / "CDC_x.json").write_text("{{}}"); (out / "eval" / "JPEG.json").write_text("{{}}")
+    (out / "eval").mkdir()
+    (out / "eval" / "CDC_x.json").write_text("{{}}"); (out / "eval" / "JPEG.json").write_text("{{}}")
     (out / "summary.json").write_text("{{}}")
     time.sleep(0.5)
 print("after")
@@ -34,7 +36,8 @@ def test_the_terminal_shows_stages_and_the_log_keeps_the_rest(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     shown = r.stdout.replace("\r\033[K", "\n")
-    for line in ("stage zero done", "✓ shards", "✓ training", "1/1 cells, 10/10 steps", "✓ evaluation",
+    for line in ("stage zero done", "✓ photo corpus", "2 photos fetched", "✓ shards", "✓ training",
+                 "1/1 cells, 10/10 steps", "✓ evaluation",
                  "✓ registry and summary", "after"):
         assert line in shown, shown
     assert "chatter" not in r.stdout + r.stderr and "child process" not in r.stdout

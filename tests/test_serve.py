@@ -108,7 +108,8 @@ def test_cdc_serve_answers_batches_over_http(pyfunc, tmp_path):
         # the other JSON forms, and decoding a .cdc file sent back
         r = requests.post(f"{url}/invocations", json={"instances": [{"cdc": rows[1]["cdc"]}]}, timeout=120)
         assert r.status_code == 200, r.text[:2000]
-        assert r.json()["predictions"][0]["reconstruction"] == rows[1]["reconstruction"], r.json()["predictions"][0]["error"]
+        answer = r.json()["predictions"][0]
+        assert answer["reconstruction"] == rows[1]["reconstruction"], answer["error"]
         r = requests.post(f"{url}/invocations", json={"inputs": {"image": [files[0]]}, "params": {"steps": 2}},
                           timeout=120)
         assert r.status_code == 200, r.text[:2000]
@@ -116,3 +117,5 @@ def test_cdc_serve_answers_batches_over_http(pyfunc, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+    with pytest.raises(requests.ConnectionError):  # the scoring server went with the command
+        requests.get(f"{url}/ping", timeout=5)

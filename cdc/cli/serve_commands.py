@@ -13,10 +13,13 @@ from an inactive virtual environment too. The request and response formats: :mod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from cdc.cli.common import EXIT_OK, resolve
@@ -36,10 +39,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
         print(f"serving {args.model} on http://{args.host}:{args.port}/invocations", flush=True)
+        # MLflow runs the server as a grandchild (uvicorn): the whole group goes when this command does
+        server = subprocess.Popen(cmd, env=env, start_new_session=True)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            return subprocess.call(cmd, env=env) or EXIT_OK
+            return server.wait() or EXIT_OK
         except KeyboardInterrupt:
             return EXIT_OK
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            stop_group(server)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to ``proc``'s process group; SIGKILL to whatever is left of it after ``grace`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader: a zombie still counts as a member of its group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
