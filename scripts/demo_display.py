@@ -37,7 +37,7 @@ class Stages:
         trained = len(list(out.glob("cells/*/train_summary.json")))
         results = [p.name for p in (out / "eval").glob("*.json") if not p.name.endswith(".per-image.json")]
         evaluated = sum(name.startswith("CDC_") for name in results)
-        classical = len(results) - evaluated
+        classical = sum(not name.startswith(("CDC_", "grid-")) for name in results)  # grid-*: family curves
         sources = out / "corpus" / "sources.txt"
         photos = len(sources.read_text().splitlines()) if sources.is_file() else 0
         return [
@@ -95,6 +95,9 @@ def quiet_console(log: Path, stages: Stages, every: float = 2.0):
         stop.set()
         thread.join()
         draw(final=True)
+        sys.stdout.flush(), sys.stderr.flush()
+        # a library may have left its own stream in sys.stdout (the demo's summary once vanished)
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         sys.stdout.flush(), sys.stderr.flush()
         os.dup2(saved[0], 1), os.dup2(saved[1], 2)
         for fd in saved:
