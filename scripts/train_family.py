@@ -188,6 +188,11 @@ def regression_reference(model: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``; "–" where a codec cannot reach the rate (None)."""
+    return "–" if value is None else format(value, spec)
+
+
 def card(member: Member, info: dict, rows: list[dict], minutes: float, provenance: dict) -> str:
     """The markdown model card."""
     cfg, meta = info["config"], info["metadata"]
@@ -218,9 +223,6 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
         "| WebP ST-LPIPS |",
         "|---|---|---|---|---|---|---|---|",
     ]
-
-    def fmt(v, spec):
-        return "–" if v is None else format(v, spec)
 
     for r in rows:
         decode = f"{r['steps']} step{'s' if r['steps'] > 1 else ''}, γ = {r['gamma']:g}"
@@ -280,9 +282,6 @@ def family_table(results: dict) -> str:
     """The README's and the docs' family table (markdown), rendered from ``results``: one row per
     member and decode, with JPEG and WebP on the same photos at the same bpp."""
 
-    def fmt(v, spec, signed=False):
-        return "–" if v is None else format(v, ("+" if signed else "") + spec)
-
     lines = ["| model | λ | ρ | decode | bpp | PSNR (dB) | JPEG at this bpp | Δ vs JPEG | WebP at this bpp "
              "| ST-LPIPS-Alex | JPEG | WebP | size | train min |", "|" + "---|" * 14]
     for m in sorted(results["members"].values(), key=lambda m: (m["rho"], -m["heldout"][0]["bpp"])):
@@ -291,7 +290,7 @@ def family_table(results: dict) -> str:
             lines.append(
                 f"| `{m['name']}` | {m['lmbda']:g} | {m['rho']:g} | {r['steps']} step{'s' if r['steps'] > 1 else ''}, "
                 f"γ = {r['gamma']:g} | {r['bpp']:.3f} | {r['psnr-rgb']:.2f} | {fmt(r['jpeg_psnr'], '.2f')} | "
-                f"{fmt(delta, '.2f', True)} | {fmt(r.get('webp_psnr'), '.2f')} | {r['stlpips-alex']:.3f} | "
+                f"{fmt(delta, '+.2f')} | {fmt(r.get('webp_psnr'), '.2f')} | {r['stlpips-alex']:.3f} | "
                 f"{fmt(r['jpeg_stlpips_alex'], '.3f')} | {fmt(r['webp_stlpips_alex'], '.3f')} | "
                 f"{m['size_mb']:.1f} MB | {m['train_minutes']:.0f} |")
     return "\n".join(lines)
