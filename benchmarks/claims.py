@@ -189,8 +189,15 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def claims_table(data: dict) -> str:
+    """The claims and their verdicts as a markdown table (``science.md`` and the docs render it)."""
+    lines = ["| # | claim | verdict | evidence |", "|---|---|---|---|"]
+    lines += [f"| {i} | {c['claim']} | **{c['verdict']}** | {c['detail']} |" for i, c in enumerate(data["claims"], 1)]
+    return "\n".join(lines)
+
+
 def write_report(data: dict, out: Path) -> None:
-    """``science.json``, ``science.md`` and the plots into ``out``."""
+    """``science.json`` (with ``claims_table``), ``science.md`` and the plots into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     curve_files = []
     for rho, curve in data["curves"].items():
@@ -199,11 +206,9 @@ def write_report(data: dict, out: Path) -> None:
         curve_files.append(path)
     plots = rd.plot([*curve_files, *data["baselines"], data["anchor"]], out / "plots")
     plots.append(_plot_sweep(data["sweep"], out / "plots" / "steps-x-vs-eps.png"))
+    data["claims_table"] = claims_table(data)
     lines = ["# What this reproduces (benchmarks/science.py)", "",
-             f"Study settings: `{json.dumps(data['study'])}`", "", "| # | claim | verdict | evidence |",
-             "|---|---|---|---|"]
-    for i, c in enumerate(data["claims"], 1):
-        lines.append(f"| {i} | {c['claim']} | **{c['verdict']}** | {c['detail']} |")
+             f"Study settings: `{json.dumps(data['study'])}`", "", data["claims_table"]]
     lines += ["", "## Step sweep (X vs ε, same base, same fine-tune)", "",
               "| model | steps | γ | PSNR | MS-SSIM | ST-LPIPS-VGG |", "|---|---|---|---|---|---|"]
     for name, rows in data["sweep"].items():

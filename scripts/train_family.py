@@ -7,7 +7,8 @@ CompressAI-zoo style, each loadable by name (``cdc compress -m small-q2``).
 
 Each member is a ``cdc/train.py`` run on the photo corpus (``python -m shards.photocorpus``):
 
-1. ``small-q4`` (the highest rate) fine-tunes ``small-base`` on the photos;
+1. ``small-q4`` (the highest rate) fine-tunes ``small-base`` on the photos (the unshipped stage
+   ``small-q4-main``), then anneals at a fifth of the learning rate;
 2. each lower rate fine-tunes the member above it at a larger λ (how CompressAI's users derive
    rates): most steps refit the latent as an autoencoder (``train.finetune_phases``: a joint CPU step
    costs ~10 autoencoder steps), then the U-Net adapts on the frozen latent, then everything jointly;
@@ -53,10 +54,13 @@ class Member:
     freeze_latent_fraction: float
     batch_size: int = 8
     lr_decay_every: int = 0  # 0: a quarter of the steps
+    finetune_lr: float | None = None  # None: the preset's ``train.finetune_lr``
     history: str = ""  # how the shipped weights came about where that differs from one plain run
+    shipped: bool = True  # False: a stage that another member starts from, not exported
 
     def overrides(self) -> list[str]:
-        return [f"train.autoencoder_fraction={self.autoencoder_fraction}",
+        lr = [] if self.finetune_lr is None else [f"train.finetune_lr={self.finetune_lr:g}"]
+        return [*lr, f"train.autoencoder_fraction={self.autoencoder_fraction}",
                 f"train.freeze_latent_fraction={self.freeze_latent_fraction}",
                 f"train.finetune_phases={str(self.autoencoder_fraction + self.freeze_latent_fraction > 0).lower()}",
                 f"train.batch_size={self.batch_size}",
@@ -65,10 +69,14 @@ class Member:
 
 
 FAMILY = (
-    Member("small-q4", 0.005, 0.0, "small-base", 18000, 0.97, 0.01, lr_decay_every=5000,
+    Member("small-q4-main", 0.005, 0.0, "small-base", 18000, 0.97, 0.01, lr_decay_every=5000, shipped=False,
            history="trained to 12,000 steps (the phases laid out for 12,000), then resumed to 18,000"),
-    Member("small-q3", 0.01, 0.0, "small-q4", 1500, 0.93, 0.02,
-           history="started from small-q4's 12,000-step weights (fingerprint b143f300efb7…), before q4 was resumed"),
+    Member("small-q4", 0.005, 0.0, "small-q4-main", 3000, 0.95, 0.02, lr_decay_every=1000, finetune_lr=1e-5,
+           history="small-q4-main (18,000 steps from small-base at 1e-4 to 5e-5, 59 min) annealed at a "
+                   "fifth of its final learning rate"),
+    Member("small-q3", 0.01, 0.0, "small-q4-main", 1500, 0.93, 0.02,
+           history="started from small-q4-main's 12,000-step weights (fingerprint b143f300efb7…), before it was "
+                   "resumed"),
     Member("small-q2", 0.02, 0.0, "small-q3", 1500, 0.93, 0.02),
     Member("small-q1", 0.045, 0.0, "small-q2", 1500, 0.93, 0.02),
     Member("small-q0", 0.09, 0.0, "small-q1", 1500, 0.93, 0.02),
@@ -251,13 +259,22 @@ def training_minutes(model: Path) -> float:
     return seconds / 60
 
 
+def lineage(member: Member) -> list[Member]:
+    """``member`` and the unshipped stages it starts from (their training time is part of its own)."""
+    by_name = {m.name: m for m in FAMILY}
+    stages = [member]
+    while (parent := by_name.get(stages[-1].init_from)) is not None and not parent.shipped:
+        stages.append(parent)
+    return stages
+
+
 def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     """Evaluate a trained member, export it with its card, and record its row."""
     from cdc.checkpoint import load_codec, read_checkpoint_info, save_codec
 
     model = work / member.name
     rows = evaluate(model, images, DECODES[member.rho], curves)
-    minutes = training_minutes(model)
+    minutes = sum(training_minutes(work / stage.name) for stage in lineage(member))
     target = REPO / "cdc" / "pretrained" / f"{member.name}.safetensors"
     metadata = {**read_checkpoint_info(model)["metadata"], "name": member.name, "family": True, "heldout": rows}
     save_codec(load_codec(model), target, metadata=metadata)
@@ -413,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             train(member, args.work)
         if not (args.work / member.name / "config.json").is_file():
             print(f"[family] {member.name}: not trained yet", file=sys.stderr)
+            continue
+        if not member.shipped:
             continue
         curves = curves or classical_curves(images, results.get("classical"))
         results["classical"] = curves
