@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,13 @@ GOLDEN = Path(__file__).with_name("golden")
 REGENERATE = os.environ.get("CDC_REGENERATE_GOLDEN") == "1"
 # Tests never read or fill the user's baseline results cache (subprocesses inherit this).
 os.environ["CDC_EVAL_CACHE"] = tempfile.mkdtemp(prefix="cdc-eval-cache-")
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.ndarray:

@@ -3,9 +3,9 @@
 ``infra/podman/make-base.sh`` debootstraps the base (kept as ``localhost/cdc-base:bookworm`` once made:
 it only depends on Debian's archive); the image itself is built from this checkout each time (podman's
 layer cache keeps the 7 GB dependency layer while the lock is unchanged, so the image stays tagged
-``localhost/cdc:test``). Inside it: ``cdc --help``, a tiny
-``python -m cdc.train`` run and a tiny ``train-grid`` flow (Prefect's ephemeral API, MLflow's local
-SQLite store) on a mounted folder. Needs root, podman, runc and debootstrap (``.ci/run`` installs them
+``localhost/cdc:test``). Inside it: ``cdc --help``, a tiny ``python -m cdc.train`` run, a tiny
+``train-grid`` flow (Prefect's ephemeral API, MLflow's local SQLite store) on a mounted folder, and
+the compose file's services that run the image. Needs root, podman, runc and debootstrap (``.ci/run`` installs them
 where it can); skipped, with the reason, where they are missing.
 """
 
@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
-from conftest import REPO, photo
+from conftest import REPO, free_port, photo
 from PIL import Image
 
 BASE = "localhost/cdc-base:bookworm"
@@ -105,12 +104,6 @@ def test_image_runs_a_tiny_grid_flow(image, data):
     assert (data / ".cdc" / "mlflow.db").is_file() and list((data / "grid").rglob("model.safetensors"))
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _answers(url: str, body: bytes | None = None, timeout_s: float = 180) -> bytes:
     """The first successful response of ``url`` (POST ``body`` when given) within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -129,7 +122,7 @@ def test_image_runs_the_compose_services(image, data):
     """compose's ``mlflow``, ``prefect-server`` and ``worker`` services, each started from the image with
     its compose command; SQLite and a folder stand in for PostgreSQL and MinIO, whose images only exist
     on public registries."""
-    mlflow, prefect = _port(), _port()
+    mlflow, prefect = free_port(), free_port()
     api = f"http://127.0.0.1:{prefect}/api"
     names = [f"cdc-test-{service}-{os.getpid()}" for service in ("mlflow", "prefect", "worker")]
     commands = [

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, free_port
 
 BIN = Path(sys.executable).parent
 SHELL_SCRIPTS = [*REPO.glob("infra/**/*.sh"), *REPO.glob("infra/slurm/*.sbatch"), REPO / "scripts" / "serve.sh",
                  REPO / ".ci" / "run"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_dockerfile_is_hadolint_clean():
@@ -66,8 +59,8 @@ def test_slurm_launch_logic_as_two_nodes_on_localhost(tmp_path):
     out = tmp_path / "run"
     base = {**os.environ, "SLURM_NNODES": "2", "CDC_HEAD_ADDR": "127.0.0.1", "CDC_GPUS_PER_NODE": "1",
             "CDC_OUTPUT_DIR": str(out), "CDC_ACCELERATE_CONFIG": "infra/accelerate/cpu.yaml",
-            "CDC_MAIN_PORT": str(_port()), "ACCELERATE": str(BIN / "accelerate"), "CDC_HOME": str(tmp_path / "home"),
-            "OMP_NUM_THREADS": "1"}
+            "CDC_MAIN_PORT": str(free_port()), "ACCELERATE": str(BIN / "accelerate"),
+            "CDC_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     base.pop("MLFLOW_TRACKING_URI", None)
     args = ["--preset", "tiny", "--shards", str(REPO / "tests/assets/tiny-shard"), "--max-steps", "4",
             "train.sample_every=0"]
@@ -130,7 +123,7 @@ def postgres(tmp_path):
     data = root / "data"
     data.mkdir()
     shutil.chown(data, "postgres")
-    port = _port()
+    port = free_port()
     as_pg = ["runuser", "-u", "postgres", "--"]
     subprocess.run([*as_pg, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
                    capture_output=True)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, photo
+from conftest import REPO, free_port, photo
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -23,16 +22,10 @@ PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immu
 BIN = Path(sys.executable).parent
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "CDC_HOME": str(home), "PREFECT_PORT": str(_port()), "MLFLOW_PORT": str(_port()),
+    env = {**os.environ, "CDC_HOME": str(home), "PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(free_port()),
            "BIN": str(BIN), "CDC_MODEL_CACHE": str(home / "model-cache")}
     started = subprocess.run([str(REPO / "scripts" / "serve.sh"), "start"], env=env, capture_output=True, text=True,
                              timeout=600)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, photo
+from conftest import REPO, free_port, photo
 from PIL import Image
 
 from shards.manifest import is_remote, manifest_path
@@ -27,16 +26,10 @@ def test_remote_locations_and_manifest_paths(tmp_path):
     assert manifest_path(tmp_path) == str(tmp_path / "manifest.json")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3(tmp_path):
     """A moto S3 server on loopback and the environment that points boto/s3fs at it."""
-    port = _port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
