@@ -115,8 +115,9 @@ def claim_rho(cells: list[dict], spread: dict[str, float]) -> dict:
              f"{span(group, 'psnr_change', '+.2f')} dB, ST-LPIPS {span(group, 'stlpips_change', '+.4f')}, bpp "
              f"{span(group, 'bpp_change_pct', '+.1f')} %)" for (a, b), group in by_pair.items()]
     return {"claim": "ρ trades PSNR for perceptual quality at about equal bpp", "verdict": verdict,
-            "detail": "; ".join(parts) + " (each change must exceed the seed spread; partly: PSNR falls and "
-                      "only the distribution metric improves)", "steps": steps}
+            "detail": "; ".join(parts) + f"; holds at {len(held)}/{len(steps)} steps, the distribution metric "
+                      f"alone at {len(partly) - len(held)} more (each change must exceed the seed spread)",
+            "steps": steps}
 
 
 def claim_lambda(cells: list[dict], curves: dict, baselines: dict[str, dict], spread: dict[str, float]) -> dict:
@@ -167,7 +168,8 @@ def claim_entropy(entropy: dict) -> dict:
     return {"claim": "Entroformer-style context model saves >= 5 % over the hyperprior",
             "verdict": _verdict(value <= -5), "detail": (
                 f"BD-rate {value:+.2f} % on real bytes at equal latent SNR ({entropy['args']['steps']} fit steps per "
-                f"model and scale); entropy coding {entropy['summary']['encode_overhead_x']:.1f}x slower to encode, "
+                f"model and scale, on {Path(entropy['args']['base']).name}'s transform); entropy coding "
+                f"{entropy['summary']['encode_overhead_x']:.1f}x slower to encode, "
                 f"{entropy['summary']['decode_overhead_x']:.1f}x to decode")}
 
 

@@ -15,6 +15,7 @@ Image PSNR through the diffusion decoder is not used: a codec trained for minute
 poorly, which would hide the entropy model's effect.
 
     python benchmarks/entropy.py [--base runs/bench/warmup] [--steps 1000] [--scales 2,4,8,16] [--lr 5e-4]
+    python benchmarks/entropy.py --base small-q3 --shards runs/photos/shards   # another corpus's 256² patches
 """
 
 from __future__ import annotations
@@ -158,12 +159,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4, help="peak Adam learning rate of every fit")
     parser.add_argument("--packages", nargs="*", help="Debian wallpaper packages of the corpus (default: all; "
                         "none given: the wheel photos only)")
+    parser.add_argument("--shards", type=Path, help="an existing shard build instead of the development corpus "
+                        "(e.g. runs/photos/shards; --packages is then ignored)")
     parser.add_argument("--json", type=Path, help="write the results here (default benchmarks/results/entropy.json)")
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",")]
     rows, params = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        shards = build_shards(Path(tmp), None if args.packages is None else tuple(args.packages))
+        shards = args.shards or build_shards(Path(tmp), None if args.packages is None else tuple(args.packages))
         images = shard_split_images(shards)
         if not Path(args.base).exists() and args.base not in available():
             train_base(Path(args.base), shards)

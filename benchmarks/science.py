@@ -1,8 +1,9 @@
 """The paper's claims, measured on the code we ship: one reproducible, resumable study.
 
 Every CDC model is a ``cdc/train.py`` run launched by the ``train-grid`` flow (registered in the
-study's MLflow registry like any grid) and fine-tuned from the shipped base (``small-base``) on the
-offline development corpus; every number comes from real bitstreams of the corpus's held-out images.
+study's MLflow registry like any grid) and fine-tuned from the shipped family (each cell from the
+member nearest its λ, ``base="family"``) on the photo corpus (``python -m shards.photocorpus``); every
+number comes from real bitstreams of the corpus's held-out photos.
 
 1. **Few-step decoding, X vs ε** (the paper's central claim): an x0- and an ε-parameterized model,
    same budget, same base; PSNR / MS-SSIM / ST-LPIPS at ``sweep_steps`` DDIM steps, γ ∈ {0, 0.8}.
@@ -10,12 +11,12 @@ offline development corpus; every number comes from real bitstreams of the corpu
 3. **λ orders the rate**: bpp strictly monotone in λ per ρ; RD curves against JPEG, WebP, AVIF, JPEG
    XL and CompressAI's ``MeanScaleHyperprior`` trained here; BD-rate of each against AVIF.
 4. **Warm-up ablation**: the same fine-tune budget from scratch instead of from the base.
-5. **Entropy models**: hyperprior vs the Entroformer-style model on the base's frozen transform
-   (``benchmarks/entropy.py`` with the same steps for both).
+5. **Entropy models**: hyperprior vs the Entroformer-style model on the frozen transform of the
+   member nearest ``sweep_lmbda`` (``benchmarks/entropy.py`` on the same corpus, same steps for both).
 6. **Seeds**: the cells of ``seed_cells`` are trained again with ``train.seed=1``; a claim counts as
    reproduced only where its effect exceeds that seed-to-seed spread.
 
-    python benchmarks/science.py            # the study, ≈ 1.5 h on 2 CPU cores
+    python benchmarks/science.py            # the study, ≈ 2 h on 2 CPU cores
     python benchmarks/science.py --quick    # the whole script with tiny settings, ≈ 5 min (CI)
     python benchmarks/science.py --preset paper --base PAPER_BASE --shards s3://…/manifest.json \\
         --launcher slurm --launcher-option partition=gpu --cell-train-steps 100000   # at paper scale (not run here)
@@ -41,7 +42,7 @@ from common import RESULTS
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
-DEV_SHARDS = REPO / "runs" / "devcorpus" / "shards"
+PHOTO_SHARDS = REPO / "runs" / "photos" / "shards"
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,10 @@ class Study:
     """Everything the study trains and measures (the defaults are the 2-core study)."""
 
     preset: str = "small"
-    base: str = "small-base"
-    shards: str = str(DEV_SHARDS)
-    lmbdas: tuple[float, ...] = (0.002, 0.01, 0.05, 0.25)
-    rhos: tuple[float, ...] = (0.0, 0.5, 0.9)
+    base: str = "family"  # each cell from the shipped member nearest its λ (or a model path / name)
+    shards: str = str(PHOTO_SHARDS)
+    lmbdas: tuple[float, ...] = (0.005, 0.01, 0.045, 0.09)  # the ρ = 0 members' λ (q4, q3, q1, q0)
+    rhos: tuple[float, ...] = (0.0, 0.9)
     cell_train_steps: int = 200  # fine-tune steps per cell
     eval_limit: int = 6  # held-out images per evaluation (0: all)
     decode_steps: int = 9  # DDIM steps of the grid evaluation (γ: each model's default, 0.8)
@@ -63,9 +64,9 @@ class Study:
     seed_cells: tuple[tuple[float, float], ...] = ((0.01, 0.0), (0.01, 0.9))
     baselines: tuple[str, ...] = ("jpeg", "webp", "avif", "jxl")
     anchor_steps: int = 1000  # MeanScaleHyperprior steps per λ
+    anchor_lmbdas: tuple[float, ...] | None = None  # the λ the anchor trains at (None: every grid λ)
     entropy_steps: int = 1000
     entropy_scales: str = "2,4,8,16"
-    entropy_packages: tuple[str, ...] | None = None  # the corpus of benchmarks/entropy.py (None: all; (): wheels)
     launcher: str = "local"
     launcher_options: dict = field(default_factory=dict)
     overrides: tuple[str, ...] = ("train.num_workers=1", "train.sample_every=0")
@@ -73,7 +74,7 @@ class Study:
 
 QUICK = Study(lmbdas=(0.01, 0.2), rhos=(0.0, 0.9), cell_train_steps=4, eval_limit=1, decode_steps=2,
               sweep_steps=(1, 2), sweep_limit=1, seed_cells=((0.01, 0.0),), baselines=("jpeg", "avif"),
-              anchor_steps=5, entropy_steps=5, entropy_scales="4,8", entropy_packages=())
+              anchor_steps=5, entropy_steps=5, entropy_scales="4,8")
 
 
 # ------------------------------------------------------------------------------ training (train-grid)
@@ -90,8 +91,10 @@ def run_grid(study: Study, work: Path, section: str, **params) -> dict:
             "decode_steps": study.decode_steps, "baselines": [], "launcher": study.launcher,
             "launcher_options": study.launcher_options, "output_dir": str(out),
             "experiment": f"cdc-science-{section}", "overrides": list(study.overrides), **params}
-    env = {**os.environ, "CDC_HOME": str(work / "registry" / section),
-           "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # Prefect's default 20 s for its ephemeral server to start is too short on 2 loaded cores.
+    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **os.environ,
+           "CDC_HOME": str(work / "registry" / section), "PREFECT_HOME": str(work / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     code = ("import json, sys; from pipelines.train_grid import train_grid; "
@@ -176,8 +179,9 @@ def baseline_curves(study: Study, work: Path) -> list[Path]:
 
 
 def anchor_curve(study: Study, work: Path) -> Path:
-    """CompressAI's MeanScaleHyperprior, trained here at every λ (``anchor_steps`` each), through the
-    harness with CompressAI's own compress/decompress (real rANS bytes)."""
+    """CompressAI's MeanScaleHyperprior, trained here at every λ of ``anchor_lmbdas`` (default: the
+    grid's; ``anchor_steps`` each), through the harness with CompressAI's own compress/decompress
+    (real rANS bytes)."""
     from recipes import train_anchor
 
     from cdc.evaluate import Curve, Point, run_curves
@@ -187,13 +191,13 @@ def anchor_curve(study: Study, work: Path) -> Path:
     if path.is_file():
         return path
     points = []
-    for lmbda in study.lmbdas:
+    for lmbda in study.lmbdas if study.anchor_lmbdas is None else study.anchor_lmbdas:
         folder = work / "anchor" / f"lmbda{lmbda:g}"
         train_anchor(folder, study.shards, study.preset, lmbda, study.anchor_steps)
         points.append(Point(f"lmbda{lmbda:g}", *_anchor_codec(folder / "anchor.pt"), meta={"lmbda": lmbda}))
     settings = eval_settings(study, study.eval_limit)
     curve = Curve("MeanScaleHyperprior", f"CompressAI MeanScaleHyperprior(128, 192), {study.anchor_steps} steps "
-                  "per λ on the development corpus (trained by this study)", points)
+                  "per λ on the study's corpus (trained by this study)", points)
     return run_curves([curve], settings, MetricSuite(metrics=settings.metrics), work / "anchor")[0]
 
 
@@ -229,13 +233,16 @@ def _anchor_codec(weights: Path):
 
 
 def entropy_study(study: Study, work: Path) -> dict:
-    """``benchmarks/entropy.py`` on the base's frozen transform (its JSON is kept in the work folder)."""
+    """``benchmarks/entropy.py`` on the study's corpus and the frozen transform of its base (with
+    ``base="family"``: the member nearest ``sweep_lmbda``); its JSON is kept in the work folder."""
+    from cdc.pretrained import FAMILY, nearest_member
+
     done = work / "entropy.json"
     if not done.is_file():
-        packages = [] if study.entropy_packages is None else ["--packages", *study.entropy_packages]
-        subprocess.run([sys.executable, str(REPO / "benchmarks" / "entropy.py"), "--base", study.base,
-                        "--steps", str(study.entropy_steps), "--scales", study.entropy_scales, "--json", str(done),
-                        *packages], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        base = nearest_member(study.sweep_lmbda) if study.base == FAMILY else study.base
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "entropy.py"), "--base", base, "--shards",
+                        study.shards, "--steps", str(study.entropy_steps), "--scales", study.entropy_scales,
+                        "--json", str(done)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return json.loads(done.read_text())
 
 
@@ -304,19 +311,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base")
     parser.add_argument("--shards")
     parser.add_argument("--cell-train-steps", type=int, help="fine-tune steps per cell")
+    parser.add_argument("--anchor-lmbda", type=float, action="append", dest="anchor_lmbdas",
+                        help="train the MeanScaleHyperprior anchor only at this λ (repeatable; default: every grid λ)")
     parser.add_argument("--launcher", choices=("local", "slurm", "k8s"))
     parser.add_argument("--launcher-option", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     study = QUICK if args.quick else Study()
     given = {"preset": args.preset, "base": args.base, "shards": args.shards,
-             "cell_train_steps": args.cell_train_steps, "launcher": args.launcher}
+             "cell_train_steps": args.cell_train_steps, "launcher": args.launcher,
+             "anchor_lmbdas": tuple(args.anchor_lmbdas) if args.anchor_lmbdas else None}
     changes = {k: v for k, v in given.items() if v is not None}
     if args.launcher_option:
         changes["launcher_options"] = dict(o.split("=", 1) for o in args.launcher_option)
     study = replace(study, **changes)
-    if study.shards == str(DEV_SHARDS) and not (DEV_SHARDS / "manifest.json").is_file():
-        print(f"[science] building the development corpus into {DEV_SHARDS} (scripts/offline_corpus.py)", flush=True)
-        subprocess.run([sys.executable, str(REPO / "scripts" / "offline_corpus.py")], check=True, cwd=REPO)
+    if study.shards == str(PHOTO_SHARDS) and not (PHOTO_SHARDS / "manifest.json").is_file():
+        print(f"[science] building the photo corpus into {PHOTO_SHARDS} (python -m shards.photocorpus)", flush=True)
+        subprocess.run([sys.executable, "-m", "shards.photocorpus", "-o", str(PHOTO_SHARDS.parent)], check=True,
+                       cwd=REPO)
     suffix = "-quick" if args.quick else ""
     work = args.work or REPO / "runs" / f"science{suffix}"
     out = args.out or RESULTS / f"science{suffix}"
