@@ -91,10 +91,8 @@ def run_grid(study: Study, work: Path, section: str, **params) -> dict:
             "decode_steps": study.decode_steps, "baselines": [], "launcher": study.launcher,
             "launcher_options": study.launcher_options, "output_dir": str(out),
             "experiment": f"cdc-science-{section}", "overrides": list(study.overrides), **params}
-    # Prefect's default 20 s for its ephemeral server to start is too short on 2 loaded cores.
-    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **os.environ,
-           "CDC_HOME": str(work / "registry" / section), "PREFECT_HOME": str(work / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "CDC_HOME": str(work / "registry" / section),
+           "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     code = ("import json, sys; from pipelines.train_grid import train_grid; "

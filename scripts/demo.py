@@ -30,7 +30,6 @@ OUT = REPO / "runs" / "demo"
 os.environ.setdefault("CDC_HOME", str(HOME))
 os.environ.setdefault("PREFECT_HOME", str(HOME / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # default 20 s: short on 2 busy cores
 
 
 LMBDAS = [0.005, 0.045]  # rate weights (larger: fewer bits): the family's ends within JPEG's reach
