@@ -75,6 +75,10 @@ def bd_rate(anchor: dict, test: dict, metric: str = "psnr-rgb") -> float:
         if np.any(np.diff(quality) <= 0):
             raise ValueError(f"{metric} does not improve monotonically with rate")
         curves += [rate, quality]
+    low, high = max(curves[1][0], curves[3][0]), min(curves[1][-1], curves[3][-1])
+    if low >= high:  # bjontegaard returns NaN here; say why instead
+        span = [f"{abs(q[0]):.4g} to {abs(q[-1]):.4g}" for q in (curves[1], curves[3])]
+        raise ValueError(f"the {metric} ranges do not overlap (anchor {span[0]}, test {span[1]})")
     return float(bjontegaard.bd_rate(*curves, method="pchip", require_matching_points=False, min_overlap=0))
 
 

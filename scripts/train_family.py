@@ -69,11 +69,12 @@ class Member:
 
 
 FAMILY = (
-    Member("small-q4-main", 0.005, 0.0, "small-base", 18000, 0.97, 0.01, lr_decay_every=5000, shipped=False,
-           history="trained to 12,000 steps (the phases laid out for 12,000), then resumed to 18,000"),
+    Member("small-q4-main", 0.005, 0.0, "small-base", 30000, 0.97, 0.01, lr_decay_every=5000, shipped=False,
+           history="trained to 12,000 steps (the phases laid out for 12,000), then resumed to 18,000 and to "
+                   "30,000"),
     Member("small-q4", 0.005, 0.0, "small-q4-main", 3000, 0.95, 0.02, lr_decay_every=1000, finetune_lr=1e-5,
-           history="small-q4-main (18,000 steps from small-base at 1e-4 to 5e-5, 59 min) annealed at a "
-                   "fifth of its final learning rate"),
+           history="small-q4-main (30,000 steps from small-base, Adam 1e-4 decayed to 2.6e-5, 95 min) annealed "
+                   "at 1e-5"),
     Member("small-q3", 0.01, 0.0, "small-q4-main", 1500, 0.93, 0.02,
            history="started from small-q4-main's 12,000-step weights (fingerprint b143f300efb7…), before it was "
                    "resumed"),

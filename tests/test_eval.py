@@ -130,6 +130,9 @@ def test_bd_rate_known_values():
     cheaper = {"results": {"bpp": [0.09, 0.18, 0.36, 0.72], "psnr-rgb": [28.0, 30.5, 33.0, 35.5]}}
     assert bd_rate(anchor, anchor) == pytest.approx(0.0, abs=1e-9)
     assert bd_rate(anchor, cheaper) == pytest.approx(-10.0, abs=1e-6)
+    worse = {"results": {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [17.0, 18.5, 20.5, 21.0]}}
+    with pytest.raises(ValueError, match="psnr-rgb ranges do not overlap"):
+        bd_rate(anchor, worse)
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
