@@ -188,10 +188,12 @@ def anchor_curve(study: Study, work: Path) -> Path:
     from cdc.metrics import MetricSuite
 
     path = work / "anchor" / "MeanScaleHyperprior.json"
-    if path.is_file():
+    lmbdas = study.lmbdas if study.anchor_lmbdas is None else study.anchor_lmbdas
+    # resume only a curve over the same λ (each λ's trained weights are kept and reused either way)
+    if path.is_file() and sorted(p["lmbda"] for p in json.loads(path.read_text())["meta"]["points"]) == sorted(lmbdas):
         return path
     points = []
-    for lmbda in study.lmbdas if study.anchor_lmbdas is None else study.anchor_lmbdas:
+    for lmbda in lmbdas:
         folder = work / "anchor" / f"lmbda{lmbda:g}"
         train_anchor(folder, study.shards, study.preset, lmbda, study.anchor_steps)
         points.append(Point(f"lmbda{lmbda:g}", *_anchor_codec(folder / "anchor.pt"), meta={"lmbda": lmbda}))
@@ -238,8 +240,10 @@ def entropy_study(study: Study, work: Path) -> dict:
     from cdc.pretrained import FAMILY, nearest_member
 
     done = work / "entropy.json"
-    if not done.is_file():
-        base = nearest_member(study.sweep_lmbda) if study.base == FAMILY else study.base
+    base = nearest_member(study.sweep_lmbda) if study.base == FAMILY else study.base
+    asked = {"base": base, "shards": study.shards, "steps": study.entropy_steps, "scales": study.entropy_scales}
+    kept = json.loads(done.read_text())["args"] if done.is_file() else {}
+    if any(kept.get(k) != v for k, v in asked.items()):  # missing, or measured with other settings
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "entropy.py"), "--base", base, "--shards",
                         study.shards, "--steps", str(study.entropy_steps), "--scales", study.entropy_scales,
                         "--json", str(done)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
