@@ -37,6 +37,6 @@ COPY --chown=cdc:cdc infra/docker/entrypoint.sh /usr/local/bin/cdc-entrypoint
 ENV PYTHONUNBUFFERED=1 CDC_HOME=/data/.cdc HOME=/home/cdc
 USER 10001:10001
 HEALTHCHECK --interval=60s --timeout=20s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import cdc.codec, shards.reader, pipelines"]
+  CMD ["python", "-c", "import cdc.models.codec, shards.reader, pipelines"]
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/cdc-entrypoint"]
 CMD ["cdc", "--help"]

@@ -28,9 +28,9 @@ DEMO_METRICS = "psnr-rgb,ms-ssim-rgb,stlpips-vgg"  # scripts/demo.py's METRICS (
 
 def before(settings: dict, out: Path) -> None:
     """One pass over the images per codec, every report metric."""
-    from cdc.baselines import build_baseline
-    from cdc.evaluate import EvalSettings, baseline_points, run_curve
-    from cdc.metrics import REPORT_METRICS, MetricSuite
+    from cdc.evaluation.baselines import build_baseline
+    from cdc.evaluation.evaluate import EvalSettings, baseline_points, run_curve
+    from cdc.evaluation.metrics import REPORT_METRICS, MetricSuite
 
     cfg = EvalSettings(**{**settings, "metrics": REPORT_METRICS})
     suite = MetricSuite(cfg.device, cfg.metrics)
@@ -41,7 +41,7 @@ def before(settings: dict, out: Path) -> None:
 
 def after(settings: dict, out: Path) -> None:
     """The demo's path: every codec in one pass, the metrics its summary shows."""
-    from cdc.metrics import parse_metrics
+    from cdc.evaluation.metrics import parse_metrics
     from pipelines.cells import evaluate_baselines
 
     evaluate_baselines.fn(CODECS, {**settings, "metrics": parse_metrics(DEMO_METRICS)}, str(out))

@@ -46,8 +46,9 @@ from recipes import (
     train_anchor,
 )
 
-from cdc.baselines import build_baseline
-from cdc.metrics import psnr
+from cdc.argtypes import COUNT, LAMBDA, number
+from cdc.evaluation.baselines import build_baseline
+from cdc.evaluation.metrics import psnr
 
 CANDIDATES = {
     "small": (),
@@ -88,14 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shards", default="runs/photos/shards", help="photo corpus (python -m shards.photocorpus)")
     p.add_argument("--work", type=Path, default=Path("runs/capacity"))
-    p.add_argument("--budget-min", type=float, default=7.0, help="wall-clock minutes of training per candidate")
-    p.add_argument("--lmbda", type=float, default=0.005)
-    p.add_argument("--limit", type=int, default=0, help="held-out photos (0: all)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--shares", type=float, nargs=3, default=SHARES, metavar=("AE", "FROZEN", "JOINT"),
-                   help="wall-clock shares of the fast recipe's phases")
+    p.add_argument("--budget-min", type=number(float, 0.01, 10**6, "a number"), default=7.0,
+                   help="wall-clock minutes of training per candidate")
+    p.add_argument("--lmbda", type=LAMBDA, default=0.005)
+    p.add_argument("--limit", type=COUNT, default=0, help="held-out photos (0: all)")
+    p.add_argument("--threads", type=number(int, 1, 1024, "an integer"), default=2)
+    p.add_argument("--shares", type=number(float, 0.0, 1.0, "a number"), nargs=3, default=SHARES,
+                   metavar=("AE", "FROZEN", "JOINT"), help="wall-clock shares of the fast recipe's phases (sum 1)")
     p.add_argument("--quick", action="store_true", help="tiny preset, seconds of budget: checks the script")
     args = p.parse_args(argv)
+    if abs(sum(args.shares) - 1) > 1e-6:
+        p.error(f"--shares must sum to 1, not {sum(args.shares):g}")
+    if not (Path(args.shards) / "manifest.json").is_file() and not Path(args.shards).is_file():
+        p.error(f"--shards {args.shards}: no shard manifest (python -m shards.photocorpus builds the photo corpus)")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     preset, candidates = ("tiny", QUICK) if args.quick else ("small", CANDIDATES)
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print("[capacity] seconds per step:", timing, flush=True)
 
     images = held_out_images(args.shards, limit)
-    from cdc.metrics import MetricSuite
+    from cdc.evaluation.metrics import MetricSuite
 
     suite = MetricSuite(metrics=("psnr-rgb", "ms-ssim-rgb", "stlpips-alex"))
     jpeg = jpeg_curve(images)
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         trained = run_candidate(candidate, work / ("shares-" + "-".join(f"{x:g}" for x in args.shares)), preset,
                                 args.shards, args.lmbda, budget, timing[name], shares=tuple(args.shares))
         evals = cached_eval(Path(trained["model"]), evaluate_cdc, trained["model"], images, suite, [(1, 0.0)])
-        from cdc.checkpoint import read_checkpoint_info
+        from cdc.zoo.checkpoint import read_checkpoint_info
 
         params = read_checkpoint_info(trained["model"])["parameters"]
         rows.append({"candidate": name, "parameters_m": params / 1e6, "steps": trained["steps"],

@@ -12,7 +12,7 @@ import itertools
 import json
 from pathlib import Path
 
-from cdc import rd
+from cdc.evaluation import rd
 
 METRICS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "stlpips-vgg", "stlpips-alex", "fd-stlpips-vgg")
 HANDFUL = 4  # "a handful of steps"

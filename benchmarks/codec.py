@@ -19,12 +19,12 @@ import torch
 from common import matmul_peak, photo, print_table, psnr, timed, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
-from cdc.checkpoint import load_codec
-from cdc.codec import CDCCodec
-from cdc.coder import Coder
+from cdc.coding.coder import Coder
 from cdc.config import load_config
-from cdc.losses import bits_per_pixel
-from cdc.perceptual import build_perceptual
+from cdc.models.codec import CDCCodec
+from cdc.models.perceptual import build_perceptual
+from cdc.training.losses import bits_per_pixel
+from cdc.zoo.checkpoint import load_codec
 
 
 def fit_entropy_model(codec: CDCCodec, x: torch.Tensor, steps: int) -> None:
@@ -59,7 +59,7 @@ def step_flops(codec: CDCCodec, shape: tuple[int, ...]) -> int:
 
 def step_time(codec: CDCCodec, shape: tuple[int, ...], precision: str, repeat: int) -> float:
     """Median seconds of one denoising step as the decoder runs it (dtype, channels-last)."""
-    from cdc.codec import PRECISIONS
+    from cdc.models.codec import PRECISIONS
 
     dtype = PRECISIONS[precision]
     b, _, h, w = shape

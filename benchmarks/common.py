@@ -105,7 +105,7 @@ def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 def write_json(name: str, payload: dict) -> Path:
     """Write ``results/NAME.json`` (the machine added), and a copy into ``$CDC_BENCH_COPY`` when it is
-    set: a lent GPU machine's ``$OUT``, which comes back even when the call's limit kills the run."""
+    set: e.g. a remote GPU machine's output folder, which keeps what was finished when a time limit kills the run."""
     text = json.dumps({"machine": machine(), **payload}, indent=2) + "\n"
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

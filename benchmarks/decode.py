@@ -28,13 +28,13 @@ import torch
 from common import count_ops, photo, print_table, psnr, sync, write_json
 
 from cdc.allocator import keep_freed_memory
-from cdc.checkpoint import load_codec
-from cdc.codec import CDCCodec
-from cdc.coder import Coder
+from cdc.coding.coder import Coder
 from cdc.config import load_config
-from cdc.layers import LinearAttention
-from cdc.resolve import resolve_model
-from cdc.unet import ConditionalUNet
+from cdc.models.codec import CDCCodec
+from cdc.models.layers import LinearAttention
+from cdc.models.unet import ConditionalUNet
+from cdc.registry.resolve import resolve_model
+from cdc.zoo.checkpoint import load_codec
 
 # (label, precision, compiled, the step as before, freed memory kept): the last rows run after
 # cdc.allocator.keep_freed_memory(), as the cdc command does (process-wide: they come last; CPU only)

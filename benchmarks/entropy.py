@@ -32,15 +32,15 @@ import numpy as np
 import torch
 from common import machine, print_table, write_json
 
-from cdc.checkpoint import load_codec
-from cdc.codec import CDCCodec, build_entropy_model
 from cdc.config import with_updates
-from cdc.datasets import shard_split_images
+from cdc.evaluation.datasets import shard_split_images
+from cdc.evaluation.rd import bd_rate
 from cdc.images import load_image
-from cdc.layers import pad_to_multiple
-from cdc.losses import bits_per_pixel
-from cdc.pretrained import available, resolve_checkpoint
-from cdc.rd import bd_rate
+from cdc.models.codec import CDCCodec, build_entropy_model
+from cdc.models.layers import pad_to_multiple
+from cdc.training.losses import bits_per_pixel
+from cdc.zoo.checkpoint import load_codec
+from cdc.zoo.pretrained import available, resolve_checkpoint
 from shards.reader import train_loader, unit_range
 
 REPO = Path(__file__).resolve().parents[1]

@@ -52,10 +52,10 @@ def make_photos(root: Path, n: int) -> Path:
 
 
 def per_pair(settings, suite, out_dir: Path) -> Path:
-    """The previous harness: quality-outer loop, one :meth:`MetricSuite.pair` call per reconstruction."""
-    from cdc.baselines import build_baseline
-    from cdc.datasets import load_eval_image
-    from cdc.evaluate import baseline_points, images_for
+    """The previous harness: quality-outer loop, one ``MetricSuite.pair`` call per reconstruction."""
+    from cdc.evaluation.baselines import build_baseline
+    from cdc.evaluation.datasets import load_eval_image
+    from cdc.evaluation.evaluate import baseline_points, images_for
 
     jpeg = build_baseline("jpeg")
     refs = [np.asarray(load_eval_image(p, settings.protocol)) for p in images_for(settings)]
@@ -94,9 +94,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=17)
     parser.add_argument("--old-images", type=int, default=3)
     args = parser.parse_args()
-    from cdc.baselines import build_baseline
-    from cdc.evaluate import EvalSettings, evaluate_all
-    from cdc.metrics import DEFAULT_METRICS, MetricSuite
+    from cdc.evaluation.baselines import build_baseline
+    from cdc.evaluation.evaluate import EvalSettings, evaluate_all
+    from cdc.evaluation.metrics import DEFAULT_METRICS, MetricSuite
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -21,9 +21,9 @@ from common import print_table, write_json
 from recipes import evaluate_cdc, held_out_images
 from train import FAST, REPO, run_training
 
-from cdc.metrics import DEFAULT_METRICS, MetricSuite
+from cdc.evaluation.metrics import DEFAULT_METRICS, MetricSuite
 
-BASE = REPO / "cdc/pretrained/small-base.safetensors"
+BASE = REPO / "cdc/zoo/weights/small-base.safetensors"
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The ``paper`` preset with the fast-start recipe on a GPU (issue 11, point 6), beside the CPU numbers.
+"""The ``paper`` preset with the fast-start recipe on a GPU, beside the CPU numbers.
 
 Two halves, because the GPU machine has neither the ST-LPIPS weights nor room to send a 55 M-parameter
 model back:
@@ -32,11 +32,11 @@ import torch
 from PIL import Image
 from recipes import CANDIDATES, RESULTS, calibrate, held_out_images, print_table, run_candidate, write_json
 
-from cdc.checkpoint import load_codec
-from cdc.codec import CDCCodec
-from cdc.coder import Coder
+from cdc.coding.coder import Coder
 from cdc.config import load_config
 from cdc.images import from_uint8, to_uint8
+from cdc.models.codec import CDCCodec
+from cdc.zoo.checkpoint import load_codec
 
 CANDIDATE = next(c for c in CANDIDATES if c.name == "d-residual")
 
@@ -121,7 +121,7 @@ def _scored(out: Path, originals: dict[str, np.ndarray], suite) -> tuple[dict, l
 
 
 def score(args: argparse.Namespace) -> int:
-    from cdc.metrics import PER_IMAGE_METRICS, MetricSuite
+    from cdc.evaluation.metrics import PER_IMAGE_METRICS, MetricSuite
 
     originals = {Path(n).stem: img for n, img in held_out_images(args.shards)}
     suite = MetricSuite(metrics=PER_IMAGE_METRICS)

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from common import photo, print_table, timed, write_json
 
-from cdc.checkpoint import load_codec
-from cdc.codec import CDCCodec
-from cdc.coder import Coder
+from cdc.coding.coder import Coder
 from cdc.config import load_config
-from cdc.layers import pad_to_multiple
-from cdc.resolve import resolve_model
+from cdc.models.codec import CDCCodec
+from cdc.models.layers import pad_to_multiple
+from cdc.registry.resolve import resolve_model
+from cdc.zoo.checkpoint import load_codec
 
 SETTINGS = {  # name -> (oneDNN enabled, threads or None for all)
     "this machine": (True, None),

@@ -53,16 +53,16 @@ import numpy as np
 import torch
 from common import RESULTS, print_table, write_json
 
-from cdc.checkpoint import load_codec
-from cdc.codec import CDCCodec
-from cdc.coder import Coder
+from cdc.coding.coder import Coder
 from cdc.config import RECIPES, load_config
-from cdc.datasets import load_eval_image, shard_split_images
+from cdc.evaluation.datasets import load_eval_image, shard_split_images
+from cdc.evaluation.metrics import PER_IMAGE_METRICS, MetricSuite
 from cdc.images import from_uint8, to_uint8
-from cdc.layers import pad_to_multiple
-from cdc.losses import RateDistortionPerceptionLoss
-from cdc.metrics import PER_IMAGE_METRICS, MetricSuite
-from cdc.training import build_optimizer
+from cdc.models.codec import CDCCodec
+from cdc.models.layers import pad_to_multiple
+from cdc.training.losses import RateDistortionPerceptionLoss
+from cdc.training.phases import build_optimizer
+from cdc.zoo.checkpoint import load_codec
 from shards.reader import resolve_shards, train_loader, unit_range
 
 REPO = Path(__file__).resolve().parents[1]

@@ -97,8 +97,8 @@ def run_grid(study: Study, work: Path, section: str, **params) -> dict:
            "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    code = ("import json, sys; from pipelines.train_grid import train_grid; "
-            "s = train_grid(**json.loads(sys.argv[1])); "
+    code = ("import json, sys; from pipelines.grid_params import grouped; from pipelines.train_grid import train_grid; "
+            "s = train_grid(**grouped(**json.loads(sys.argv[1]))); "
             "open(sys.argv[2], 'w').write(json.dumps({k: s[k] for k in ('curves', 'failures', 'cells')}))")
     summary = out / "grid-summary.tmp.json"
     summary.unlink(missing_ok=True)
@@ -130,18 +130,18 @@ def cell_results(section_dir: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------ evaluation
 def eval_settings(study: Study, limit: int, **kw):
-    from cdc.evaluate import EvalSettings
-    from cdc.metrics import REPORT_METRICS
+    from cdc.evaluation.evaluate import EvalSettings
+    from cdc.evaluation.metrics import REPORT_METRICS
 
     return EvalSettings(dataset="shards", root=study.shards, limit=limit, metrics=REPORT_METRICS, save_recon=1, **kw)
 
 
 def step_sweep(study: Study, work: Path, models: dict[str, str]) -> dict[str, list[dict]]:
     """Each model at every (steps, γ) of the sweep on ``sweep_limit`` held-out images."""
-    from cdc.checkpoint import load_codec
-    from cdc.coder import Coder
-    from cdc.evaluate import Curve, cdc_points, run_curves
-    from cdc.metrics import MetricSuite
+    from cdc.coding.coder import Coder
+    from cdc.evaluation.evaluate import Curve, cdc_points, run_curves
+    from cdc.evaluation.metrics import MetricSuite
+    from cdc.zoo.checkpoint import load_codec
 
     out: dict[str, list[dict]] = {}
     for name, model in models.items():
@@ -166,9 +166,9 @@ def step_sweep(study: Study, work: Path, models: dict[str, str]) -> dict[str, li
 
 def baseline_curves(study: Study, work: Path) -> list[Path]:
     """The classical codecs on the grid's evaluation images (CompressAI-schema files)."""
-    from cdc.baselines import build_baseline
-    from cdc.evaluate import evaluate_all
-    from cdc.rd import slug
+    from cdc.evaluation.baselines import build_baseline
+    from cdc.evaluation.evaluate import evaluate_all
+    from cdc.evaluation.rd import slug
 
     folder = work / "baselines"
     chosen = [build_baseline(n) for n in study.baselines]
@@ -184,8 +184,8 @@ def anchor_curve(study: Study, work: Path) -> Path:
     (real rANS bytes)."""
     from recipes import train_anchor
 
-    from cdc.evaluate import Curve, Point, run_curves
-    from cdc.metrics import MetricSuite
+    from cdc.evaluation.evaluate import Curve, Point, run_curves
+    from cdc.evaluation.metrics import MetricSuite
 
     path = work / "anchor" / "MeanScaleHyperprior.json"
     lmbdas = study.lmbdas if study.anchor_lmbdas is None else study.anchor_lmbdas
@@ -210,7 +210,7 @@ def _anchor_codec(weights: Path):
     from compressai.models import MeanScaleHyperprior
 
     from cdc.images import from_uint8
-    from cdc.layers import pad_to_multiple
+    from cdc.models.layers import pad_to_multiple
 
     net = MeanScaleHyperprior(128, 192)
     net.load_state_dict(torch.load(weights, weights_only=True))
@@ -237,7 +237,7 @@ def _anchor_codec(weights: Path):
 def entropy_study(study: Study, work: Path) -> dict:
     """``benchmarks/entropy.py`` on the study's corpus and the frozen transform of its base (with
     ``base="family"``: the member nearest ``sweep_lmbda``); its JSON is kept in the work folder."""
-    from cdc.pretrained import FAMILY, nearest_member
+    from cdc.zoo.pretrained import FAMILY, nearest_member
 
     done = work / "entropy.json"
     base = nearest_member(study.sweep_lmbda) if study.base == FAMILY else study.base

@@ -32,7 +32,7 @@ from cdc.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE = 989e12  # FLOP/s, SXM5 datasheet
-H100_BF16_MEASURED = 790e12  # an 8192^3 bf16 matmul on the lent H100 (device notes)
+H100_BF16_MEASURED = 790e12  # an 8192^3 bf16 matmul on the H100 the GPU rows ran on
 
 
 def build_shards(root: Path) -> Path:
@@ -99,8 +99,8 @@ JOINT = ("train.autoencoder_fraction=0", "train.freeze_latent_fraction=0")
 
 def training_codec(preset: str, device: str = "cpu", overrides: tuple[str, ...] = ()) -> tuple:
     """(config, codec in train mode, its loss) of ``preset`` on ``device``, rho 0 (no perceptual network)."""
-    from cdc.codec import CDCCodec
-    from cdc.losses import RateDistortionPerceptionLoss
+    from cdc.models.codec import CDCCodec
+    from cdc.training.losses import RateDistortionPerceptionLoss
 
     cfg = load_config(preset, ["loss.rho=0", *overrides])
     codec = CDCCodec(cfg).to(device).train()
@@ -164,7 +164,7 @@ def run_settings(name: str, big_batch: int, cuda: bool) -> tuple[str, list[str],
 
 def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Path, runs: tuple[str, ...] = RUNS,
                   early_steps: int = 30) -> dict:
-    """``runs`` (see :data:`RUNS`; ``today`` first, the baseline) through the real ``cdc/train.py`` on
+    """``runs`` (see ``RUNS``; ``today`` first, the baseline) through the real ``cdc/train.py`` on
     ``device``, joint phase, rho 0. The runs at the default batch are compared with today's loss curve,
     over ``steps`` (10-step windows) and over the first ``early_steps`` (each step logged, compiled runs
     drawing eager's random numbers; 0: not run).
@@ -269,7 +269,7 @@ def main() -> None:
     if args.compare:
         if args.compare == "cuda" and not torch.cuda.is_available():
             print("no CUDA device on this machine: the GPU comparison is skipped "
-                  "(run `python benchmarks/train.py --compare cuda` where one is lent; `--compare cpu` runs here)")
+                  "(run `python benchmarks/train.py --compare cuda` on a machine with one; `--compare cpu` runs here)")
             return
         cuda = args.compare == "cuda"
         runs = tuple(args.runs.split(",")) if args.runs else tuple(r for r in RUNS if cuda or r != "fast-graphs")

@@ -60,7 +60,7 @@ def profile_step(preset: str, device: str, batch: int, steps: int = 2) -> dict:
     step, the operators with the most host (CPU) time and, on CUDA, the kernel breakdown."""
     from torch.profiler import ProfilerActivity, profile
 
-    from cdc.training import build_optimizer
+    from cdc.training.phases import build_optimizer
 
     cuda = device == "cuda"
     torch.manual_seed(0)

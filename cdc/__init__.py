@@ -22,12 +22,12 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CDCCodec": "cdc.codec",
-    "Coder": "cdc.coder",
+    "CDCCodec": "cdc.models.codec",
+    "Coder": "cdc.coding.coder",
     "Config": "cdc.config",
-    "load_codec": "cdc.checkpoint",
+    "load_codec": "cdc.zoo.checkpoint",
     "load_config": "cdc.config",
-    "save_codec": "cdc.checkpoint",
+    "save_codec": "cdc.zoo.checkpoint",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

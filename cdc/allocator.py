@@ -10,10 +10,10 @@ instead of 204 ms (``benchmarks/decode.py``).
 
 The usual cure is jemalloc or tcmalloc through ``LD_PRELOAD``. Here glibc is told to do what a
 caching allocator does instead: serve large blocks from its heap (``M_MMAP_MAX = 0``) and keep up
-to :data:`KEEP_BYTES` of freed memory for reuse (``M_TRIM_THRESHOLD``). The process's resident
+to ``KEEP_BYTES`` of freed memory for reuse (``M_TRIM_THRESHOLD``). The process's resident
 memory then stays near its peak instead of falling back after each step.
 
-The ``cdc`` command and ``cdc/train.py`` call :func:`keep_freed_memory` at start
+The ``cdc`` command and ``cdc/train.py`` call ``keep_freed_memory`` at start
 (``CDC_MALLOC=system`` keeps glibc's defaults). A library should not change a process-wide setting
 behind its user's back, so Python users of the API call it themselves.
 """

@@ -39,7 +39,7 @@ def _tile(text: str) -> str | int:
     """``--tile``: ``auto``, ``off`` or a core tile side in pixels (a multiple of 64)."""
     if text in ("auto", "off"):
         return text
-    value = number(int, 64, 4096, "auto, off or an integer")(text)  # cdc.tiling.MAX_TILE
+    value = number(int, 64, 4096, "auto, off or an integer")(text)  # cdc.coding.tiling.MAX_TILE
     if value % 64:
         raise argparse.ArgumentTypeError(f"{text} is not a multiple of 64")
     return value

@@ -17,22 +17,26 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 PRESETS = ("tiny", "small", "paper")
-PREDICTIONS = ("sample", "epsilon", "v")
-SCHEDULES = ("cosine", "linear")
-PERCEPTUAL = ("lpips-vgg", "lpips-alex", "stlpips-vgg", "stlpips-alex")
-ENTROPY_MODELS = ("hyperprior", "entroformer")
-ANALYSES = ("resnet", "gdn")
+Prediction = Literal["sample", "epsilon", "v"]
+Schedule = Literal["cosine", "linear"]
+DiffusionLoss = Literal["l2", "l1"]
+Perceptual = Literal["lpips-vgg", "lpips-alex", "stlpips-vgg", "stlpips-alex"]
+EntropyModel = Literal["hyperprior", "entroformer"]
+Analysis = Literal["resnet", "gdn"]
+MixedPrecision = Literal["auto", "bf16", "no"]
+LrScaling = Literal["none", "sqrt", "linear"]
+CompileMode = Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead"]
 
 RECIPES: dict[str, tuple[str, ...]] = {
     # the presets' default: the fast-start recipe chosen by benchmarks/recipes.py
     "fast": (),
-    # the official code's recipe and architecture (cdc-reference §2): ResBlock encoder, no auxiliary
+    # the official code's recipe and architecture: ResBlock encoder, no auxiliary
     # synthesis, min-SNR-5 x0 loss without a floor, no phases (it needs a long high-rate warm-up)
     "paper": ("model.analysis=resnet", "model.aux_synthesis=false", "diffusion.residual=false",
               "diffusion.snr_floor=0", "loss.aux_mse=0", "train.autoencoder_fraction=0",
@@ -45,6 +49,10 @@ MAX_TRAIN_STEPS = 10**9
 """The most optimisation steps a run may ask for (CLI flags, overrides and job files alike)."""
 
 
+MAX_CROP = 4096
+"""Largest training crop (pixels a side): a 4096² crop is 200 MB per image in float32."""
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
@@ -54,27 +62,20 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_choices(section: Any, prefix: str) -> None:
+    """Refuse a value outside its ``Literal`` field's choices (dataclasses do not check types)."""
+    for name, hint in typing.get_type_hints(type(section)).items():
+        if typing.get_origin(hint) is Literal:
+            choices = typing.get_args(hint)
+            _check(getattr(section, name) in choices, f"{prefix}.{name} must be one of {choices}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the codec (cdc-reference §1; the paper preset is the official X-param model).
+    """Architecture of the codec (the paper preset is the official code's X-param model).
 
     Attributes:
         enc_dim: width of the analysis transform g_a and of the context decoder.
-        enc_mults: width multipliers of g_a's four stride-2 stages (the last is replaced by
-            ``latent_channels``); four stages give the latent at 1/16 resolution.
-        latent_channels: channels of y (256 in the paper).
-        hyper_channels: channels of the hyper-latent z at 1/64 resolution.
-        unet_dim: base width of the conditional U-Net.
-        unet_mults: U-Net width multipliers, one per resolution level (at least 4: the context
-            pyramid is concatenated at the four finest levels).
-        entropy_model: ``hyperprior`` (mean-scale, the official code's choice) or ``entroformer``
-            (transformer hyperprior + two-pass checkerboard context, the paper's choice).
-        scale_bound: lower bound of the Gaussian scales sigma of y (0.1 in the official code).
-        scale_levels: number of log-spaced scales in the Gaussian coder's CDF table; more levels
-            means less real-vs-estimated rate overhead and a larger checkpoint.
-        attn_dim: width of the entroformer's attention blocks (0: ``hyper_channels``).
-        attn_heads: attention heads of the entroformer (must divide ``attn_dim``).
-        attn_radius: neighbourhood radius r of its attention ((2r+1)^2 keys per query).
         analysis: g_a's layers: ``resnet`` (ResBlocks, the official code) or ``gdn`` (conv + GDN,
             Ballé et al. 2018; the paper leaves the encoder unspecified).
         transform_dim: hidden width of the ``gdn`` analysis and of g_s (CompressAI's N); 0 uses
@@ -83,31 +84,45 @@ class ModelConfig:
             auxiliary reconstruction x_aux of ŷ in [-1, 1]. Not in the official code; it lets the
             latent be pretrained as an MSE autoencoder (the HiFiC / MS-ILLM habit) and the U-Net
             refine x_aux (``diffusion.residual``).
+        latent_channels: channels of y (256 in the paper).
+        enc_mults: width multipliers of g_a's four stride-2 stages (the last is replaced by
+            ``latent_channels``); four stages give the latent at 1/16 resolution.
+        hyper_channels: channels of the hyper-latent z at 1/64 resolution.
+        entropy_model: ``hyperprior`` (mean-scale, the official code's choice) or ``entroformer``
+            (transformer hyperprior + two-pass checkerboard context, the paper's choice).
+        scale_bound: lower bound of the Gaussian scales sigma of y (0.1 in the official code).
+        scale_levels: number of log-spaced scales in the Gaussian coder's CDF table; more levels
+            means less real-vs-estimated rate overhead and a larger checkpoint.
+        unet_dim: base width of the conditional U-Net.
+        unet_mults: U-Net width multipliers, one per resolution level (at least 4: the context
+            pyramid is concatenated at the four finest levels).
+        attn_dim: width of the entroformer's attention blocks (0: ``hyper_channels``).
+        attn_heads: attention heads of the entroformer (must divide ``attn_dim``).
+        attn_radius: neighbourhood radius r of its attention ((2r+1)^2 keys per query).
     """
 
     enc_dim: int = 64
-    enc_mults: tuple[int, ...] = (1, 2, 3, 4)
+    analysis: Analysis = "resnet"
+    transform_dim: int = 0
+    aux_synthesis: bool = False
     latent_channels: int = 256
+    enc_mults: tuple[int, ...] = (1, 2, 3, 4)
     hyper_channels: int = 256
-    unet_dim: int = 64
-    unet_mults: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
-    entropy_model: str = "hyperprior"
+    entropy_model: EntropyModel = "hyperprior"
     scale_bound: float = 0.1
     scale_levels: int = 160
+    unet_dim: int = 64
+    unet_mults: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     attn_dim: int = 0
     attn_heads: int = 4
     attn_radius: int = 3
-    analysis: str = "resnet"
-    transform_dim: int = 0
-    aux_synthesis: bool = False
 
     def __post_init__(self) -> None:
         _check(len(self.enc_mults) == 4, "model.enc_mults must have 4 entries (g_a downsamples by 16)")
         _check(len(self.unet_mults) >= 4, "model.unet_mults needs at least 4 levels")
         _check(min(self.enc_dim, self.latent_channels, self.hyper_channels, self.unet_dim) > 0,
                "model widths must be positive")
-        _check(self.entropy_model in ENTROPY_MODELS, f"model.entropy_model must be one of {ENTROPY_MODELS}")
-        _check(self.analysis in ANALYSES, f"model.analysis must be one of {ANALYSES}")
+        _check_choices(self, "model")
         _check(self.transform_dim >= 0, "model.transform_dim must be >= 0")
         _check(self.attn_heads >= 1, "model.attn_heads must be >= 1")
         _check((self.attn_dim or self.hyper_channels) % self.attn_heads == 0,
@@ -119,7 +134,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """Forward process and training target of the denoiser (cdc-reference §1.7).
+    """Forward process and training target of the denoiser (Yang & Mandt 2023, sec. 3).
 
     Attributes:
         prediction: ``sample`` (x0, the paper's X-parameterization), ``epsilon`` or ``v``.
@@ -137,19 +152,17 @@ class DiffusionConfig:
             of at grey.
     """
 
-    prediction: str = "sample"
-    schedule: str = "cosine"
+    prediction: Prediction = "sample"
+    schedule: Schedule = "cosine"
     timesteps: int = 8193
-    loss: str = "l2"
+    loss: DiffusionLoss = "l2"
     min_snr_gamma: float = 5.0
     snr_floor: float = 0.0
     residual: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.prediction in PREDICTIONS, f"diffusion.prediction must be one of {PREDICTIONS}")
-        _check(self.schedule in SCHEDULES, f"diffusion.schedule must be one of {SCHEDULES}")
+        _check_choices(self, "diffusion")
         _check(self.timesteps >= 2, "diffusion.timesteps must be >= 2")
-        _check(self.loss in ("l1", "l2"), "diffusion.loss must be l1 or l2")
         _check(self.min_snr_gamma >= 0, "diffusion.min_snr_gamma must be >= 0")
         _check(0 <= self.snr_floor <= (self.min_snr_gamma or float("inf")),
                "diffusion.snr_floor must be in [0, min_snr_gamma]")
@@ -194,24 +207,23 @@ class LossConfig:
 
     lmbda: float = 0.0064
     rho: float = 0.0
-    perceptual: str = "lpips-vgg"
+    perceptual: Perceptual = "lpips-vgg"
     random_backbone: bool = False
     aux_mse: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.lmbda >= 0, "loss.lmbda must be >= 0")
         _check(0 <= self.rho <= 1, "loss.rho must be in [0, 1]")
-        _check(self.perceptual in PERCEPTUAL, f"loss.perceptual must be one of {PERCEPTUAL}")
+        _check_choices(self, "loss")
         _check(self.aux_mse >= 0, "loss.aux_mse must be >= 0")
 
 
 LR_SCALING = {"none": lambda ratio: 1.0, "sqrt": lambda ratio: ratio**0.5, "linear": lambda ratio: ratio}
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation recipe (cdc-reference §2.3, §8).
+    """Optimisation recipe (the paper's and the official code's, where a preset follows them).
 
     Attributes:
         batch_size: images per process per step.
@@ -291,28 +303,31 @@ class TrainConfig:
     sample_every: int = 5000
     num_workers: int = 2
     shuffle_buffer: int = 1000
-    mixed_precision: str = "auto"
+    mixed_precision: MixedPrecision = "auto"
     autoencoder_fraction: float = 0.0
     freeze_latent_fraction: float = 0.0
     finetune_lr: float | None = None
     finetune_phases: bool = False
     skip_bad_shards: bool = False
     data_timeout_s: float = 600.0
-    lr_scaling: str = "none"
+    lr_scaling: LrScaling = "none"
     lr_reference_batch: int = 4
     compile: bool = False
-    compile_mode: str = "default"
+    compile_mode: CompileMode = "default"
     compile_eager_rng: bool = False
     channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
-        _check(self.compile_mode in COMPILE_MODES, f"train.compile_mode must be one of {COMPILE_MODES}")
-        _check(self.lr_scaling in LR_SCALING, f"train.lr_scaling must be one of {tuple(LR_SCALING)}")
+        _check_choices(self, "train")
         _check(self.lr_reference_batch >= 1, "train.lr_reference_batch must be >= 1")
         _check(self.data_timeout_s >= 0, "train.data_timeout_s must be >= 0")
         _check(self.finetune_lr is None or self.finetune_lr > 0, "train.finetune_lr must be > 0")
         _check(self.crop >= 64 and self.crop % 64 == 0, "train.crop must be a multiple of 64")
+        _check(self.crop <= MAX_CROP, f"train.crop must be <= {MAX_CROP} (pixels a side)")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
+        _check(self.ema_start >= 0, "train.ema_start must be >= 0")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(0 < self.lr_decay <= 1 and 0 < self.lr_floor <= 1, "train.lr_decay/lr_floor in (0, 1]")
         _check(self.lr_decay_every >= 1, "train.lr_decay_every must be >= 1")
@@ -326,7 +341,6 @@ class TrainConfig:
         _check(0 <= self.seed < 2**63, "train.seed must be in [0, 2**63)")
         _check(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1,
                "train.checkpoint_every and train.keep_checkpoints must be >= 1")
-        _check(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision: auto|bf16|no")
         _check(self.autoencoder_fraction >= 0 and self.freeze_latent_fraction >= 0
                and self.autoencoder_fraction + self.freeze_latent_fraction <= 1,
                "train.autoencoder_fraction and train.freeze_latent_fraction must be >= 0 with a sum <= 1")
@@ -423,6 +437,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return number
         if hint is str:
             return str(value)
+        if origin is Literal:
+            _check(str(value) in args, f"{key} must be one of {args}")
+            return str(value)
     except ConfigError:
         raise
     except (TypeError, ValueError, OverflowError, yaml.YAMLError):
@@ -465,7 +482,7 @@ def _set(data: dict[str, Any], key: str, value: Any) -> None:
 
 def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = (),
                      settings: typing.Mapping[str, Any] | None = None) -> Config:
-    """Build a :class:`Config` from nested dicts, then typed ``settings`` (dotted key -> value, e.g.
+    """Build a ``Config`` from nested dicts, then typed ``settings`` (dotted key -> value, e.g.
     ``{"loss.rho": 0.5}``), then ``a.b=value`` string overrides."""
     data = _plain(data)
     for key, value in (settings or {}).items():
@@ -481,7 +498,7 @@ def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = (),
 def load_config(preset_or_path: str | Path = "paper", overrides: typing.Iterable[str] = (),
                 recipe: str = "fast", settings: typing.Mapping[str, Any] | None = None) -> Config:
     """Load a preset name (``tiny``/``small``/``paper``) or a YAML file, then apply the recipe's
-    overrides (:data:`RECIPES`), typed ``settings`` and ``overrides``.
+    overrides (``RECIPES``), typed ``settings`` and ``overrides``.
 
     A YAML file may start from a preset with ``preset: small`` and override any subset of keys.
     """

@@ -65,6 +65,6 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, data: bytes, overwrite: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically (``overwrite=False``: never replacing a file, see :func:`atomic_path`)."""
+    """Write ``data`` to ``path`` atomically (``overwrite=False``: never replacing a file, see ``atomic_path``)."""
     with atomic_path(path, overwrite) as tmp:
         Path(tmp).write_bytes(data)

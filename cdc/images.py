@@ -26,7 +26,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, uint8: bo
 
     ``max_pixels``: refuse (from the header, before decoding) images with more pixels.
     ``uint8``: return the 8-bit values (1, 3, H, W) in [0, 255] instead (a quarter of the memory;
-    :meth:`cdc.coder.Coder.encode` converts them tile by tile).
+    ``cdc.coding.coder.Coder.encode`` converts them tile by tile).
 
     Raises:
         InputError: ``"<path>: <reason>"`` for a missing, unreadable or non-image file.
@@ -40,10 +40,23 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, uint8: bo
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return image_from_bytes(data, str(path), max_pixels, uint8)
+
+
+def image_from_bytes(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+                     uint8: bool = False) -> tuple[Tensor, list[str]]:
+    """``load_image`` of a file's bytes (``name`` starts the error messages).
+
+    The notes say what was converted (CMYK or 16-bit to 8-bit RGB, alpha over white, the first of
+    several frames), as ``cdc compress`` prints them.
+
+    Raises:
+        InputError: ``"<name>: <reason>"`` for bytes that are not an image, or one over ``max_pixels``.
+    """
     try:
         decoded = decode_image(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
-        raise InputError(f"{path}: {exc}") from None
+        raise InputError(f"{name}: {exc}") from None
     if uint8:  # decode_image returns RGB: convert() would copy the whole image once more
         rgb = np.array(decoded.image, dtype=np.uint8, copy=True)
         return torch.from_numpy(rgb).permute(2, 0, 1)[None], decoded.notes
@@ -56,7 +69,7 @@ def pil_to_tensor(image: Image.Image) -> Tensor:
 
 
 def from_uint8(img: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """H x W x 3 uint8 -> (1, 3, H, W) float32 in [0, 1] on ``device`` (the inverse of :func:`to_uint8`).
+    """H x W x 3 uint8 -> (1, 3, H, W) float32 in [0, 1] on ``device`` (the inverse of ``to_uint8``).
 
     Copies: decoded images can be read-only views of Pillow's buffer, which torch refuses to wrap.
     """

@@ -1,6 +1,6 @@
 """Train a CDC codec: the warm-up or one (lambda, rho) cell of the grid.
 
-The command line of a training run (the loop is :mod:`cdc.trainer`). The same module runs under
+The command line of a training run (the loop is ``cdc.training.trainer``). The same module runs under
 plain ``python -m`` (one process) and under ``accelerate launch -m`` (DDP or DeepSpeed, one to many
 nodes); ``python cdc/train.py`` re-executes itself as ``python -m cdc.train``::
 
@@ -18,13 +18,13 @@ nodes); ``python cdc/train.py`` re-executes itself as ``python -m cdc.train``::
     # DeepSpeed ZeRO-2
     accelerate launch --config_file infra/accelerate/deepspeed-zero2.yaml -m cdc.train --preset paper ...
 
-A run is one :class:`cdc.run_spec.RunSpec`: the flags below build it, or ``--job FILE`` reads it
+A run is one ``cdc.training.run_spec.RunSpec``: the flags below build it, or ``--job FILE`` reads it
 from JSON (what the grid's launchers pass, with ``--world-size N``: the run refuses to start with
 another number of processes, e.g. under accelerate's one-process ``--cpu`` launcher).
 
 Recipe: from scratch, the fast-start recipe of the presets (an MSE autoencoder phase, the decoder
 on the frozen latent, then joint, with the U-Net refining the autoencoder's reconstruction; see
-``cdc.training.training_phase`` and the README); each grid cell is fine-tuned with ``--init-from``
+``cdc.training.phases.training_phase`` and the README); each grid cell is fine-tuned with ``--init-from``
 a trained model (a warm-up, or the shipped ``small-base``). ``--recipe paper`` trains the official
 way (it needs a long warm-up at ``--lmbda 1e-6``). ``--resume latest`` continues bit-exactly after a
 crash or preemption (SIGTERM saves a checkpoint and exits 0).
@@ -35,14 +35,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 
 from cdc.allocator import keep_freed_memory
 from cdc.argtypes import COUNT, LAMBDA, RHO, TRAIN_STEPS
 from cdc.config import RECIPES
-from cdc.run_spec import RunSpec, SpecError
+from cdc.training.run_spec import RunSpec, SpecError
 
+OVERRIDE = re.compile(r"^(model|diffusion|sampler|loss|train)\.\w+=")
+"""A config override (``train.lr=1e-4``) among the arguments."""
 SPEC_FLAGS = ("preset", "recipe", "shards", "output_dir", "max_steps", "lmbda", "rho", "prediction", "init_from",
               "resume", "overwrite", "experiment", "run_name", "tag", "overrides")
 
@@ -50,7 +53,8 @@ SPEC_FLAGS = ("preset", "recipe", "shards", "output_dir", "max_steps", "lmbda", 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags of ``cdc/train.py``: ``--job FILE`` or the flags that make a spec."""
     p = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
-    p.add_argument("--job", type=Path, help="a run spec (JSON, see cdc/run_spec.py) instead of the flags below")
+    p.add_argument("--job", type=Path,
+                   help="a run spec (JSON, see cdc/training/run_spec.py) instead of the flags below")
     p.add_argument("--world-size", type=COUNT, help="processes the launch asked for (launchers pass it); "
                    "the run refuses to start with another number")
     p.add_argument("--preset", help="tiny (default) | small | paper, or a YAML config file")
@@ -70,7 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-name", help="MLflow run name")
     p.add_argument("--tag", action="append", default=[], help="MLflow run tag key=value (repeatable)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-4")
-    args = p.parse_args(argv)
+    # overrides may stand anywhere, even after a flag that takes several values (--shards A B train.lr=1e-4)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    args = p.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    args.overrides = [*args.overrides, *overrides]
     given = [f for f in SPEC_FLAGS if getattr(args, f) not in (None, False, [])]
     if args.job and given:
         p.error(f"--job holds the whole run; drop {', '.join('--' + f.replace('_', '-') for f in given)}")
@@ -99,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, train, print the exported model; 2 with one error line for anything the user can fix.
     A preempted run (SIGTERM/SIGINT) ends the process itself with 0 once its checkpoint is saved."""
     args = parse_args(argv)
-    from cdc.distributed import prepare_environment  # torch: only after the file-mode re-exec below
+    from cdc.training.distributed import prepare_environment  # torch: only after the file-mode re-exec below
 
     prepare_environment()  # before accelerate, deepspeed and compressai are imported
     keep_freed_memory()
-    from cdc.trainer import TRAINING_ERRORS, train
+    from cdc.training.trainer import TRAINING_ERRORS, train
 
     try:
         summary = train(spec_from_args(args))

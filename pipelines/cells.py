@@ -17,8 +17,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from cdc.registry import TrainedModel
-from cdc.run_spec import RunSpec
+from cdc.registry.catalog import TrainedModel
+from cdc.training.run_spec import RunSpec
 from pipelines.launchers import TrainJob, make_launcher
 
 CONCURRENCY_LIMIT = "cdc-train-cells"
@@ -142,14 +142,14 @@ def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str, deco
                    gamma: float | None = None) -> tuple[str, dict[str, float]]:
     """Evaluate one trained model (one RD point) with ``decode_steps`` DDIM steps and start-noise
     scale ``gamma`` (None: the model's defaults); returns (results file, averaged metrics)."""
-    from cdc.checkpoint import load_codec
-    from cdc.coder import Coder
-    from cdc.evaluate import EvalSettings, cdc_points, run_curve
-    from cdc.metrics import MetricSuite
+    from cdc.coding.coder import Coder
+    from cdc.evaluation.evaluate import EvalSettings, cdc_points, run_curve
+    from cdc.evaluation.metrics import MetricSuite
+    from cdc.zoo.checkpoint import load_codec
 
     coder = Coder(load_codec(model_dir))
-    steps = decode_steps if decode_steps is not None else coder.codec.config.sampler.steps
-    gamma = gamma if gamma is not None else coder.codec.config.sampler.gamma
+    steps = decode_steps if decode_steps is not None else coder.default_decode[0]
+    gamma = gamma if gamma is not None else coder.default_decode[1]
     cfg = EvalSettings(**{**settings, "steps": (steps,), "gamma": gamma})
     suite = MetricSuite(cfg.device, cfg.metrics)
     path = run_curve(name, "CDC grid cell, real bitstreams", cdc_points([coder], steps, cfg), cfg, suite,
@@ -162,10 +162,10 @@ def evaluate_model(model_dir: str, name: str, settings: dict, out_dir: str, deco
 def evaluate_baselines(names: list[str], settings: dict, out_dir: str) -> list[str]:
     """The classical codecs on the same images (skipped when their results already exist), all in one
     pass over the images: each reference image is decoded and its features computed once."""
-    from cdc.baselines import build_baseline
-    from cdc.evaluate import Curve, EvalSettings, baseline_points, run_curves
-    from cdc.metrics import MetricSuite
-    from cdc.rd import slug
+    from cdc.evaluation.baselines import build_baseline
+    from cdc.evaluation.evaluate import Curve, EvalSettings, baseline_points, run_curves
+    from cdc.evaluation.metrics import MetricSuite
+    from cdc.evaluation.rd import slug
 
     cfg = EvalSettings(**settings)
     chosen = [build_baseline(name) for name in names]

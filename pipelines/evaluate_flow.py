@@ -19,13 +19,13 @@ def evaluate(models: list[str] | None = None, baselines: list[str] | None = None
 
     ``metrics``: as ``cdc eval --metrics`` (default ``report``: what the grid and the registry record).
     """
-    from cdc.baselines import build_baseline, zoo_baseline
-    from cdc.checkpoint import load_codec
-    from cdc.coder import Coder
-    from cdc.evaluate import EvalSettings, evaluate_all
-    from cdc.metrics import parse_metrics
-    from cdc.rd import plot
-    from cdc.resolve import resolve_model
+    from cdc.coding.coder import Coder
+    from cdc.evaluation.baselines import build_baseline, zoo_baseline
+    from cdc.evaluation.evaluate import EvalSettings, evaluate_all
+    from cdc.evaluation.metrics import parse_metrics
+    from cdc.evaluation.rd import plot
+    from cdc.registry.resolve import resolve_model
+    from cdc.zoo.checkpoint import load_codec
 
     logger = get_run_logger()
     settings = EvalSettings(dataset=dataset, root=root, download=download, protocol=protocol,

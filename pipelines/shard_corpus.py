@@ -2,20 +2,31 @@
 
 The flow runs the same stages as ``python -m shards build`` (``shards.build.build``); only the
 mapper differs: each chunk of inputs and each shard is a Prefect task, retried on transient I/O
-errors, and the task runner (threads by default) sets the parallelism. A rerun resumes: complete
-chunks and verified shards are skipped, so retries and restarts are cheap.
+errors, and the ``runner`` parameter says where the tasks run:
+
+* ``threads`` (default): threads of the flow's process (image decoding holds the GIL part of the time);
+* ``dask``: a Dask cluster (``prefect-dask``): ``workers`` local worker processes, or the running
+  scheduler at ``dask_address``;
+* ``slurm``: Dask workers as Slurm jobs (``dask-jobqueue``'s ``SLURMCluster``), one per job, with
+  ``slurm_options`` such as ``queue``, ``account``, ``cores``, ``memory``, ``walltime``.
+
+The output must be on a filesystem every worker shares. A rerun resumes: complete chunks and
+verified shards are skipped, so retries and restarts are cheap; every runner writes the same bytes.
 
     prefect deployment run shard-corpus/local --param sources='["data/div2k"]' --param output=runs/shards
+    prefect deployment run shard-corpus/local --param runner=dask --param workers=8 ...
 """
 
 from __future__ import annotations
 
+import inspect
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
-from prefect import flow, task, unmapped
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from shards.build import build, process_chunk, write_shard
 from shards.process import BuildConfig
@@ -29,11 +40,54 @@ write_shard_task = task(write_shard, name="write-shard", retries=3, retry_delay_
 _TASKS = {process_chunk: process_chunk_task, write_shard: write_shard_task}
 
 
-def prefect_map(fn: Callable, items: Iterable, *args) -> Iterator:
-    """Mapper for :func:`shards.build.build` that fans ``fn`` out as Prefect tasks."""
-    futures = _TASKS[fn].map(list(items), *[unmapped(a) for a in args])
-    for future in futures:
-        yield future.result()
+RUNNERS = ("threads", "dask", "slurm")
+
+
+def make_task_runner(runner: str, workers: int, dask_address: str | None = None,
+                     slurm_options: dict | None = None) -> TaskRunner:
+    """The Prefect task runner of ``shard-corpus``'s ``runner`` parameter (see the module's docstring).
+
+    Raises:
+        ValueError: an unknown runner, fewer than one worker, or an address with a runner that
+            starts its own workers.
+    """
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, not {workers}")
+    if dask_address and runner != "dask":
+        raise ValueError("dask_address needs runner='dask' (a running Dask scheduler)")
+    if runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    if runner == "dask":
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                              cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
+    # one single-threaded worker per Slurm job: the unit the cluster schedules and may preempt
+    options = {"cores": 1, "processes": 1, "memory": "2GB", "walltime": "04:00:00", "job_name": "cdc-shards",
+               **(slurm_options or {})}
+    return DaskTaskRunner(cluster_class="dask_jobqueue.SLURMCluster", cluster_kwargs={**options, "n_workers": workers})
+
+
+def runner_map(runner: TaskRunner, window: int) -> Callable[..., Iterator]:
+    """A mapper for ``shards.build.build`` that submits ``fn`` as a Prefect task to ``runner``,
+    at most ``window`` at a time (the inputs are consumed lazily), and yields the results in order."""
+
+    def mapper(fn: Callable, items: Iterable, *args) -> Iterator:
+        names = list(inspect.signature(fn).parameters)
+        pending: deque = deque()
+        for item in items:
+            pending.append(runner.submit(_TASKS[fn], dict(zip(names, (item, *args), strict=True))))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    return mapper
 
 
 def _summary(manifest) -> str:
@@ -47,7 +101,7 @@ def _summary(manifest) -> str:
     return text
 
 
-@flow(name="shard-corpus", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="shard-corpus", log_prints=True)
 def shard_corpus(
     sources: list[str],
     output: str,
@@ -62,15 +116,27 @@ def shard_corpus(
     patch_size: int | None = None,
     chunk_size: int = 256,
     keep_staging: bool = False,
+    runner: str = "threads",
+    workers: int = 4,
+    dask_address: str | None = None,
+    slurm_options: dict | None = None,
 ) -> dict:
     """Build (or resume) shards of ``sources`` in ``output``; returns the manifest totals.
 
-    Use ``shard_corpus.with_options(task_runner=...)`` for another parallelism (e.g. a Dask runner).
+    Args:
+        sources, output, max_count ... keep_staging: as ``python -m shards build`` (see its ``--help``).
+        runner: ``threads``, ``dask`` or ``slurm``: where the chunk and shard tasks run.
+        workers: threads, Dask worker processes, or Slurm jobs of one Dask worker each.
+        dask_address: a running Dask scheduler (``tcp://host:8786``) for ``runner="dask"``.
+        slurm_options: ``dask_jobqueue.SLURMCluster`` options for ``runner="slurm"``
+            (``queue``, ``account``, ``cores``, ``memory``, ``walltime``, ``job_extra_directives``, ...).
     """
     cfg = BuildConfig(max_count=max_count, max_bytes=max_bytes, split_val=split_val, min_side=min_side,
                       max_pixels=max_pixels, policy=policy, resize_shorter=resize_shorter, max_shorter=max_shorter,
                       patch_size=patch_size, chunk_size=chunk_size)
-    manifest = build(sources, output, cfg, mapper=prefect_map, keep_staging=keep_staging)
+    with make_task_runner(runner, workers, dask_address, slurm_options) as task_runner:
+        print(f"shard-corpus: tasks on {runner} ({workers} worker(s){f' at {dask_address}' if dask_address else ''})")
+        manifest = build(sources, output, cfg, mapper=runner_map(task_runner, 2 * workers), keep_staging=keep_staging)
     totals = manifest.totals()
     print(f"shard-corpus: {totals}")
     create_markdown_artifact(_summary(manifest), key="shard-corpus-summary", description=f"Shards in {output}")

@@ -16,13 +16,15 @@ SHOWN = ("bpp", "psnr-rgb", "ms-ssim-rgb", "stlpips-vgg", "lpips-vgg", "fd-stlpi
 
 def _family_curves(names: set[str], dataset: str, out_dir: Path) -> list[Path]:
     """A CompressAI-schema curve per registered family, from its versions' tags (all lambdas so far)."""
-    from cdc.rd import curve
-    from cdc.registry import list_versions
+    from cdc.evaluation.rd import curve
+    from cdc.registry.catalog import list_versions
 
     paths = []
     for name in sorted(names):
         versions = [v for v in list_versions(name) if v.name == name and v.metric(dataset, "bpp") is not None]
         points = [{m: v.metric(dataset, m) for m in SHOWN if v.metric(dataset, m) is not None} for v in versions]
+        if not points:  # every cell of this family failed: no curve (the failures say why)
+            continue
         data = curve(name, "registered CDC family", points, {"dataset": dataset},
                      [{"version": v.version} for v in versions])
         path = out_dir / f"grid-{name}.json"
@@ -93,8 +95,8 @@ def summarize(cells: list[Cell], skipped: list[Cell], registered: dict[str, dict
     """Markdown table of every cell, RD plots of the families and baselines, logged to the parent run."""
     import mlflow
 
-    from cdc.rd import plot
-    from cdc.registry import family_name, list_versions
+    from cdc.evaluation.rd import plot
+    from cdc.registry.catalog import family_name, list_versions
 
     versions = {v.tags.get("cell_key"): v for v in list_versions()}
     shown = [m for m in SHOWN if any(v.metric(dataset, m) is not None for v in versions.values())]

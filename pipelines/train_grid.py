@@ -7,7 +7,8 @@
                       ``base`` model)
                                          ─► register each (MLflow registry) ─► summary (markdown + RD plots)
 
-    prefect deployment run train-grid/local --param lmbdas='[0.01,0.05]' --param rhos='[0,0.9]'
+    prefect deployment run train-grid/local --param grid='{"lmbdas": [0.01, 0.05], "rhos": [0, 0.9]}' \
+        --param data='{"corpus": ["photos/"]}'
 
 Idempotent: a cell's key hashes its config, the shards fingerprint and the code version; cells
 already registered under that key are skipped. A failing cell is retried, never stops the others,
@@ -24,11 +25,11 @@ from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from cdc.metrics import parse_metrics
-from cdc.pretrained import FAMILY
-from cdc.rd import slug
-from cdc.registry import register_grid, registered_cell_keys
-from cdc.tracking import code_version, setup_mlflow
+from cdc.evaluation.metrics import parse_metrics
+from cdc.evaluation.rd import slug
+from cdc.registry.catalog import register_grid, registered_cell_keys
+from cdc.registry.tracking import code_version, setup_mlflow
+from cdc.zoo.pretrained import FAMILY
 from pipelines.cells import (
     CONCURRENCY_LIMIT,
     CellResult,
@@ -39,6 +40,7 @@ from pipelines.cells import (
     run_training,
     train_job,
 )
+from pipelines.grid_params import Data, Evaluation, Execution, Grid, Training
 from pipelines.launchers import cpu_share
 from pipelines.shard_corpus import shard_corpus
 from pipelines.summary import summarize
@@ -59,81 +61,57 @@ def ensure_shards(corpus: list[str] | None, shards: str | None, output_dir: Path
 
 @flow(name="train-grid", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
 def train_grid(
-    lmbdas: list[float],
-    rhos: list[float],
-    prediction: str = "sample",
-    preset: str = "small",
-    cell_train_steps: int = 300,
-    warmup_train_steps: int = 300,
-    warmup_lmbda: float = 0.004,
-    base: str | None = None,
-    corpus: list[str] | None = None,
-    shards: str | None = None,
-    split_val: float = 0.1,
-    patch_size: int | None = None,
-    max_shorter: int | None = None,
-    eval_dataset: str = "shards",
-    eval_root: str | None = None,
-    eval_protocol: str = "full",
-    decode_steps: int | None = None,
-    distortion_decode: list | None = None,
-    eval_limit: int = 0,
-    baselines: list[str] | None = None,
-    metrics: str = "report",
-    launcher: str = "local",
-    launcher_options: dict | None = None,
-    max_concurrent: int = 1,
-    retries: int = 1,
-    output_dir: str = "runs/grid",
-    experiment: str = "cdc-grid",
-    overrides: list[str] | None = None,
-    cell_overrides: dict[str, list[str]] | None = None,
+    grid: Grid,
+    data: Data,
+    # frozen models: one shared default instance is safe
+    training: Training = Training(),  # noqa: B008
+    evaluation: Evaluation = Evaluation(),  # noqa: B008
+    execution: Execution = Execution(),  # noqa: B008
 ) -> dict:
     """Train, evaluate and register a lambda x rho grid; returns the summary.
 
+    Every field of every group is checked before any task runs (``pipelines.grid_params``); a dict
+    is accepted for each group.
+
     Args:
-        lmbdas, rhos: the grid (rate weights; perceptual weights in [0, 1]).
-        prediction, preset, cell_train_steps: per-cell training (``cdc/train.py`` flags; the cell's
-            fine-tune length in optimisation steps).
-        warmup_train_steps, warmup_lmbda: the shared warm-up from scratch (rho 0, the config's recipe: the
-            fast-start recipe by default, so a moderate rate works; the paper's recipe needs ~1e-6
-            and hundreds of thousands of steps); 0 steps skips it.
-        base: start every cell from this trained model (a path or a shipped name such as
-            ``small-q2``) instead of a warm-up; ``"family"``: each cell from the shipped family member
-            nearest to its λ (:func:`cdc.pretrained.nearest_member`), so that cells land at different
-            rates after a short fine-tune. The start's fingerprint is part of every cell key.
-        corpus / shards: image sources to shard (``split_val``, ``patch_size``, ``max_shorter`` as in
-            ``shard-corpus``), or an existing manifest.
-        eval_dataset, eval_root, eval_protocol, decode_steps (DDIM steps; None: each model's default), eval_limit:
-            where and how cells are evaluated (``shards`` = the held-out val split).
-        distortion_decode: ``[DDIM steps, γ]`` for the ρ = 0 cells instead (e.g. ``[1, 0.0]``: the
-            deterministic one-step decode, an x0-model's best PSNR); None: as every cell.
-        baselines: classical codecs evaluated on the same images (default jpeg, webp).
-        metrics: what every evaluation measures, as ``cdc eval --metrics`` (default ``report``; the
-            VGG-based ones dominate a cold evaluation's time on a CPU).
-        launcher, launcher_options: ``local`` | ``slurm`` | ``k8s`` and their keyword options.
-        max_concurrent: global concurrency limit ``cdc-train-cells`` (simultaneous trainings).
-        retries: extra attempts of a failing cell's training.
-        overrides: config overrides for every run; cell_overrides: extra ones per ``"lambda/rho"``.
+        grid: the λ and ρ values (``Grid``).
+        data: image sources to shard, or an existing manifest (``Data``).
+        training: preset, prediction, steps, the warm-up or the ``base`` model, overrides (``Training``).
+        evaluation: where and how each cell is evaluated, and the baselines beside it (``Evaluation``).
+        execution: launcher and its options, concurrency, retries, output folder, MLflow experiment
+            (``Execution``).
     """
     logger = get_run_logger()
+    grid, data, training, evaluation, execution = (_group(cls, value) for cls, value in (
+        (Grid, grid), (Data, data), (Training, training), (Evaluation, evaluation), (Execution, execution)))
+    lmbdas, rhos, preset, prediction = grid.lmbdas, grid.rhos, training.preset, training.prediction
+    launcher, experiment = execution.launcher, execution.experiment
+    cells = [f"{lmbda:g}/{rho:g}" for lmbda in lmbdas for rho in rhos]
+    for name, per_cell in (("execution.cell_launcher_options", execution.cell_launcher_options),
+                           ("training.cell_overrides", training.cell_overrides)):
+        unknown = set(per_cell) - set(cells)
+        if unknown:
+            raise ValueError(f"{name}: no such cell {', '.join(sorted(unknown))} (cells: {', '.join(cells)})")
+    options = {cell: {**execution.launcher_options, **execution.cell_launcher_options.get(cell, {})}
+               for cell in cells}
     if launcher == "local" and "OMP_NUM_THREADS" not in os.environ:  # the other half: the training jobs
         torch.set_num_threads(cpu_share())
-    out = Path(output_dir).resolve()
-    manifest = ensure_shards(corpus, shards, out, split_val, patch_size, max_shorter)
+    out = Path(execution.output_dir).resolve()
+    manifest = ensure_shards(data.corpus, data.shards, out, data.split_val, data.patch_size, data.max_shorter)
     fingerprint = Manifest.load(manifest).fingerprint
     version = code_version()
-    overrides = list(overrides or [])
+    overrides = list(training.overrides)
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, max_concurrent)
+        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, execution.max_concurrent)
     setup_mlflow(experiment)
-    train = run_training.with_options(retries=retries)
+    train = run_training.with_options(retries=execution.retries)
 
     warm_dir = None
     warm_key = ""
     bases = {}
+    base, warmup_train_steps, warmup_lmbda = training.base, training.warmup_train_steps, training.warmup_lmbda
     if base == FAMILY:
-        from cdc.pretrained import nearest_member
+        from cdc.zoo.pretrained import nearest_member
 
         for lmbda in lmbdas:
             name = nearest_member(lmbda)
@@ -149,12 +127,13 @@ def train_grid(
         job = train_job(f"warmup-{warm_key[:8]}", warm_dir, shards=manifest, preset=preset, prediction=prediction,
                         train_steps=warmup_train_steps, lmbda=warmup_lmbda, rho=0.0, overrides=overrides,
                         init_from=None, tags={"cdc.role": "warmup"}, experiment=experiment)
-        train(job, launcher, launcher_options or {})
+        train(job, launcher, execution.launcher_options)
 
     def planned(registered: set[str]):
-        return plan_grid(lmbdas, rhos, preset=preset, prediction=prediction, cell_train_steps=cell_train_steps,
-                         shards=manifest, shards_fingerprint=fingerprint, code_version=version, out=out,
-                         experiment=experiment, overrides=overrides, cell_overrides=cell_overrides,
+        return plan_grid(lmbdas, rhos, preset=preset, prediction=prediction,
+                         cell_train_steps=training.cell_train_steps, shards=manifest, shards_fingerprint=fingerprint,
+                         code_version=version, out=out, experiment=experiment, overrides=overrides,
+                         cell_overrides=dict(training.cell_overrides),
                          warm_key=warm_key, warm_dir=warm_dir, bases=bases, registered=registered)
 
     registered = registered_cell_keys()
@@ -167,17 +146,21 @@ def train_grid(
     for cell in plan.skipped:
         logger.info(f"{cell.label}: already registered (cell key {cell.key}), skipped")
 
-    settings = {"dataset": eval_dataset, "root": eval_root or (manifest if eval_dataset == "shards" else None),
-                "protocol": eval_protocol, "limit": eval_limit, "save_recon": 1, "metrics": parse_metrics(metrics)}
+    eval_dataset = evaluation.dataset
+    settings = {"dataset": eval_dataset,
+                "root": evaluation.root or (manifest if eval_dataset == "shards" else None),
+                "protocol": evaluation.protocol, "limit": evaluation.limit, "save_recon": 1,
+                "metrics": parse_metrics(evaluation.metrics)}
     eval_dir = out / "eval"
     futures = {}
     for planned in plan.todo:
-        trained = train.submit(planned.job, launcher, launcher_options or {})
-        steps, gamma = (distortion_decode if distortion_decode and planned.cell.rho == 0 else (decode_steps, None))
+        trained = train.submit(planned.job, launcher, options[f"{planned.cell.lmbda:g}/{planned.cell.rho:g}"])
+        steps, gamma = (evaluation.distortion_decode if evaluation.distortion_decode and planned.cell.rho == 0
+                        else (evaluation.decode_steps, None))
         evaluated = evaluate_model.submit(trained, f"CDC {planned.cell.label}", settings, str(eval_dir), steps, gamma)
         futures[planned.cell] = (planned.output_dir, trained, evaluated)
-    baseline_files = evaluate_baselines.submit(["jpeg", "webp"] if baselines is None else baselines, settings,
-                                               str(eval_dir))
+    baselines = ["jpeg", "webp"] if evaluation.baselines is None else evaluation.baselines
+    baseline_files = evaluate_baselines.submit(baselines, settings, str(eval_dir))
 
     results, failures, attempts = [], {}, {}
     for cell, (cell_dir, trained, evaluated) in futures.items():
@@ -198,17 +181,30 @@ def train_grid(
     return summary
 
 
+def _group(cls: type, value):
+    """A parameter group as its model: Prefect passes the flow's parameters validated, a direct call
+    of ``train_grid.fn`` may pass dicts."""
+    return value if isinstance(value, cls) else cls.model_validate(value)
+
+
 def _start(model: str) -> tuple[str, Path]:
     """A cell's starting model as (identity: fingerprint prefix, checkpoint path)."""
-    from cdc.checkpoint import read_checkpoint_info
-    from cdc.resolve import resolve_model
+    from cdc.registry.resolve import resolve_model
+    from cdc.zoo.checkpoint import read_checkpoint_info
 
     path = resolve_model(model)
     return read_checkpoint_info(path)["fingerprint"][:16], path
 
 
 def _attempts(future) -> int:
-    """How many times the task behind ``future`` ran (1 + retries used)."""
+    """How many times the task behind ``future`` ran (1 + retries used; 0 if it never started)."""
+    from prefect.exceptions import ObjectNotFound
+
     future.wait()
+    if future.task_run_id is None:
+        return 0
     with get_client(sync_client=True) as client:
-        return client.read_task_run(future.task_run_id).run_count
+        try:
+            return client.read_task_run(future.task_run_id).run_count
+        except ObjectNotFound:  # never recorded: it did not start
+            return 0

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Issue 15's GPU measurements, in parts run in the order given (each fits a lent machine's 10-minute call):
+# The GPU measurements of docs/benchmarks.md, in parts run in the order given (each within 10 minutes):
 #   bash scripts/gpu_bench.sh profile       # profile of a paper training step (eager)
 #   bash scripts/gpu_bench.sh decode        # decode paths, paper preset (untrained) and small-base (trained)
 #   bash scripts/gpu_bench.sh decode-small  # the small-base decode paths alone (PSNR change against fp32)
 #   bash scripts/gpu_bench.sh train         # today's vs the fast training paths, paper preset
 #   bash scripts/gpu_bench.sh check         # the CUDA-only tests (files coded on the GPU decode on the CPU and back)
 # train reads STEPS (default 300), RUNS (benchmarks/train.py --runs; default all) and EARLY (--early-steps).
-# On the lent machine (no network) the wheels its image lacks travel in .whl (see the device notes) and
+# On a machine without network access the wheels its image lacks travel in .whl and
 # are installed first. When $OUT is set, every JSON result is also written there as it is made (so a
-# run cut off by the call's limit still returns what it finished), and the profiler trace is copied
+# run cut off by a time limit still returns what it finished), and the profiler trace is copied
 # at the end. Output is line-buffered so that a cut-off run still shows how far it got.
 set -uo pipefail
 [ $# -gt 0 ] || { echo "usage: $0 profile|decode|decode-small|train|check ..." >&2; exit 2; }

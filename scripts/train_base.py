@@ -5,9 +5,9 @@
 1. the offline development corpus (``scripts/offline_corpus.py``), if missing;
 2. ``cdc/train.py --preset small`` with the default (fast-start) recipe on its train split, from
    scratch, resumable (rerun the same command after an interruption);
-3. the EMA export evaluated on the held-out split through real bitstreams (``cdc.evaluate``);
-4. ``cdc/pretrained/small-base.safetensors`` (one file, config and provenance in its metadata) and
-   the model card ``cdc/pretrained/small-base.md``. Existing files are kept unless ``--overwrite``.
+3. the EMA export evaluated on the held-out split through real bitstreams (``cdc.evaluation.evaluate``);
+4. ``cdc/zoo/weights/small-base.safetensors`` (one file, config and provenance in its metadata) and
+   the model card ``cdc/zoo/weights/small-base.md``. Existing files are kept unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ def train(args: argparse.Namespace) -> float:
 
 
 def evaluate(model: Path, shards: str, out: Path) -> list[dict]:
-    """Held-out metrics of ``model`` for every decode setting of :data:`DECODES`."""
-    from cdc.checkpoint import load_codec
-    from cdc.coder import Coder
-    from cdc.evaluate import EvalSettings, cdc_points, run_curve
-    from cdc.metrics import PER_IMAGE_METRICS, MetricSuite
+    """Held-out metrics of ``model`` for every decode setting of ``DECODES``."""
+    from cdc.coding.coder import Coder
+    from cdc.evaluation.evaluate import EvalSettings, cdc_points, run_curve
+    from cdc.evaluation.metrics import PER_IMAGE_METRICS, MetricSuite
+    from cdc.zoo.checkpoint import load_codec
 
     coder = Coder(load_codec(model))
     suite = MetricSuite(metrics=PER_IMAGE_METRICS)
@@ -71,8 +71,8 @@ def model_card(info: dict, rows: list[dict], args: argparse.Namespace, provenanc
     lines = [
         f"# {NAME}", "",
         f"A `small` CDC codec ({info['parameters'] / 1e6:.2f} M parameters) trained from scratch on a CPU with the "
-        "fast-start recipe; the starting point of `make demo` and of `train-grid(base=\"small-base\")`. It shows that "
-        "the pipeline learns; it is not a paper-scale model.", "",
+        "fast-start recipe; the starting point of `make demo` and of `train-grid` with "
+        "`training.base = \"small-base\"`. It shows that the pipeline learns; it is not a paper-scale model.", "",
         f"* **fingerprint**: `{info['fingerprint']}`",
         f"* **load**: `cdc compress photo.png -m {NAME} -o out/`, `cdc init --from {NAME} -o MODEL`, "
         f"`cdc/train.py --init-from {NAME} ...`",
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", default="runs/devcorpus/shards")
     p.add_argument("--max-shorter", type=int, default=512)
     p.add_argument("--work", type=Path, default=Path("runs") / NAME)
-    p.add_argument("--out-dir", type=Path, default=REPO / "cdc" / "pretrained")
+    p.add_argument("--out-dir", type=Path, default=REPO / "cdc" / "zoo" / "weights")
     p.add_argument("--overwrite", action="store_true", help="replace an existing shipped model and card")
     args = p.parse_args(argv)
     target, card = args.out_dir / f"{NAME}.safetensors", args.out_dir / f"{NAME}.md"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         build_corpus(Path(args.shards).parent, max_shorter=args.max_shorter)
     seconds = train(args)
 
-    from cdc.checkpoint import load_codec, read_checkpoint_info, save_codec
+    from cdc.zoo.checkpoint import load_codec, read_checkpoint_info, save_codec
 
     rows = evaluate(args.work, args.shards, args.work / "heldout")
     codec = load_codec(args.work)

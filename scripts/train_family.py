@@ -16,7 +16,7 @@ Each member is a ``cdc/train.py`` run on the photo corpus (``python -m shards.ph
 
 Every run is resumable (checkpoints under ``--work``, outside git). A finished member is evaluated on
 the held-out photos through real bitstreams, next to JPEG and WebP at the same bpp on the same
-photos, exported to ``cdc/pretrained/<name>.safetensors`` with its model card, and its row written
+photos, exported to ``cdc/zoo/weights/<name>.safetensors`` with its model card, and its row written
 to ``benchmarks/results/family.json`` (the README's table and ``tests/test_family.py`` read it).
 """
 
@@ -110,7 +110,7 @@ def train(member: Member, work: Path) -> dict:
 
 def held_out() -> list[tuple[str, np.ndarray]]:
     """The photo corpus's held-out split (whole photos, 512 px shorter side), as uint8 arrays."""
-    from cdc.datasets import load_eval_image, shard_split_images
+    from cdc.evaluation.datasets import load_eval_image, shard_split_images
 
     return [(f.name, np.asarray(load_eval_image(f, "full"))) for f in shard_split_images(SHARDS, "val")]
 
@@ -122,8 +122,8 @@ QUALITIES = (0, 1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 75)
 def classical_curves(images, known: dict[str, list[dict]] | None = None) -> dict[str, list[dict]]:
     """Mean bpp, PSNR and ST-LPIPS-Alex of JPEG and WebP (Pillow) over the held-out photos, per
     quality; the qualities already in ``known`` are kept, not measured again."""
-    from cdc.baselines import build_baseline
-    from cdc.metrics import MetricSuite
+    from cdc.evaluation.baselines import build_baseline
+    from cdc.evaluation.metrics import MetricSuite
 
     suite = MetricSuite(metrics=("psnr-rgb", "stlpips-alex"))
     curves = {}
@@ -152,10 +152,10 @@ def at_rate(curve: list[dict], bpp: float, metric: str) -> float | None:
 def evaluate(model: Path, images, decodes, curves) -> list[dict]:
     """Real bitstreams of every held-out photo at each (steps, γ): means, and the classical codecs
     at the same bpp."""
-    from cdc.checkpoint import load_codec
-    from cdc.coder import Coder
+    from cdc.coding.coder import Coder
+    from cdc.evaluation.metrics import MetricSuite
     from cdc.images import from_uint8, to_uint8
-    from cdc.metrics import MetricSuite
+    from cdc.zoo.checkpoint import load_codec
 
     coder = Coder(load_codec(model))
     suite = MetricSuite(metrics=("psnr-rgb", "ms-ssim-rgb", "stlpips-alex"))
@@ -181,10 +181,10 @@ def with_classical(row: dict, curves: dict[str, list[dict]]) -> dict:
 
 def regression_reference(model: Path) -> dict[str, dict[str, float]]:
     """Bytes and PSNR of each committed crop through ``model`` (1 DDIM step, γ = 0), for the regression test."""
-    from cdc.checkpoint import load_codec
-    from cdc.coder import Coder
+    from cdc.coding.coder import Coder
+    from cdc.evaluation.metrics import psnr
     from cdc.images import from_uint8, to_uint8
-    from cdc.metrics import psnr
+    from cdc.zoo.checkpoint import load_codec
 
     coder = Coder(load_codec(model))
     out = {}
@@ -204,6 +204,8 @@ def fmt(value: float | None, spec: str) -> str:
 
 def card(member: Member, info: dict, rows: list[dict], minutes: float, provenance: dict) -> str:
     """The markdown model card."""
+    from cdc.zoo.pretrained import decode_line
+
     cfg, meta = info["config"], info["metadata"]
     sources = ", ".join(f"{s['photos']} from {s['source'].split('=')[0]}" for s in provenance["summary"])
     lines = [
@@ -213,6 +215,7 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
         f"* **fingerprint**: `{info['fingerprint']}`",
         f"* **load**: `cdc compress photo.png -m {member.name} -o out/`, "
         f"`cdc/train.py --init-from {member.name} ...`",
+        decode_line(member.name),
         f"* **data**: the photo corpus (`python -m shards.photocorpus`, "
         f"{sum(s['photos'] for s in provenance['summary'])} natural photos listed in `shards/photos.tsv`: "
         f"{sources}); train split only, as 256-px patches at shorter sides 512, 768 and 1024 px (never "
@@ -271,12 +274,12 @@ def lineage(member: Member) -> list[Member]:
 
 def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     """Evaluate a trained member, export it with its card, and record its row."""
-    from cdc.checkpoint import load_codec, read_checkpoint_info, save_codec
+    from cdc.zoo.checkpoint import load_codec, read_checkpoint_info, save_codec
 
     model = work / member.name
     rows = evaluate(model, images, DECODES[member.rho], curves)
     minutes = sum(training_minutes(work / stage.name) for stage in lineage(member))
-    target = REPO / "cdc" / "pretrained" / f"{member.name}.safetensors"
+    target = REPO / "cdc" / "zoo" / "weights" / f"{member.name}.safetensors"
     metadata = {**read_checkpoint_info(model)["metadata"], "name": member.name, "family": True, "heldout": rows}
     save_codec(load_codec(model), target, metadata=metadata)
     info = read_checkpoint_info(target)
@@ -359,11 +362,11 @@ def gallery(results: dict, images, out: Path, target: float = 0.15, crop: int = 
     held-out photo (a centre crop; the codecs code the whole photo)."""
     from PIL import Image, ImageDraw
 
-    from cdc.baselines import build_baseline
-    from cdc.checkpoint import load_codec
-    from cdc.coder import Coder
+    from cdc.coding.coder import Coder
+    from cdc.evaluation.baselines import build_baseline
     from cdc.images import from_uint8, to_uint8
-    from cdc.pretrained import available
+    from cdc.zoo.checkpoint import load_codec
+    from cdc.zoo.pretrained import available
 
     name, img = images[0]
     pixels = img.shape[0] * img.shape[1]
@@ -395,14 +398,19 @@ def gallery(results: dict, images, out: Path, target: float = 0.15, crop: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cdc.checkpoint import read_checkpoint_info
+    from cdc.zoo.checkpoint import read_checkpoint_info
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("runs") / "family", help="checkpoints (outside git)")
-    p.add_argument("--only", nargs="*", help="member names (default: all, in order)")
+    names = [m.name for m in FAMILY]
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"members to train and ship (default: all, in order): "
+                   f"{', '.join(names)}")
     p.add_argument("--evaluate-only", action="store_true", help="re-measure and re-export trained members")
     p.add_argument("--report", action="store_true", help="only the RD plot and the gallery (docs/family/)")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - set(names))
+    if unknown:
+        p.error(f"--only: no member {', '.join(unknown)} (members: {', '.join(names)})")
     if args.report:  # from the recorded results (classical curves completed): cards, table, plot, gallery
         results = json.loads(RESULTS.read_text())
         results["classical"] = classical_curves(held_out(), results["classical"])
@@ -411,14 +419,14 @@ def main(argv: list[str] | None = None) -> int:
         provenance = json.loads((Path(SHARDS).parent / "provenance.json").read_text())
         for member in (m for m in FAMILY if m.name in results["members"]):
             entry = results["members"][member.name]
-            target = REPO / "cdc" / "pretrained" / f"{member.name}.safetensors"
+            target = REPO / "cdc" / "zoo" / "weights" / f"{member.name}.safetensors"
             target.with_suffix(".md").write_text(card(member, read_checkpoint_info(target), entry["heldout"],
                                                       entry["train_minutes"], provenance))
         save_results(results)
         print(plot_family(results, REPO / "docs" / "family"))
         gallery(results, held_out(), REPO / "docs" / "family")
         return 0
-    if not Path(SHARDS).exists():
+    if not (Path(SHARDS) / "manifest.json").is_file():  # also a build interrupted before its manifest: resumed
         from shards.photocorpus import build_corpus
 
         build_corpus(Path(SHARDS).parent)

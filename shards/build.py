@@ -2,9 +2,9 @@
 
 Stages (each a plain function, so the CLI and the Prefect flow ``shard-corpus`` share them)::
 
-    expand_sources ─► plan_chunks ─► process_chunk × N ─► assemble ─► write_shard × M ─► finalize
-                                     (decode, hash;       (dedup,      (deterministic    (manifest.json)
-                                      staging tar+json)    split, pack) tar, verified)
+    input list ─► plan_chunks ─► process_chunk × N ─► assemble ─► write_shard × M ─► finalize
+    (sorted on                       (decode, hash;       (dedup,      (deterministic    (manifest.json)
+     disk)                            staging tar+json)    split, pack) tar, verified)
 
 * ``process_chunk`` writes ``OUT/.staging/chunk-NNNNNN.{tar,json}``; the JSON is written last, so a
   chunk with a JSON is complete and a rerun skips it.
@@ -13,7 +13,10 @@ Stages (each a plain function, so the CLI and the Prefect flow ``shard-corpus`` 
 * Everything is ordered by input location, so a build killed at any point and rerun produces the
   same manifest and byte-identical shards as an uninterrupted one.
 * An fsspec URL as the output (``s3://bucket/prefix``) builds in a local work directory and then
-  publishes the shards, manifest last (:mod:`shards.remote`).
+  publishes the shards, manifest last (``shards.remote``).
+* The building process holds neither the input list (``shards.inputs``) nor the per-sample
+  plans (``shards.assembly``) in memory, and the mappers keep a bounded number of tasks in
+  flight: its memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -21,25 +24,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
+import math
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from shards.assembly import Assembly, ShardPlan, assemble
+from shards.inputs import InputList, input_signature, write_input_list
 from shards.locks import exclusive_dir
 from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, file_sha256, is_remote
 from shards.process import BuildConfig, process_image
 from shards.remote import publish, remote_up_to_date, work_dir_for
-from shards.sources import expand_sources
+from shards.sources import iter_sources
 from shards.tarfiles import read_tar, write_tar
 
 STAGING = ".staging"
 OWNED = ".owned-shards.json"
 """Shard names that builds in this directory wrote and a manifest may no longer name: the only tars
 the builder ever removes (a folder can hold a user's own ``backup-000001.tar``)."""
-SPLITS = ("train", "val")
+INPUTS = ".inputs.txt"
+"""The build's sorted input list (``shards.inputs``), removed when the build ends."""
 
 
 @dataclass(frozen=True)
@@ -50,60 +57,10 @@ class Chunk:
     sources: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class SampleRef:
-    """A sample in the staging area: its chunk, slot, key and members."""
-    chunk: int
-    slot: int  # position of the input within its chunk: staging names are "{slot:06d}.{name}"
-    key: str
-    members: tuple[tuple[str, str, int], ...]  # (member name, sha256, size)
-
-    @property
-    def size(self) -> int:
-        return sum(m[2] for m in self.members)
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    """The samples (in order) of one shard to write."""
-    name: str
-    split: str
-    samples: tuple[SampleRef, ...]
-
-
-@dataclass
-class Assembly:
-    """Result of :func:`assemble`: the shard plan and the accounting of every input."""
-
-    shards: list[ShardPlan]
-    scanned: int
-    written: int
-    quarantine: list[dict]
-    duplicates: list[dict]
-    duplicate_samples: int
-
-
-def input_signature(location: str) -> str:
-    """What identifies one input's content cheaply: a local file's path, size and modification time
-    (an image edited in place is rebuilt); a URL as it is."""
-    if "://" in location and not location.startswith("file://"):
-        return location
-    try:
-        st = os.stat(location.removeprefix("file://"))
-    except OSError:
-        return location
-    return f"{location}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def inputs_digest(locations: list[str]) -> str:
-    """SHA-256 of the sorted inputs' signatures (a rerun on other or edited inputs rebuilds)."""
-    return hashlib.sha256("\n".join(map(input_signature, locations)).encode()).hexdigest()
-
-
-def plan_chunks(locations: list[str], cfg: BuildConfig) -> list[Chunk]:
-    """Split the sorted locations into chunks of ``cfg.chunk_size``."""
-    cs = cfg.chunk_size
-    return [Chunk(i, tuple(locations[s : s + cs])) for i, s in enumerate(range(0, len(locations), cs))]
+def plan_chunks(inputs: InputList, cfg: BuildConfig) -> Iterator[Chunk]:
+    """The chunks of ``cfg.chunk_size`` consecutive inputs, read from the input list as asked for."""
+    for index, sources in inputs.chunks(cfg.chunk_size):
+        yield Chunk(index, sources)
 
 
 def _staging(out: Path) -> Path:
@@ -148,47 +105,6 @@ def process_chunk(chunk: Chunk, out: str | Path, cfg: BuildConfig) -> Path:
     return index_path
 
 
-def assemble(out: str | Path, chunks: list[Chunk], cfg: BuildConfig) -> Assembly:
-    """Deduplicate (first occurrence in location order wins), split and pack samples into shards."""
-    staging = _staging(Path(out))
-    per_split: dict[str, list[SampleRef]] = {s: [] for s in SPLITS}
-    first_seen: dict[str, str] = {}
-    keys: set[str] = set()
-    quarantine, duplicates = [], []
-    scanned = written = dup_samples = 0
-    for chunk in chunks:
-        for slot, rec in enumerate(json.loads((staging / f"chunk-{chunk.index:06d}.json").read_text())):
-            scanned += 1
-            if rec["status"] != "ok":
-                quarantine.append({"source": rec["source"], "reason": rec["reason"]})
-            elif rec["image_hash"] in first_seen:
-                duplicates.append({"source": rec["source"], "duplicate_of": first_seen[rec["image_hash"]]})
-            else:
-                first_seen[rec["image_hash"]] = rec["source"]
-                written += 1
-                for s in rec["samples"]:
-                    if s["key"] in keys:  # e.g. two identical patches of different images
-                        dup_samples += 1
-                        continue
-                    keys.add(s["key"])
-                    members = tuple((n, h, size) for n, h, size in s["members"])
-                    per_split[rec["split"]].append(SampleRef(chunk.index, slot, s["key"], members))
-    shards = []
-    for split in SPLITS:
-        current: list[SampleRef] = []
-        size = 0
-        for ref in per_split[split]:
-            if current and (len(current) >= cfg.max_count or size + ref.size > cfg.max_bytes):
-                shards.append(ShardPlan(f"{split}-{sum(s.split == split for s in shards):06d}.tar", split,
-                                        tuple(current)))
-                current, size = [], 0
-            current.append(ref)
-            size += ref.size
-        if current:
-            shards.append(ShardPlan(f"{split}-{sum(s.split == split for s in shards):06d}.tar", split, tuple(current)))
-    return Assembly(shards, scanned, written, quarantine, duplicates, dup_samples)
-
-
 def _expected(plan: ShardPlan) -> list[tuple[str, str]]:
     return [(name, sha) for ref in plan.samples for name, sha, _ in ref.members]
 
@@ -216,18 +132,14 @@ def write_shard(plan: ShardPlan, out: str | Path) -> ShardInfo:
                      sha256=file_sha256(path))
 
 
-def finalize(out: str | Path, sources: list[str], locations: list[str], cfg: BuildConfig, asm: Assembly,
+def finalize(out: str | Path, sources: list[str], inputs: InputList, cfg: BuildConfig, asm: Assembly,
              infos: list[ShardInfo], keep_staging: bool = False) -> Manifest:
     """Write ``manifest.json`` (atomically), remove stale shards and, unless asked, the staging area."""
     out = Path(out)
-    fingerprint = hashlib.sha256()
-    for plan in asm.shards:
-        for ref in plan.samples:
-            fingerprint.update(f"{plan.split} {ref.key}\n".encode())
     manifest = Manifest(
-        config=cfg.to_dict(), sources=list(sources), inputs_digest=inputs_digest(locations),
-        fingerprint=fingerprint.hexdigest(), shards=infos, quarantine=asm.quarantine, duplicates=asm.duplicates,
-        scanned=asm.scanned, written=asm.written, duplicate_samples=asm.duplicate_samples,
+        config=cfg.to_dict(), sources=list(sources), inputs_digest=inputs.digest, fingerprint=asm.fingerprint(),
+        shards=infos, quarantine=asm.quarantine, duplicates=asm.duplicates, scanned=asm.scanned,
+        written=asm.written, duplicate_samples=asm.duplicate_samples,
     )
     manifest.save(out / MANIFEST_NAME)
     planned = {i.name for i in infos}
@@ -243,7 +155,7 @@ def finalize(out: str | Path, sources: list[str], locations: list[str], cfg: Bui
 
 def record_owned(out: Path, names: list[str]) -> None:
     """Add ``names`` (shards about to be written) and the current manifest's shards to the ledger
-    (:data:`OWNED`) before anything is written, so that a build killed half-way still knows its files."""
+    (``OWNED``) before anything is written, so that a build killed half-way still knows its files."""
     ledger = out / OWNED
     owned = set(json.loads(ledger.read_text())) if ledger.is_file() else set()
     with contextlib.suppress(OSError, ValueError, KeyError):
@@ -253,7 +165,7 @@ def record_owned(out: Path, names: list[str]) -> None:
     tmp.replace(ledger)
 
 
-def up_to_date(out: Path, locations: list[str], cfg: BuildConfig) -> Manifest | None:
+def up_to_date(out: Path, digest: str, cfg: BuildConfig) -> Manifest | None:
     """The existing manifest if it was built from the same inputs and config and its shards verify."""
     path = out / MANIFEST_NAME
     if not path.exists():
@@ -262,7 +174,7 @@ def up_to_date(out: Path, locations: list[str], cfg: BuildConfig) -> Manifest | 
         manifest = Manifest.load(path)
     except (ValueError, KeyError):
         return None
-    if manifest.config != cfg.to_dict() or manifest.inputs_digest != inputs_digest(locations):
+    if manifest.config != cfg.to_dict() or manifest.inputs_digest != digest:
         return None
     for info in manifest.shards:
         shard = out / info.name
@@ -293,15 +205,20 @@ def _die_with_parent() -> None:
 
 
 def process_pool_map(workers: int) -> Mapper:
-    """A mapper running on ``workers`` processes (serial when ``workers`` is 1)."""
+    """A mapper running on ``workers`` processes (serial when ``workers`` is 1), with at most two
+    tasks per process in flight: the items are consumed as the results come back."""
     if workers <= 1:
         return serial_map
 
     def mapper(fn: Callable, items: Iterable, *args) -> Iterator:
         with ProcessPoolExecutor(workers, initializer=_die_with_parent) as pool:
-            futures = [pool.submit(fn, item, *args) for item in items]
-            for future in futures:
-                yield future.result()
+            pending: deque = deque()
+            for item in items:
+                pending.append(pool.submit(fn, item, *args))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     return mapper
 
@@ -319,44 +236,41 @@ def build(sources: list[str], out: str | Path, cfg: BuildConfig, mapper: Mapper 
         shards.sources.SourceError: a source directory or list file does not exist.
         OSError: the remote store cannot be written (after retries).
     """
-    locations = expand_sources(sources)
-    if not is_remote(out):
-        return _build_local(sources, locations, Path(out), cfg, mapper, progress, keep_staging)
-    url = str(out).rstrip("/")
-    existing = remote_up_to_date(url, inputs_digest(locations), cfg.to_dict())
-    if existing is not None:
-        return existing
-    local = Path(work_dir) if work_dir else work_dir_for(url)
-    manifest = _build_local(sources, locations, local, cfg, mapper, progress, keep_staging)
-    publish(local, manifest, url, progress)
-    return manifest
+    locations = iter_sources(sources)  # every source checked before anything is created
+    url = str(out).rstrip("/") if is_remote(out) else None
+    local = Path(out) if url is None else Path(work_dir) if work_dir else work_dir_for(url)
+    with exclusive_dir(local, "shard build"):
+        inputs = write_input_list(locations, local / INPUTS)
+        try:
+            existing = remote_up_to_date(url, inputs.digest, cfg.to_dict()) if url else None
+            if existing is not None:
+                return existing
+            manifest = up_to_date(local, inputs.digest, cfg)
+            if manifest is not None:
+                if not keep_staging:  # a build killed after its manifest, before cleaning up
+                    shutil.rmtree(_staging(local), ignore_errors=True)
+            else:
+                manifest = _build_locked(sources, inputs, local, cfg, mapper, progress, keep_staging)
+        finally:
+            inputs.path.unlink(missing_ok=True)
+        if url:
+            publish(local, manifest, url, progress)
+        return manifest
 
 
-def _build_local(sources: list[str], locations: list[str], out: Path, cfg: BuildConfig, mapper: Mapper,
-                 progress: bool, keep_staging: bool) -> Manifest:
-    with exclusive_dir(out, "shard build"):
-        existing = up_to_date(out, locations, cfg)
-        if existing is not None:
-            if not keep_staging:  # a build killed after its manifest, before cleaning up
-                shutil.rmtree(_staging(out), ignore_errors=True)
-            return existing
-        return _build_locked(sources, locations, out, cfg, mapper, progress, keep_staging)
-
-
-def _build_locked(sources: list[str], locations: list[str], out: Path, cfg: BuildConfig, mapper: Mapper,
+def _build_locked(sources: list[str], inputs: InputList, out: Path, cfg: BuildConfig, mapper: Mapper,
                   progress: bool, keep_staging: bool) -> Manifest:
     from tqdm import tqdm
 
     prepare_staging(out, cfg)
-    chunks = plan_chunks(locations, cfg)
-    with tqdm(total=len(locations), desc="decode", unit="img", disable=not progress) as bar:
-        for chunk, _ in zip(chunks, mapper(process_chunk, chunks, out, cfg), strict=True):
-            bar.update(len(chunk.sources))
-    asm = assemble(out, chunks, cfg)
-    record_owned(out, [plan.name for plan in asm.shards])
+    with tqdm(total=inputs.count, desc="decode", unit="img", disable=not progress) as bar:
+        for index, _ in enumerate(mapper(process_chunk, plan_chunks(inputs, cfg), out, cfg)):
+            bar.update(min(cfg.chunk_size, inputs.count - index * cfg.chunk_size))
+    asm = assemble(_staging(out), math.ceil(inputs.count / cfg.chunk_size), cfg.max_count, cfg.max_bytes)
+    record_owned(out, asm.shard_names)
     infos = []
-    with tqdm(total=len(asm.shards), desc="write", unit="shard", disable=not progress) as bar:
-        for info in mapper(write_shard, asm.shards, out):
+    with tqdm(total=len(asm.shard_names), desc="write", unit="shard", disable=not progress) as bar:
+        for info in mapper(write_shard, asm.plans(), out):
             infos.append(info)
             bar.update(1)
-    return finalize(out, sources, locations, cfg, asm, infos, keep_staging)
+    return finalize(out, sources, inputs, cfg, asm, infos, keep_staging)

@@ -10,7 +10,7 @@ Two offline sources, both real photographs (and a few rendered wallpapers):
 The packages ``mate-backgrounds`` and ``plasma-workspace-wallpapers`` are **reserved for independent
 evaluation** and refused here, so nothing trained, tuned or tested with this corpus has seen them.
 
-The images are sharded with the project's own builder (:func:`shards.build.build`), wallpapers
+The images are sharded with the project's own builder (``shards.build.build``), wallpapers
 downscaled to ``max_shorter`` pixels on their shorter side (4K wallpapers are mostly smooth at full
 resolution; nothing is upscaled), with a held-out ``val`` split **by image** (the builder splits by
 content hash before any crop, so no image contributes to both splits)::
@@ -170,15 +170,20 @@ def build_corpus(out: str | Path, packages: tuple[str, ...] = DEBIAN_PACKAGES, c
     return build([str(out / "sources.txt")], out / "shards", cfg, mapper=process_pool_map(workers))
 
 
+def corpus_options(p: argparse.ArgumentParser, output: str, cache: Path, held_out: str) -> None:
+    """The options both corpus builders share: output folder, cache, size, held-out split, workers."""
+    p.add_argument("-o", "--output", type=Path, default=Path(output))
+    p.add_argument("--cache", type=Path, default=cache, help="package and photo cache (default: %(default)s)")
+    p.add_argument("--max-shorter", type=int, default=512, help="downscale larger images to this shorter side (pixels)")
+    p.add_argument("--split-val", type=float, default=0.15, help=f"fraction of images held out ({held_out})")
+    p.add_argument("--workers", type=int, default=2)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build the offline development corpus (real photos) and shard it.")
-    p.add_argument("-o", "--output", type=Path, default=Path("runs/devcorpus"))
+    corpus_options(p, "runs/devcorpus", DEFAULT_CACHE, "by image")
     p.add_argument("--packages", nargs="*", default=list(DEBIAN_PACKAGES),
                    help="Debian wallpaper packages (none: wheel photos only)")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where downloaded .deb files are kept")
-    p.add_argument("--max-shorter", type=int, default=512, help="downscale larger images to this shorter side")
-    p.add_argument("--split-val", type=float, default=0.15, help="fraction of images held out (by image)")
-    p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     try:
         manifest = build_corpus(args.output, tuple(args.packages), args.cache, args.max_shorter, args.split_val,

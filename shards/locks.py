@@ -1,6 +1,6 @@
 """One writer per output directory: a lock file that a second run into the same folder refuses on.
 
-Used by the shard builder and by training (``cdc.trainer``), so two builds or two runs pointed at one
+Used by the shard builder and by training (``cdc.training.trainer``), so two builds or two runs pointed at one
 output directory do not interleave their files: the second fails at once with one line instead of
 silently replacing the first one's shards, checkpoints or metrics. The lock is an ``flock`` on
 ``DIR/.lock``, held by the process for as long as it works in the directory and removed when it is
@@ -26,7 +26,8 @@ class DirectoryBusyError(RuntimeError):
 
 @contextlib.contextmanager
 def exclusive_dir(folder: str | Path, what: str = "run") -> Iterator[Path]:
-    """Hold ``folder``'s lock (creating the folder) for the ``with`` block.
+    """Hold ``folder``'s lock for the ``with`` block, creating the folder (and removing it again if it
+    ends empty).
 
     Raises:
         DirectoryBusyError: another live process holds it (the message names the folder and its pid).
@@ -36,18 +37,15 @@ def exclusive_dir(folder: str | Path, what: str = "run") -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
     fd = _acquire(lock, folder, what)
-    failed = False
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield folder
-    except BaseException:
-        failed = True
-        raise
     finally:
         lock.unlink(missing_ok=True)  # while still holding it: a waiting locker then sees a new file
         os.close(fd)
-        if failed and created and not any(folder.iterdir()):  # a refused start leaves nothing behind
+        # a refused start, or a run with nothing to do (a remote store already up to date), leaves nothing
+        if created and not any(folder.iterdir()):
             folder.rmdir()
 
 

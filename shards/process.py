@@ -1,6 +1,6 @@
 """Turn one input image into shard samples: decode, hash, split, optional resize/patches, encode.
 
-Every input ends as exactly one :class:`Record`: ``ok`` with its samples, or ``quarantined``
+Every input ends as exactly one ``Record``: ``ok`` with its samples, or ``quarantined``
 with a one-line reason. Nothing is dropped silently.
 """
 

@@ -19,7 +19,7 @@ The DataLoader takes batches from its workers round-robin, so global batch b com
 the stream continues exactly where it stopped, which makes ``--resume`` bit-exact.
 
 Batches are uint8 (B, 3, crop, crop) in [0, 255], a quarter of float32's bytes on the worker ->
-main process and host -> GPU hops (+23-38 % reader throughput on 2 cores); :func:`unit_range`
+main process and host -> GPU hops (+23-38 % reader throughput on 2 cores); ``unit_range``
 turns them into float in [0, 1] where they are used (on the GPU, for training).
 """
 
@@ -114,7 +114,7 @@ def _local_path(url: str) -> Path | None:
 
 
 def _open(url: str):
-    """``fsspec.open(url, "rb")`` opened (see :func:`shards.manifest.stream_options`), retrying
+    """``fsspec.open(url, "rb")`` opened (see ``shards.manifest.stream_options``), retrying
     transient failures of remote URLs."""
     def opened():
         return fsspec.open(url, "rb", **stream_options(url)).open()
@@ -125,7 +125,7 @@ def _open(url: str):
 def _tar_files(urls: Iterable[str], skip_bad: bool = False, distinct: int = 0) -> Iterator[dict]:
     """Members of each shard as webdataset file dicts, an end-of-shard marker after each shard.
 
-    A missing or damaged shard raises :class:`ShardError` naming it; with ``skip_bad`` it is
+    A missing or damaged shard raises ``ShardError`` naming it; with ``skip_bad`` it is
     skipped with a warning instead, until all ``distinct`` shards proved bad (then it raises:
     an endless stream of nothing must never spin silently). The next remote shard is opened in the
     background while this one is read, so the store's latency is paid once per shard at most and
@@ -144,7 +144,7 @@ def _tar_files(urls: Iterable[str], skip_bad: bool = False, distinct: int = 0) -
 
 
 def _bad_shard(url: str, exc: Exception, skip_bad: bool, bad: set[str], distinct: int) -> None:
-    """Raise :class:`ShardError` for an unreadable shard, or (``skip_bad``) warn and count it."""
+    """Raise ``ShardError`` for an unreadable shard, or (``skip_bad``) warn and count it."""
     reason = f"{url}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{url}: {exc}"
     if not skip_bad:
         raise ShardError(f"{reason} (set train.skip_bad_shards=true to skip bad shards)") from None
@@ -200,8 +200,8 @@ class _ReadAhead:
 def decode_crop(sample: dict, crop: int, rng: random.Random) -> torch.Tensor:
     """Decode a sample's image, upscale it if a side is below ``crop``, take a random crop.
 
-    The image is decoded as the builder decodes it (:func:`shards.images.decode_image`: one pixel
-    limit for both). Returns a (3, crop, crop) uint8 tensor (see :func:`unit_range`).
+    The image is decoded as the builder decodes it (``shards.images.decode_image``: one pixel
+    limit for both). Returns a (3, crop, crop) uint8 tensor (see ``unit_range``).
 
     Raises:
         ShardError: naming the shard and the member: no image in the sample, or an undecodable one.
@@ -236,7 +236,8 @@ class ShardStream(IterableDataset):
         urls: shard URLs (all ranks pass the same list).
         batch_size: images per batch.
         crop: square crop side, pixels.
-        rank, world_size: this process's place in the job (split_by_node).
+        rank: this process's rank in the job (split_by_node).
+        world_size: the job's number of processes.
         seed: base seed; the stream is a pure function of (seed, rank, world_size, workers).
         shuffle_buffer: samples in the shuffle buffer of each lane.
         epoch_batches: batches per lane epoch (bounds the work to skip on resume).
@@ -298,10 +299,10 @@ def train_loader(source: str | Path | list[str], batch_size: int, crop: int, *, 
                  seed: int = 0, num_workers: int = 0, shuffle_buffer: int = 1000, epoch_batches: int = 1000,
                  start_batch: int = 0, split: str = "train", skip_bad: bool = False,
                  pin_memory: bool = False) -> DataLoader:
-    """The training data: a DataLoader over a :class:`ShardStream` (batching happens in the workers);
-    batches are uint8 (B, 3, crop, crop), see :func:`unit_range`.
+    """The training data: a DataLoader over a ``ShardStream`` (batching happens in the workers);
+    batches are uint8 (B, 3, crop, crop), see ``unit_range``.
 
-    ``skip_bad``: see :class:`ShardStream`. ``pin_memory``: page-locked batches, so a CUDA copy
+    ``skip_bad``: see ``ShardStream``. ``pin_memory``: page-locked batches, so a CUDA copy
     with ``non_blocking=True`` overlaps the step instead of waiting for it.
     """
     stream = ShardStream(resolve_shards(source, split, skip_missing=skip_bad), batch_size, crop, rank=rank,

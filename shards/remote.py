@@ -116,7 +116,7 @@ def publish(local: Path, manifest: Manifest, url: str, progress: bool = False) -
 
 
 def _previous_shards(url: str) -> dict:
-    """Shard name -> :class:`ShardInfo` of the manifest already at ``url`` (empty if none or unreadable):
+    """Shard name -> ``ShardInfo`` of the manifest already at ``url`` (empty if none or unreadable):
     the only objects a publish may replace without uploading, or remove."""
     try:
         return {info.name: info for info in Manifest.load(f"{url.rstrip('/')}/{MANIFEST_NAME}").shards}

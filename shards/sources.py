@@ -16,9 +16,11 @@ to quarantine.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -34,7 +36,9 @@ class SourceError(ValueError):
 
 
 def _is_image(name: str) -> bool:
-    return Path(name.split("?", 1)[0]).suffix.lower() in IMAGE_SUFFIXES
+    # os.path, not pathlib: a Path interns each name it parses, which for a corpus of millions of
+    # files grows the interpreter's intern table with every file name
+    return os.path.splitext(name.split("?", 1)[0])[1].lower() in IMAGE_SUFFIXES
 
 
 def _unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -47,47 +51,79 @@ def _protocol(fs: fsspec.AbstractFileSystem) -> str:
     return proto[0] if isinstance(proto, (tuple, list)) else proto
 
 
-def _expand_one(source: str) -> list[str]:
+def _walk(root: str) -> Iterator[str]:
+    """Every image below a local directory, lazily and in no particular order (a folder of millions
+    of files is read as a stream); as fsspec's ``find``, linked files are listed and linked
+    directories are not entered (no loops)."""
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                elif _is_image(entry.name):
+                    yield entry.path
+
+
+def _list_lines(fs: fsspec.AbstractFileSystem, path: str, source: str) -> Iterator[str]:
+    """The locations a list file names, one a line (``#`` comments and blank lines skipped)."""
+    try:
+        with fs.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.strip() and not line.startswith("#"):
+                    yield line.strip()
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{source}: not a text list file (byte {exc.start} is not UTF-8)") from None
+
+
+def _iter_one(source: str) -> Iterator[str]:
+    """The image locations of one source, in no particular order; checked before the first is yielded."""
     try:
         fs, path = fsspec.core.url_to_fs(source)
     except (ValueError, ImportError) as exc:
         raise SourceError(f"{source}: unsupported location ({exc})") from None
     if GLOB_CHARS & set(path):
-        return [_unstrip(fs, p) for p in fs.glob(path) if _is_image(p)]
+        return iter([_unstrip(fs, p) for p in fs.glob(path) if _is_image(p)])
     if _protocol(fs) != "file" and _is_image(path):
-        return [source]  # an image URL: no request to classify it (its read is bounded, see read_bytes)
+        return iter([source])  # an image URL: no request to classify it (its read is bounded, see read_bytes)
     try:
         is_dir = fs.isdir(path)
     except OSError as exc:
         raise SourceError(f"{source}: cannot access ({exc})") from None
     if is_dir:
-        return [_unstrip(fs, p) for p in fs.find(path) if _is_image(p)]
+        if _protocol(fs) == "file":
+            return _walk(path)
+        return iter([_unstrip(fs, p) for p in fs.find(path) if _is_image(p)])
     if Path(path).suffix.lower() in LIST_SUFFIXES:
         if not fs.exists(path):
             raise SourceError(f"{source}: no such list file")
-        try:
-            text = fs.cat_file(path).decode()
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{source}: not a text list file (byte {exc.start} is not UTF-8)") from None
-        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return _list_lines(fs, path, source)
     if _is_image(path):
         # A listed single file is kept even if missing: the builder quarantines it with its reason.
-        return [source]
+        return iter([source])
     if not fs.exists(path):
         raise SourceError(f"{source}: no such file or directory")
     raise SourceError(f"{source}: not a directory, glob, list file or image")
 
 
+def iter_sources(sources: list[str]) -> Iterator[str]:
+    """The image locations of ``sources``, lazily, unsorted and possibly repeated (see
+    ``shards.inputs.write_input_list``, which sorts and de-duplicates them on disk).
+
+    Raises:
+        SourceError: for a source that does not exist or cannot be listed (every source is
+            checked before the first location is yielded).
+    """
+    return itertools.chain.from_iterable([_iter_one(str(source)) for source in sources])
+
+
 def expand_sources(sources: list[str]) -> list[str]:
-    """All image locations of ``sources``, sorted and unique.
+    """All image locations of ``sources``, sorted and unique, in memory (for small corpora).
 
     Raises:
         SourceError: for a source that does not exist or cannot be listed.
     """
-    found: set[str] = set()
-    for source in sources:
-        found.update(_expand_one(str(source)))
-    return sorted(found)
+    return sorted(set(iter_sources(sources)))
 
 
 MAX_INPUT_BYTES = 2**30  # no image file of a corpus is this large; /dev/zero behind a symlink is
@@ -109,7 +145,17 @@ def read_local_file(path: str | os.PathLike, max_bytes: int = MAX_INPUT_BYTES) -
                 "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
         raise OSError(errno.EINVAL, f"not a regular file ({kind})", path)
     with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", path)
+        # read what the file holds, never the cap: f.read(n) allocates n bytes up front, which fails
+        # under an address-space limit (ulimit -v) for every file; a file growing meanwhile is read on
+        data = f.read(size + 1)
+        while len(data) > size and len(data) <= max_bytes:
+            more = f.read(min(2**20, max_bytes + 1 - len(data)))
+            if not more:
+                break
+            data += more
     if len(data) > max_bytes:
         raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", path)
     return data
@@ -139,7 +185,7 @@ def _remote_options(location: str) -> dict:
 
 def read_bytes(location: str, retries: int = 3, backoff: float = 0.5, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     """Read a local path or URL of at most ``max_bytes``; transient errors of remote reads are retried
-    with backoff. Local inputs must be regular files (see :func:`read_local_file`).
+    with backoff. Local inputs must be regular files (see ``read_local_file``).
 
     Raises:
         OSError: the location cannot be read (after the retries for remote locations), is not a

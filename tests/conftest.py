@@ -44,8 +44,8 @@ def photo_tensor(name: str = "astronaut", size: tuple[int, int] | None = None) -
 
 
 def tiny_codec(seed: int = 0, overrides: tuple[str, ...] = ()):
-    from cdc.codec import CDCCodec
     from cdc.config import load_config
+    from cdc.models.codec import CDCCodec
 
     torch.manual_seed(seed)
     codec = CDCCodec(load_config("tiny", overrides)).eval()
@@ -61,7 +61,7 @@ def codec():
 @pytest.fixture
 def model_dir(tmp_path):
     """A saved tiny checkpoint directory."""
-    from cdc.checkpoint import save_codec
+    from cdc.zoo.checkpoint import save_codec
 
     return save_codec(tiny_codec(), tmp_path / "model")
 
@@ -89,3 +89,49 @@ def peak_rss_mb(args: list, tmp_path: Path) -> tuple[subprocess.CompletedProcess
                        capture_output=True, text=True, timeout=900)
     code, kib = usage.read_text().split()
     return subprocess.CompletedProcess(args, int(code), r.stdout, r.stderr), int(kib) / 1024
+
+
+def _free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports free on the loopback interface now."""
+    import random
+
+    for _ in range(200):
+        base = random.randint(20000, 40000)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real two-node Slurm cluster on this machine (``infra/slurm/local-cluster.sh``: munged,
+    slurmctld, slurmd n1 and n2, one CPU each, no accounting storage), with ``SLURM_CONF`` set for
+    the session; stopped at the end. Skipped, with the reason, where it cannot run."""
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("a local Slurm cluster needs root (slurmd, munged, /etc/hosts)")
+    missing = [t for t in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"needs Debian's slurm-wlm and munge ({', '.join(missing)} missing; .ci/run installs them)")
+    script = REPO / "infra" / "slurm" / "local-cluster.sh"
+    env = {**os.environ, "CDC_SLURM_DIR": str(tmp_path_factory.mktemp("slurm")),
+           "CDC_SLURM_PORT": str(_free_port_run(3))}
+    started = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    conf = started.stdout.strip().split("=", 1)[1]
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    try:
+        yield conf
+    finally:
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=180)

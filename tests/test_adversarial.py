@@ -18,10 +18,10 @@ import pytest
 from conftest import REPO, peak_rss_mb, photo, run_cli
 from PIL import Image
 
-from cdc.bitstream import Bitstream
-from cdc.checkpoint import load_codec
 from cdc.cli import main
-from cdc.coder import Coder
+from cdc.coding.bitstream import Bitstream
+from cdc.coding.coder import Coder
+from cdc.zoo.checkpoint import load_codec
 
 TINY_SHARD = REPO / "tests" / "assets" / "tiny-shard"
 
@@ -96,9 +96,9 @@ def test_row4_a_missing_or_corrupt_shard_fails_unless_skipping_is_asked_for(tmp_
 
 
 def test_row3_a_stalled_loader_ends_the_run(tmp_path):
-    from cdc.train_state import DataWatchdog
+    from cdc.training.state import DataWatchdog
 
-    code = ("import time; from cdc.train_state import DataWatchdog; DataWatchdog(0.5, 'shards/x'); time.sleep(300)")
+    code = ("import time; from cdc.training.state import DataWatchdog; DataWatchdog(0.5, 'shards/x'); time.sleep(300)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=200, cwd=REPO)
     assert r.returncode == 3  # long before its 300 s sleep ends
     one_line(r, "cdc train: error:", "shards/x", "no training batch for 0.5 s")

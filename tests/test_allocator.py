@@ -19,7 +19,7 @@ def faults():
         x = torch.empty(12 << 20); x.fill_(1); y = x * 2; del x, y
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 faults(); faults()  # the heap grows to its peak
-print(kept, faults())
+print(kept, min(faults() for _ in range(3)))  # a steady round: other work on the machine can evict a page
 """
 
 

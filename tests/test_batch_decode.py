@@ -7,8 +7,8 @@ from conftest import photo_tensor, tiny_codec
 from PIL import Image
 
 from cdc.cli import main
-from cdc.coder import Coder, DecodeError
-from cdc.sampler import DDIMSampler, SamplerError
+from cdc.coding.coder import Coder, DecodeError
+from cdc.models.sampler import DDIMSampler, SamplerError
 
 
 def test_per_item_seeds_draw_what_single_images_draw(codec):
@@ -50,14 +50,14 @@ def test_decode_many_matches_one_by_one(codec):
 
 
 def test_batches_are_capped_by_pixels(codec, monkeypatch):
-    import cdc.coder
+    import cdc.coding.coder
 
     coder = Coder(codec)
     files = [coder.encode(photo_tensor("astronaut", (128, 128)), steps=1, seed=k).data for k in range(5)]
     batches = []
     reconstruct = codec.reconstruct
     monkeypatch.setattr(codec, "reconstruct", lambda y, *a, **k: batches.append(y.shape[0]) or reconstruct(y, *a, **k))
-    monkeypatch.setattr(cdc.coder, "BATCH_MAX_PIXELS", 2 * 128 * 128)
+    monkeypatch.setattr(cdc.coding.coder, "BATCH_MAX_PIXELS", 2 * 128 * 128)
     assert len(list(coder.decode_many(files, batch_size=8))) == 5
     assert batches == [2, 2, 1]
 

@@ -50,7 +50,7 @@ def test_profile_step_writes_a_trace_of_real_training_steps(tmp_path, monkeypatc
 
 
 def test_results_are_also_written_where_cdc_bench_copy_points(tmp_path, monkeypatch):
-    """On a lent GPU machine the results land in $OUT as they are made, so a run cut off by the
+    """On a remote GPU machine the results land in $OUT as they are made, so a run cut off by the
     call's limit still returns them."""
     import common
 

@@ -3,7 +3,7 @@ import zlib
 
 import pytest
 
-from cdc.bitstream import MAGIC, Bitstream, BitstreamError
+from cdc.coding.bitstream import MAGIC, Bitstream, BitstreamError
 
 
 def stream(**kw):

@@ -150,7 +150,7 @@ def test_single_output_with_the_wrong_suffix_is_refused_not_made_a_directory(tmp
 
 
 def test_init_from_a_trained_model_keeps_its_weights(tmp_path, model):
-    from cdc.checkpoint import load_codec
+    from cdc.zoo.checkpoint import load_codec
 
     assert main(["init", "--from", str(model), "-o", str(tmp_path / "copy"), "sampler.steps=2"]) == 0
     copy, source = load_codec(tmp_path / "copy"), load_codec(model)

@@ -1,7 +1,7 @@
 import pytest
 
-from cdc.codec import CDCCodec
 from cdc.config import PRESETS, ConfigError, config_from_dict, load_config
+from cdc.models.codec import CDCCodec
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from cdc.config import DiffusionConfig
-from cdc.diffusion import GaussianDiffusion
-from cdc.sampler import DDIMSampler, SamplerError, ddim_timesteps
+from cdc.models.diffusion import GaussianDiffusion
+from cdc.models.sampler import DDIMSampler, SamplerError, ddim_timesteps
 
 PREDICTIONS = ("sample", "epsilon", "v")
 
@@ -22,7 +22,7 @@ def test_schedules_decrease_from_one_to_zero(schedule):
 
 def test_paper_schedule_matches_the_reference_values():
     abar = diffusion(timesteps=8193).alphas_cumprod
-    assert abar[0] == pytest.approx(1 - 5e-6, abs=2e-6)  # cdc-reference §8: ~1-5e-6 ... ~3.6e-11
+    assert abar[0] == pytest.approx(1 - 5e-6, abs=2e-6)  # the official code's schedule: ~1-5e-6 ... ~3.6e-11
     assert 1e-12 < abar[-1] < 1e-9
 
 

@@ -10,8 +10,8 @@ import torch
 from conftest import REPO, photo, photo_tensor, tiny_codec
 from PIL import Image
 
-from cdc.coder import Coder
-from cdc.entroformer import anchor_mask
+from cdc.coding.coder import Coder
+from cdc.models.entroformer import anchor_mask
 
 ENTROFORMER = ("model.entropy_model=entroformer",)
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from badimages import make_corpus
-from conftest import photo
+from conftest import REPO, photo
 from PIL import Image
 
-from cdc.baselines import BUILDERS, build_baseline
 from cdc.cli import main
-from cdc.datasets import DatasetError, dataset_images, load_eval_image
-from cdc.metrics import MetricSuite, frechet_distance, hific_patches, ms_ssim, patch_count, psnr
-from cdc.rd import bd_rate
+from cdc.evaluation.baselines import BUILDERS, build_baseline
+from cdc.evaluation.datasets import DatasetError, dataset_images, load_eval_image
+from cdc.evaluation.metrics import MetricSuite, frechet_distance, hific_patches, ms_ssim, patch_count, psnr
+from cdc.evaluation.rd import bd_rate
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_batched_comparison_equals_the_networks_own_forward(suite):
 
 
 def test_metric_selection_builds_only_what_it_needs():
-    from cdc.metrics import DEFAULT_METRICS, parse_metrics
+    from cdc.evaluation.metrics import DEFAULT_METRICS, parse_metrics
 
     fast = MetricSuite("cpu", parse_metrics("default"))
     assert set(fast.distances) == {"stlpips-alex"} and fast.fd_net is None
@@ -237,12 +237,43 @@ def test_compressai_plot_reads_our_json(eval_run, tmp_path):
 
 @pytest.mark.slow
 def test_plot_gallery_and_bdrate_commands(eval_run, capsys):
-    curves = [str(p) for p in sorted(eval_run.glob("*.json")) if "per-image" not in p.name]
-    assert main(["plot", *curves, "--gallery"]) == 0
+    everything = [str(p) for p in sorted(eval_run.glob("*.json"))]  # `runs/eval/*.json`, per-image files too
+    assert any("per-image" in p for p in everything)
+    assert main(["plot", *everything, "--gallery"]) == 0
     plots = eval_run / "plots"
     assert (plots / "rd-psnr-rgb.png").is_file() and (plots / "rd-fd-stlpips-vgg.png").is_file()
     assert Image.open(plots / "gallery.png").width >= 4 * 64
-    assert main(["bdrate", str(eval_run / "JPEG.json"), str(eval_run / "WebP.json"), "--metrics",
-                 "psnr-rgb,stlpips-vgg"]) == 0
+    assert main(["bdrate", str(eval_run / "JPEG.json"), *everything, "--metrics", "psnr-rgb,stlpips-vgg"]) == 0
     out = capsys.readouterr().out
-    assert "| WebP |" in out and "psnr-rgb" in out
+    assert "| WebP |" in out and "psnr-rgb" in out and "| JPEG |" not in out
+
+
+def test_the_per_image_companions_are_not_results_files():
+    from cdc.evaluation.rd import results_paths
+
+    assert results_paths(["a/JPEG.json", "a/JPEG.per-image.json"]) == ["a/JPEG.json"]
+    with pytest.raises(ValueError, match=r"no results files among 1 path\(s\): only .per-image.json companions"):
+        results_paths(["a/JPEG.per-image.json"])
+
+
+def test_held_out_images_of_a_shard_build_go_to_the_cache_not_the_shards(tmp_path, monkeypatch):
+    from cdc.evaluation.datasets import shard_split_images
+    from shards.build import build
+    from shards.process import BuildConfig
+
+    monkeypatch.setenv("CDC_DATA", str(tmp_path / "cache"))
+    tiny = REPO / "tests" / "assets" / "tiny-shard"
+    before = sorted(p.name for p in tiny.iterdir())
+    with pytest.raises(DatasetError, match="no val shards"):
+        shard_split_images(tiny)
+    assert sorted(p.name for p in tiny.iterdir()) == before and not (tmp_path / "cache").exists()
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        Image.fromarray(photo("astronaut", (64 + 8 * i, 96))).save(src / f"{i}.png")
+    out = tmp_path / "shards"
+    build([str(src)], out, BuildConfig(split_val=0.5))
+    files = shard_split_images(out)
+    assert files and all(f.is_relative_to(tmp_path / "cache") for f in files)
+    assert not any("images" in p.name for p in out.iterdir())
+    assert shard_split_images(out) == files  # extracted once

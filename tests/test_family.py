@@ -12,11 +12,11 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from cdc.checkpoint import load_codec, read_checkpoint_info
-from cdc.coder import Coder
+from cdc.coding.coder import Coder
+from cdc.evaluation.metrics import psnr
 from cdc.images import from_uint8, to_uint8
-from cdc.metrics import psnr
-from cdc.pretrained import available, family
+from cdc.zoo.checkpoint import load_codec, read_checkpoint_info
+from cdc.zoo.pretrained import available, family
 
 RESULTS = json.loads((REPO / "benchmarks" / "results" / "family.json").read_text())
 CROPS = REPO / "tests" / "assets" / "heldout"
@@ -45,3 +45,31 @@ def test_a_member_codes_the_held_out_crops_as_when_it_was_shipped(name):
         assert len(encoded.data) == expected["bytes"], crop  # the entropy coder is exact on every machine
         quality = psnr(img, to_uint8(coder.decode(encoded.data)[0]))
         assert abs(quality - expected["psnr"]) < 0.05, (crop, quality, expected["psnr"])  # pixels: ±1 LSB
+
+
+def test_each_shipped_model_carries_its_card_decode_and_every_entry_point_uses_it(tmp_path, capsys, monkeypatch):
+    """A shipped model's file, its card and ``cdc models list`` agree on its default decode; a
+    checkpoint that is not shipped keeps its config's sampler."""
+    from cdc.cli import main
+    from cdc.zoo.pretrained import DECODES, decode_line
+
+    decodes = json.loads(DECODES.read_text())
+    assert set(available()) <= set(decodes)
+    img = from_uint8(np.asarray(Image.open(sorted(CROPS.glob("*.png"))[0]).convert("RGB")))
+    for name, path in available().items():
+        expected = (decodes[name]["steps"], decodes[name]["gamma"])
+        assert decode_line(name) in path.with_suffix(".md").read_text()
+        coder = Coder(load_codec(path))
+        assert coder.default_decode == expected
+        header = coder.parse(coder.encode(img).data)
+        assert (header.steps, header.gamma) == expected
+    copy = tmp_path / "copy.safetensors"  # the same weights outside the package: the config decides
+    copy.write_bytes(available()["small-q1"].read_bytes())
+    config = load_codec(copy).config.sampler
+    assert Coder(load_codec(copy)).default_decode == (config.steps, config.gamma) != expected
+    monkeypatch.setenv("CDC_HOME", str(tmp_path / "home"))  # an empty registry of its own
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert all(f"{decodes[name]['steps']} step" in listed[name] for name in available())

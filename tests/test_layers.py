@@ -2,7 +2,7 @@
 
 import torch
 
-from cdc.layers import ChannelLayerNorm, LinearAttention
+from cdc.models.layers import ChannelLayerNorm, LinearAttention
 
 
 def test_layer_norm_and_attention_agree_across_memory_formats():
@@ -44,8 +44,8 @@ def test_linear_attention_is_the_papers_formula():
 def test_the_unets_context_share_computed_once_gives_the_same_step():
     """``condition(pyramid)`` then ``conditioned=True`` is the U-Net on the concatenated input: for
     skips that are convolutions and (paper preset, level 1: 64 + 64 = 128 channels) identities."""
-    from cdc.codec import CDCCodec
     from cdc.config import load_config
+    from cdc.models.codec import CDCCodec
 
     torch.manual_seed(0)
     codec = CDCCodec(load_config("paper")).eval()

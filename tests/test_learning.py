@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import REPO
 
-from cdc.checkpoint import load_codec
-from cdc.coder import Coder
-from cdc.metrics import psnr
+from cdc.coding.coder import Coder
+from cdc.evaluation.metrics import psnr
+from cdc.zoo.checkpoint import load_codec
 
 STEPS = 600
 pytestmark = pytest.mark.slow

@@ -45,18 +45,20 @@ def services(tmp_path_factory):
 
 
 def run_grid(env: dict, home: Path, lmbdas: str, cell_overrides: str = "{}") -> subprocess.CompletedProcess:
-    params = {"lmbdas": lmbdas, "rhos": "[0]", "preset": "tiny", "cell_train_steps": "10", "warmup_train_steps": "10",
-              "corpus": json.dumps([str(home / "corpus")]), "patch_size": "256", "split_val": "0.3",
-              "eval_limit": "2", "baselines": '["jpeg"]', "output_dir": str(home / "grid"),
-              "cell_overrides": cell_overrides, "retries": "1"}
+    params = {"grid": {"lmbdas": json.loads(lmbdas), "rhos": [0]},
+              "data": {"corpus": [str(home / "corpus")], "patch_size": 256, "split_val": 0.3},
+              "training": {"preset": "tiny", "cell_train_steps": 10, "warmup_train_steps": 10,
+                           "cell_overrides": json.loads(cell_overrides)},
+              "evaluation": {"limit": 2, "baselines": ["jpeg"]},
+              "execution": {"output_dir": str(home / "grid"), "retries": 1}}
     cmd = [str(BIN / "prefect"), "deployment", "run", "train-grid/local", "--watch"]
-    for key, value in params.items():
-        cmd += ["--param", f"{key}={value}"]
+    for key, value in params.items():  # each group as JSON, as a user types it
+        cmd += ["--param", f"{key}={json.dumps(value)}"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
 
 
 def versions(env: dict) -> list:
-    code = ("import json; from cdc.registry import list_versions;"
+    code = ("import json; from cdc.registry.catalog import list_versions;"
             "print(json.dumps([[v.name, v.version, v.tags, list(v.aliases)] for v in list_versions()]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,7 +96,7 @@ def test_grid_deployment_registers_models(services, tmp_path):
     assert r.returncode == 0, r.stderr
     listing = subprocess.run([*cdc, "models", "list", "--dataset", "shards"], env=env, capture_output=True, text=True)
     assert "cdc-x-rho0" in listing.stdout and "q1" in listing.stdout
-    code = ("import mlflow, numpy as np; from cdc.tracking import configure_tracking; configure_tracking();"
+    code = ("import mlflow, numpy as np; from cdc.registry.tracking import configure_tracking; configure_tracking();"
             "m = mlflow.pyfunc.load_model('models:/cdc-x-rho0@q1');"
             "import io, pandas as pd; from PIL import Image;"
             "f = io.BytesIO(); Image.new('RGB', (50, 40)).save(f, 'PNG');"
@@ -113,15 +115,16 @@ def test_grid_deployment_registers_models(services, tmp_path):
     assert len(versions(env)) == 2
     assert (home / "grid" / "summary.md").read_text().count("skipped (registered)") == 2
 
-    # a cell made to fail is retried and reported; the others are unaffected
-    third = run_grid(env, home, "[0.01,0.05,0.1]", cell_overrides='{"0.1/0": ["train.crop=63"]}')
+    # a cell made to fail while it trains (its data watchdog gives up at once) is retried and reported;
+    # the others are unaffected
+    third = run_grid(env, home, "[0.01,0.05,0.1]", cell_overrides='{"0.1/0": ["train.data_timeout_s=0.000001"]}')
     assert third.returncode == 0, third.stdout[-3000:]
     summary = (home / "grid" / "summary.md").read_text()
-    assert "| lmbda0.1-rho0 | 0.1 | 0 | failed:" in summary and "train.crop must be a multiple of 64" in summary
+    assert "| lmbda0.1-rho0 | 0.1 | 0 | failed:" in summary and "no training batch for 1e-06 s" in summary
     assert "AwaitingRetry" in third.stdout and summary.count("skipped (registered)") == 2
     assert len(versions(env)) == 2
 
-    # issue 28: the output folder removed (as `scripts/demo.py --fresh` did) while the registry keeps its cells:
+    # the output folder removed (as `scripts/demo.py --fresh` did) while the registry keeps its cells:
     # they are trained and evaluated again, never a missing-results traceback
     import shutil
 

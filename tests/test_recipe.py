@@ -5,8 +5,8 @@ import torch
 from conftest import photo_tensor, tiny_codec
 
 from cdc.config import ConfigError, load_config
-from cdc.losses import RateDistortionPerceptionLoss
-from cdc.training import training_phase
+from cdc.training.losses import RateDistortionPerceptionLoss
+from cdc.training.phases import training_phase
 
 
 def _batch(size: int = 64) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The second reliability pass (issue 27), row by row: nothing a user or a stranger's file passes in
+"""The second reliability pass, row by row: nothing a user or a stranger's file passes in
 may destroy data, hang, blow memory or print a traceback. Rows 2 and 8 (object storage) live in
 ``test_remote_shards.py``."""
 
@@ -128,7 +128,7 @@ def test_row4_resume_keeps_the_previous_export_until_the_new_one_and_warns_on_a_
     reader.join(5)
     assert any("warning: resuming" in line and "loss.lmbda=5.0 (was 0.01)" in line for line in lines), lines[-5:]
     assert (out / "config.json").read_bytes() == before  # the finished run's export is still there, usable
-    from cdc.checkpoint import load_codec
+    from cdc.zoo.checkpoint import load_codec
 
     load_codec(out)
 
@@ -183,8 +183,8 @@ def test_row31_a_failed_write_names_the_output_not_the_temporary_file(tmp_path):
 
 # ------------------------------------------------------------------ row 5: strings too short for the latent
 def test_row5_cut_or_empty_strings_are_refused_and_the_batch_goes_on(tmp_path):
-    from cdc.bitstream import Bitstream
-    from cdc.checkpoint import save_codec
+    from cdc.coding.bitstream import Bitstream
+    from cdc.zoo.checkpoint import save_codec
 
     model = save_codec(tiny_codec(), tmp_path / "model")
     good = crafted(model)
@@ -219,7 +219,7 @@ def _edit_config(model: Path, **model_changes) -> None:
     ({"attn_heads": 0}, "model.attn_heads must be >= 1"),
 ])
 def test_rows20_26_an_edited_config_is_refused_before_it_allocates(tmp_path, changes, fragment):
-    from cdc.checkpoint import save_codec
+    from cdc.zoo.checkpoint import save_codec
 
     model = save_codec(tiny_codec(), tmp_path / "model")
     _edit_config(model, **changes)
@@ -234,7 +234,7 @@ def test_rows20_26_an_edited_config_is_refused_before_it_allocates(tmp_path, cha
 def test_row13_nan_weights_are_refused_at_load_and_training_stops_on_divergence(tmp_path):
     import torch
 
-    from cdc.checkpoint import CheckpointError, load_codec, save_codec
+    from cdc.zoo.checkpoint import CheckpointError, load_codec, save_codec
 
     codec = tiny_codec()
     with torch.no_grad():
@@ -311,7 +311,7 @@ def test_rows14_19_fifos_and_devices_are_refused_without_reading(tmp_path):
 
 
 def test_row21_a_seed_out_of_range_is_refused_by_the_parser_and_the_batch_goes_on(tmp_path):
-    from cdc.checkpoint import save_codec
+    from cdc.zoo.checkpoint import save_codec
 
     model = save_codec(tiny_codec(), tmp_path / "model")
     (tmp_path / "bad.cdc").write_bytes(crafted(model, seed=2**64 + 5))
@@ -327,9 +327,9 @@ def test_row21_a_seed_out_of_range_is_refused_by_the_parser_and_the_batch_goes_o
 # ------------------------------------------------------------------ rows 17, 18: limits count the coded pixels
 @pytest.mark.slow
 def test_row17_a_thin_image_is_tiled_by_its_padded_size_and_decodes_in_bounded_memory(tmp_path, monkeypatch):
-    from cdc.bitstream import Bitstream
-    from cdc.checkpoint import save_codec
-    from cdc.tiling import choose_tile, coded_pixels
+    from cdc.coding.bitstream import Bitstream
+    from cdc.coding.tiling import choose_tile, coded_pixels
+    from cdc.zoo.checkpoint import save_codec
 
     assert coded_pixels(1, 100_000) == 64 * 100_032 and choose_tile("auto", 1, 100_000)  # 6.4 M coded pixels
     model = save_codec(tiny_codec(), tmp_path / "model")
@@ -346,7 +346,7 @@ def test_row17_a_thin_image_is_tiled_by_its_padded_size_and_decodes_in_bounded_m
 
 
 def test_row18_tiles_are_bounded_at_encode_and_decode(tmp_path):
-    from cdc.checkpoint import save_codec
+    from cdc.zoo.checkpoint import save_codec
 
     model = save_codec(tiny_codec(), tmp_path / "model")
     png = tmp_path / "a.png"
@@ -467,7 +467,7 @@ def test_row23_the_reader_decodes_what_the_builder_accepted(monkeypatch):
 
 # ------------------------------------------------------------------ rows 12, 29: the evaluation cache
 def test_rows12_29_an_edited_or_broken_cache_entry_is_a_miss_and_is_rewritten(tmp_path):
-    from cdc.eval_cache import BaselineCache
+    from cdc.evaluation.cache import BaselineCache
 
     cache = BaselineCache(tmp_path, {"psnr-rgb": "v1"})
     cache.put("JPEG|q50", "img", {"bytes": 10, "psnr-rgb": 32.44}, None)
@@ -488,17 +488,17 @@ def test_rows12_29_an_edited_or_broken_cache_entry_is_a_miss_and_is_rewritten(tm
     ("best:bpp<=0.3,colour=red", "unknown option 'colour=red'"),
 ])
 def test_row25_bad_registry_queries_are_one_line(query, fragment):
-    from cdc.registry import RegistryError, parse_best
+    from cdc.registry.catalog import RegistryError, parse_best
 
     with pytest.raises(RegistryError, match=fragment):
         parse_best(query)
 
 
 def test_row31_a_query_in_another_key_order_is_understood():
-    from cdc.registry import parse_best
+    from cdc.registry.catalog import parse_best
 
     assert parse_best("best: bpp <= 0.5, dataset=shards, objective=distortion") == (0.5, "distortion", "shards")
-    assert parse_best("best:bpp<=0.5") == (0.5, "perception", "div2k")
+    assert parse_best("best:bpp<=0.5") == (0.5, "perception", None)  # the registry's one dataset
 
 
 def test_rows27_28_29_cli_failures_are_one_line(tmp_path):
@@ -551,7 +551,7 @@ def test_row15_a_sleeping_http_server_fails_the_input_with_a_reason_in_bounded_t
 def test_row31_messages_name_the_real_cause(tmp_path):
     import io as _io
 
-    from cdc.bitstream import Bitstream, BitstreamError
+    from cdc.coding.bitstream import Bitstream, BitstreamError
     from shards.images import decode_image
     from shards.sources import SourceError, expand_sources
 
@@ -582,7 +582,7 @@ def test_row31_messages_name_the_real_cause(tmp_path):
 
 
 def save_codec_tiny(tmp_path: Path) -> Path:
-    from cdc.checkpoint import save_codec
+    from cdc.zoo.checkpoint import save_codec
 
     return save_codec(tiny_codec(), tmp_path / "model")
 
@@ -597,8 +597,8 @@ def test_row11_another_stores_version_1_is_never_served_from_this_ones_cache(tmp
 import json, sys
 from pathlib import Path
 import mlflow
-from cdc.checkpoint import read_checkpoint_info, save_codec
-from cdc.registry import register, resolve
+from cdc.zoo.checkpoint import read_checkpoint_info, save_codec
+from cdc.registry.catalog import register, resolve
 from conftest import tiny_codec
 root, seed = Path(sys.argv[1]), int(sys.argv[2])
 model = save_codec(tiny_codec(seed=seed), root / f"model{seed}")
@@ -619,7 +619,7 @@ print(json.dumps([read_checkpoint_info(path)["fingerprint"], read_checkpoint_inf
     assert served0 == made0 and served1 == made1 and made0 != made1 and path0 != path1
     Path(path1, "config.json").unlink()  # an incomplete entry
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/store1.db"}
-    fetch = ("from pathlib import Path; from cdc.registry import resolve; "
+    fetch = ("from pathlib import Path; from cdc.registry.catalog import resolve; "
              f"print(resolve('models:/cdc-x-rho0/1', cache=Path({str(tmp_path)!r}) / 'cache'))")
     again = subprocess.run([sys.executable, "-c", fetch], capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and Path(again.stdout.strip(), "config.json").is_file(), again.stderr[-2000:]

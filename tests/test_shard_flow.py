@@ -36,3 +36,37 @@ def test_flow_matches_the_cli_and_retries_transient_errors(tmp_path, monkeypatch
     assert result["written"] == 14 and result["fingerprint"] == reference.fingerprint
     for info in reference.shards:
         assert (tmp_path / "out" / info.name).read_bytes() == (tmp_path / "ref" / info.name).read_bytes()
+
+
+def _reference(tmp_path):
+    from shards.build import build
+    from shards.process import BuildConfig
+
+    corpus = photo_corpus(tmp_path / "c", copies=2)
+    return corpus, build([str(corpus)], tmp_path / "ref", BuildConfig(max_count=4, split_val=0.2, chunk_size=3))
+
+
+def test_flow_on_a_dask_cluster_of_worker_processes_writes_the_same_shards(tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from pipelines.shard_corpus import shard_corpus
+    from shards.manifest import Manifest
+
+    corpus, reference = _reference(tmp_path)
+    with prefect_test_harness():
+        result = shard_corpus([str(corpus)], str(tmp_path / "out"), max_count=4, split_val=0.2, chunk_size=3,
+                              runner="dask", workers=2)
+    assert result["fingerprint"] == reference.fingerprint
+    assert Manifest.load(tmp_path / "out" / "manifest.json").to_dict() == reference.to_dict()
+    for info in reference.shards:
+        assert (tmp_path / "out" / info.name).read_bytes() == (tmp_path / "ref" / info.name).read_bytes()
+
+
+def test_runner_parameters_are_checked_before_any_work(tmp_path):
+    from pipelines.shard_corpus import make_task_runner
+
+    for args, message in ((("processes", 2), "runner must be one of threads, dask, slurm"),
+                          (("dask", 0), "workers must be >= 1"),
+                          (("slurm", 2, "tcp://127.0.0.1:8786"), "dask_address needs runner='dask'")):
+        with pytest.raises(ValueError, match=message):
+            make_task_runner(*args)

@@ -1,4 +1,4 @@
-"""Tile-by-tile coding (cdc.tiling): the tiling, its blend weights and noise, exact latents, the
+"""Tile-by-tile coding (cdc.coding.tiling): the tiling, its blend weights and noise, exact latents, the
 version-2 container, and refusals."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from conftest import photo, tiny_codec
 
 from cdc.argtypes import TILE
-from cdc.bitstream import Bitstream, BitstreamError
-from cdc.coder import Coder, DecodeError
-from cdc.tiling import (
+from cdc.coding.bitstream import Bitstream, BitstreamError
+from cdc.coding.coder import Coder, DecodeError
+from cdc.coding.tiling import (
     AUTO_TILE_PIXELS,
     DEFAULT_TILE,
     TileGrid,
@@ -93,7 +93,7 @@ def test_tiled_round_trip_is_exact_in_the_latents_and_deterministic(coder):
     codec = coder.codec
     for index, (r, c) in enumerate(grid):
         win, core = grid.window(r, c), grid.core(r, c)
-        from cdc.tiling import crop_padded
+        from cdc.coding.tiling import crop_padded
 
         y = codec.g_a(crop_padded(x, win))
         lw, lc = win.latent(), core.latent()

@@ -14,13 +14,15 @@ import pytest
 from conftest import GOLDEN, REGENERATE, REPO, photo
 
 from cdc.config import ConfigError, load_config
-from cdc.distributed import LaunchError, check_world_size
-from cdc.training import lr_factor
+from cdc.training.distributed import LaunchError, check_world_size
+from cdc.training.phases import lr_factor
 
 TINY_SHARD = REPO / "tests" / "assets" / "tiny-shard"
 TRAIN = str(REPO / "cdc" / "train.py")
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-GOLDEN_RTOL = 1e-4  # the curve is bit-exact on one machine; allow float noise across BLAS builds
+# The curve is bit-exact on one machine. Across CPUs (AVX2, AVX-512, AMX kernels) float rounding
+# differs and compounds over the steps: 1e-4 holds for the first 10 steps, 0.3 % by step 15.
+GOLDEN_RTOL, GOLDEN_EARLY_STEPS, GOLDEN_LATE_RTOL = 1e-4, 10, 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,9 @@ def test_golden_loss_curve(env, tmp_path):
     if REGENERATE:
         golden.write_text(json.dumps(curve, indent=1) + "\n")
     expected = json.loads(golden.read_text())
-    assert curve == pytest.approx(expected, rel=GOLDEN_RTOL)
+    early = GOLDEN_EARLY_STEPS
+    assert curve[:early] == pytest.approx(expected[:early], rel=GOLDEN_RTOL)
+    assert curve == pytest.approx(expected, rel=GOLDEN_LATE_RTOL)
 
 
 @pytest.mark.slow
@@ -153,7 +157,7 @@ def test_compiled_channels_last_run_follows_the_golden_curve(env, tmp_path):
     curve = [losses(out)[s] for s in range(1, 21)]
     expected = json.loads((GOLDEN / "tiny_loss_curve.json").read_text())
     assert curve == pytest.approx(expected, rel=1e-2)
-    from cdc.checkpoint import load_codec
+    from cdc.zoo.checkpoint import load_codec
 
     assert load_codec(out).config.train.compile  # a plain checkpoint: no compiled-module key prefixes
 

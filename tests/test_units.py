@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cdc.ema import EMA
+from cdc.training.ema import EMA
 from pipelines.cells import plan_grid
 from pipelines.launchers import cpu_share
 
@@ -47,7 +47,7 @@ def test_a_cells_key_changes_with_its_data_code_and_starting_point():
 
 
 def test_grid_cells_start_from_the_family_member_nearest_in_lambda(monkeypatch):
-    import cdc.pretrained as pretrained
+    import cdc.zoo.pretrained as pretrained
 
     monkeypatch.setattr(pretrained, "family", lambda: {"q4": (0.005, 0.0), "q3": (0.01, 0.0), "q1": (0.045, 0.0),
                                                        "q1-perceptual": (0.045, 0.9)})
@@ -86,7 +86,7 @@ def registry(tmp_path, monkeypatch):
     """A real MLflow SQLite registry with three versions of known metrics (no artifacts needed)."""
     monkeypatch.setenv("CDC_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from cdc.registry import client
+    from cdc.registry.catalog import client
 
     c = client()
     rows = {"cdc-x-rho0": [(0.1, 28.0, 0.30), (0.3, 31.0, 0.25)], "cdc-x-rho0.9": [(0.12, 27.0, 0.20)]}
@@ -100,7 +100,7 @@ def registry(tmp_path, monkeypatch):
 
 
 def test_registry_find_picks_by_objective_under_the_rate(registry):
-    from cdc.registry import RegistryError, find
+    from cdc.registry.catalog import RegistryError, find
 
     best = find(0.2, "distortion")
     assert best.metric("div2k", "bpp") <= 0.2 and best.metric("div2k", "psnr-rgb") == 28.0
@@ -109,12 +109,29 @@ def test_registry_find_picks_by_objective_under_the_rate(registry):
     assert find(1.0, "distortion").metric("div2k", "psnr-rgb") == 31.0
     with pytest.raises(RegistryError, match=r"at or under 0\.05 bpp"):
         find(0.05)
-    with pytest.raises(RegistryError, match="no registered model evaluated on kodak"):
+    with pytest.raises(RegistryError, match=r"evaluated on kodak .*\(datasets with evaluations: div2k\)"):
         find(1.0, dataset="kodak")
 
 
+def test_one_default_dataset_the_registry_names_it_or_asks(registry, capsys):
+    from cdc.cli import main
+    from cdc.registry.catalog import RegistryError, find
+
+    assert main(["models", "list"]) == 0
+    assert "div2k.psnr-rgb" in capsys.readouterr().out  # the only dataset evaluated: no flag needed
+    assert main(["models", "list", "--dataset", "kodak"]) == 1
+    assert "no registered model evaluated on kodak (datasets with evaluations: div2k)" in capsys.readouterr().err
+    registry.set_model_version_tag("cdc-x-rho0", "1", "shards.bpp", "0.1")
+    registry.set_model_version_tag("cdc-x-rho0", "1", "shards.psnr-rgb", "25.0")
+    with pytest.raises(RegistryError, match="the registered models have several: div2k, shards"):
+        find(0.2)
+    assert find(0.2, "distortion", dataset="shards").metric("shards", "bpp") == 0.1
+    assert main(["models", "list"]) == 0
+    assert "also evaluated on shards (--dataset NAME)" in capsys.readouterr().out
+
+
 def test_local_launcher_commands_and_failure_report(tmp_path):
-    from cdc.run_spec import RunSpec
+    from cdc.training.run_spec import RunSpec
     from pipelines.launchers import LaunchFailed, LocalLauncher, TrainJob
 
     job = TrainJob("cell", RunSpec(shards=(str(tmp_path / "none"),), output_dir=str(tmp_path / "out")))
@@ -137,8 +154,8 @@ def test_flags_and_a_job_file_make_the_same_run(tmp_path):
     import subprocess
     import sys
 
-    from cdc.run_spec import RunSpec, SpecError
     from cdc.train import parse_args, spec_from_args
+    from cdc.training.run_spec import RunSpec, SpecError
 
     flags = ["--preset", "small", "--shards", "s/manifest.json", "--output-dir", str(tmp_path / "run"),
              "--max-steps", "7", "--lmbda", "0.02", "--rho", "0.5", "--init-from", "small-base", "--resume", "latest",

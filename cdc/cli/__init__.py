@@ -1,4 +1,5 @@
-"""The ``cdc`` command line (also ``python -m cdc``).
+"""The ``cdc`` command line (also ``python -m cdc``): the outermost layer, which may import every other
+package of ``cdc`` (lazily, so that light commands stay light) and nothing of ``pipelines``.
 
 Subcommands::
 

@@ -19,18 +19,16 @@ from cdc.cli.common import (
     resolve,
     say,
 )
-
-DEFAULT_MAX_DECODE_STEPS = 256  # the paper's sweeps stop at 129; a stranger's file must not set the cost
-DEFAULT_MAX_CODEC_PIXELS = 16384 * 16384  # tiled coding keeps memory per tile; the image itself is 3 B/pixel
+from cdc.limits import MAX_DECODE_STEPS, MAX_EFFORT, MAX_PIXELS
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Write a codec checkpoint: an untrained preset, or a copy of a trained model (``--from``)."""
     import torch
 
-    from cdc.checkpoint import CheckpointError, load_codec, read_checkpoint_info, save_codec
-    from cdc.codec import CDCCodec
     from cdc.config import ConfigError, config_from_dict, load_config
+    from cdc.models.codec import CDCCodec
+    from cdc.zoo.checkpoint import CheckpointError, load_codec, read_checkpoint_info, save_codec
 
     try:
         if args.source:
@@ -67,10 +65,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     """Compress images to ``.cdc`` files (one line of output per file)."""
     from tqdm import tqdm
 
-    from cdc.coder import DecodeError
+    from cdc.coding.coder import DecodeError
+    from cdc.coding.tiling import TilingError, choose_tile
     from cdc.files import atomic_write
     from cdc.images import InputError, load_image
-    from cdc.tiling import TilingError, choose_tile
+    from cdc.limits import DEFAULT_LIMITS
 
     coder = load_coder(args.model)
     outputs = output_paths(args.images, args.output, ".cdc")
@@ -84,7 +83,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             h, w = x.shape[-2:]
             tile_px = choose_tile(args.tile, h, w)
             encoded = coder.encode(x, steps=args.steps, gamma=args.gamma, seed=args.seed, tile=tile_px,
-                                   margin=args.tile_margin)
+                                   margin=args.tile_margin, limits=DEFAULT_LIMITS.with_(max_pixels=args.max_pixels),
+                                   effort=args.effort)
         except (InputError, DecodeError, TilingError) as exc:
             raise CLIError(str(exc) if isinstance(exc, InputError) else f"{image}: {exc}") from None
         atomic_write(outputs[i], encoded.data, overwrite=args.overwrite)
@@ -99,15 +99,15 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     """Decode ``.cdc`` files to 8-bit PNGs; files of equal latent size share U-Net batches (``--batch``)."""
     from tqdm import tqdm
 
-    from cdc.coder import DecodeError
+    from cdc.coding.coder import DecodeError
     from cdc.files import atomic_write
     from cdc.images import encode_png
-    from cdc.tiling import WHOLE_IMAGE_MAX_PIXELS
+    from cdc.limits import DEFAULT_LIMITS
     from shards.sources import read_local_file
 
     coder = load_coder(args.model, args.device, compile=args.compile)
     outputs = output_paths(args.files, args.output, ".png")
-    limits = {"max_pixels": args.max_pixels, "max_steps": args.max_steps, "max_whole_pixels": WHOLE_IMAGE_MAX_PIXELS}
+    limits = DEFAULT_LIMITS.with_(max_pixels=args.max_pixels, max_steps=args.max_steps)
     failed, datas, index = 0, [], []
     for i, file in enumerate(args.files):  # refuse what cannot be written or read before any decoding
         try:
@@ -123,7 +123,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     step_bar = None
     if len(args.files) == 1 and datas:  # one file: a bar over its denoising steps (every tile's)
         try:
-            stream = coder.parse(datas[0], args.steps, **limits)
+            stream = coder.parse(datas[0], args.steps, limits)
             grid = coder.grid(stream)
             total = (stream.steps if args.steps is None else args.steps) * (len(grid) if grid else 1)
             step_bar = tqdm(total=total, desc=Path(args.files[0]).name, unit="step", file=sys.stderr, leave=False)
@@ -133,7 +133,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
                     file=sys.stderr)
     cuda = next(coder.codec.parameters()).device.type == "cuda"
     results = coder.decode_many(datas, args.steps, args.precision, args.batch or (8 if cuda else 1),
-                                progress=step_bar.update if step_bar else None, **limits)
+                                progress=step_bar.update if step_bar else None, limits=limits)
     for k, image, stream in results:
         i = index[k]
         file_bar.update(1)
@@ -159,7 +159,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print bitstream headers as JSON (needs no model)."""
-    from cdc.bitstream import Bitstream, BitstreamError
+    from cdc.coding.bitstream import Bitstream, BitstreamError
     from shards.sources import read_local_file
 
     failed = 0
@@ -178,9 +178,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """Print the registered models and their metrics."""
-    from cdc.registry import RegistryError, list_versions, table
+    """Print the shipped models (with their default decode) and the registered ones with their metrics."""
+    from cdc.registry.catalog import RegistryError, evaluated_datasets, list_versions, table
+    from cdc.zoo.pretrained import shipped_table
 
+    print(shipped_table())
+    print()
     try:
         versions = list_versions()
     except RegistryError as exc:
@@ -188,8 +191,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not versions:
         print("no registered cdc-* models (train a grid: prefect deployment run train-grid/local)")
         return EXIT_OK
-    print(table(versions, args.dataset))
+    datasets = evaluated_datasets(versions)
+    if args.dataset is not None and args.dataset not in datasets:
+        raise CLIError(f"no registered model evaluated on {args.dataset} (datasets with evaluations: "
+                       f"{', '.join(datasets) or 'none'})")
+    dataset = args.dataset or (datasets[0] if datasets else "")
+    print(table(versions, dataset))
+    if args.dataset is None and len(datasets) > 1:
+        print(f"\nmetrics on {dataset}; also evaluated on {', '.join(datasets[1:])} (--dataset NAME)")
     return EXIT_OK
+
+
+def _coding_parser(sub: argparse._SubParsersAction, name: str, about: str, inputs: str,
+                   one_output: str) -> argparse.ArgumentParser:
+    """A compress or decompress parser: its inputs, the model and the output."""
+    p = sub.add_parser(name, help=about)
+    p.add_argument(inputs, nargs="+")
+    p.add_argument("-m", "--model", required=True, help="checkpoint, models:/NAME@ALIAS, or best:bpp<=X,...")
+    p.add_argument("-o", "--output", required=True, help=f"output directory (or {one_output})")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return p
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -203,52 +224,51 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.unet_dim=32")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("compress", help="compress images to .cdc files")
-    p.add_argument("images", nargs="+")
-    p.add_argument("-m", "--model", required=True, help="checkpoint, models:/NAME@ALIAS, or best:bpp<=X,...")
-    p.add_argument("-o", "--output", required=True, help="output directory (or .cdc file for one image)")
-    p.add_argument("--steps", type=STEPS, help="DDIM steps recorded for decoding (default: model config)")
+    p = _coding_parser(sub, "compress", "compress images to .cdc files", "images", ".cdc file for one image")
+    p.add_argument("--steps", type=STEPS, help="DDIM steps recorded for decoding (default: the model's default decode, "
+                   "cdc models list)")
     p.add_argument("--gamma", type=GAMMA, help="start-noise scale recorded for decoding, in [0, 65.535]; "
-                   "0 = deterministic")
+                   "0 = deterministic (default: the model's default decode)")
     p.add_argument("--seed", type=SEED, help="start-noise seed recorded for decoding, in [0, 2**63)")
-    p.add_argument("--max-pixels", type=PIXELS, default=DEFAULT_MAX_CODEC_PIXELS,
-                   help=f"refuse larger images (default {DEFAULT_MAX_CODEC_PIXELS})")
+    p.add_argument("--effort", type=int, choices=range(MAX_EFFORT + 1), default=0,
+                   help="encoder effort: refine the latent for each image (fewer bits at equal quality, slower "
+                        "encoding; same format and decode); 0 = off (default)")
+    p.add_argument("--max-pixels", type=PIXELS, default=MAX_PIXELS,
+                   help=f"refuse larger images (default {MAX_PIXELS})")
     p.add_argument("--tile", type=TILE, default="auto",
                    help="code tile by tile, memory bounded by the tile: auto (768-px tiles above 2.4 MP), off "
                         "(whole image, up to 4096x4096), or a tile side in pixels (multiple of 64)")
     p.add_argument("--tile-margin", type=int, choices=(0, 16, 32, 48, 64),
                    help="tile overlap on each side in pixels: encoder context and decoder blend band "
                         "(default 64, or half of a smaller tile)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("decompress", help="decode .cdc files to PNG")
-    p.add_argument("files", nargs="+")
-    p.add_argument("-m", "--model", required=True, help="checkpoint, models:/NAME@ALIAS, or best:bpp<=X,...")
-    p.add_argument("-o", "--output", required=True, help="output directory (or .png file for one input)")
+    p = _coding_parser(sub, "decompress", "decode .cdc files to PNG", "files", ".png file for one input")
     p.add_argument("--steps", type=STEPS, help="override the DDIM steps stored in the file")
-    p.add_argument("--max-steps", type=STEPS, default=DEFAULT_MAX_DECODE_STEPS,
+    p.add_argument("--max-steps", type=STEPS, default=MAX_DECODE_STEPS,
                    help="refuse files that ask for more DDIM steps (a file sets the decoder's cost; "
-                        f"default {DEFAULT_MAX_DECODE_STEPS}; --steps overrides the file)")
-    p.add_argument("--max-pixels", type=PIXELS, default=DEFAULT_MAX_CODEC_PIXELS,
-                   help=f"refuse files whose header claims more pixels (default {DEFAULT_MAX_CODEC_PIXELS}; "
+                        f"default {MAX_DECODE_STEPS}; --steps overrides the file)")
+    p.add_argument("--max-pixels", type=PIXELS, default=MAX_PIXELS,
+                   help=f"refuse files whose header claims more pixels (default {MAX_PIXELS}; "
                         "untiled files: at most 4096x4096)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="U-Net precision")
     p.add_argument("--batch", type=BATCH,
                    help="decode up to N files of equal latent size and decode settings together (default: 8 on "
                         "a GPU, 1 on a CPU, where larger batches ran slower: benchmarks/decode.py)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N or auto (cuda when available); GPU decoding is tested only "
+                        "where CUDA is present (tests/test_codec.py), not yet on a GPU")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the U-Net (CUDA graphs on a GPU): faster steps after a one-off compile "
                         "of tens of seconds per image size; pays off for many steps or files")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print a .cdc header as JSON (no model needed)")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("models", help="the MLflow model registry")
+    p = sub.add_parser("models", help="the shipped models and the MLflow model registry")
     p.add_argument("action", choices=("list",))
-    p.add_argument("--dataset", default="div2k", help="which evaluation's metrics to show")
+    p.add_argument("--dataset", help="which evaluation's metrics to show (default: the one the models were "
+                   "evaluated on; the first, named, when several)")
     p.set_defaults(func=cmd_models)

@@ -22,11 +22,11 @@ def say(kind: str, message: str) -> None:
 
 def load_coder(ref: str, device: str = "cpu", compile: bool = False):
     """A ``Coder`` for a model reference on ``device`` (``auto``: CUDA when available), its U-Net
-    compiled for decoding when asked; failures become a one-line :class:`CLIError`."""
+    compiled for decoding when asked; failures become a one-line ``CLIError``."""
     import torch
 
-    from cdc.checkpoint import CheckpointError, load_codec
-    from cdc.coder import Coder
+    from cdc.coding.coder import Coder
+    from cdc.zoo.checkpoint import CheckpointError, load_codec
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -45,8 +45,8 @@ def load_coder(ref: str, device: str = "cpu", compile: bool = False):
 
 
 def resolve(ref: str) -> Path:
-    """:func:`cdc.resolve.resolve_model` with its error as a :class:`CLIError`."""
-    from cdc.resolve import ModelNotFoundError, resolve_model
+    """``cdc.registry.resolve.resolve_model`` with its error as a ``CLIError``."""
+    from cdc.registry.resolve import ModelNotFoundError, resolve_model
 
     try:
         return resolve_model(ref)

@@ -29,7 +29,7 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 
 
 def _metrics(text: str) -> tuple[str, ...]:
-    from cdc.metrics import parse_metrics
+    from cdc.evaluation.metrics import parse_metrics
 
     try:
         return parse_metrics(text)
@@ -39,9 +39,9 @@ def _metrics(text: str) -> tuple[str, ...]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate models and baselines; print a short summary per curve."""
-    from cdc.datasets import DatasetError
-    from cdc.evaluate import EvalSettings, evaluate_all
-    from cdc.rd import load
+    from cdc.evaluation.datasets import DatasetError
+    from cdc.evaluation.evaluate import EvalSettings, evaluate_all
+    from cdc.evaluation.rd import load
 
     if not args.models and not args.baseline:
         raise CLIError("nothing to evaluate: give MODEL checkpoints and/or --baseline")
@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _baseline(name: str):
-    from cdc.baselines import build_baseline, zoo_baseline
+    from cdc.evaluation.baselines import build_baseline, zoo_baseline
 
     try:
         return zoo_baseline(name[4:]) if name.startswith("zoo:") else build_baseline(name)
@@ -77,14 +77,15 @@ def _baseline(name: str):
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """RD plots (one PNG per metric) and optionally the gallery."""
-    from cdc.rd import gallery, plot
+    from cdc.evaluation.rd import gallery, plot, results_paths
 
     out = Path(args.output or Path(args.results[0]).parent / "plots")
     try:
-        for path in plot(args.results, out):
+        results = results_paths(args.results)
+        for path in plot(results, out):
             print(path)
         if args.gallery:
-            print(gallery(args.results, out / "gallery.png", target_bpp=args.bpp))
+            print(gallery(results, out / "gallery.png", target_bpp=args.bpp))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     return 0
@@ -92,10 +93,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_bdrate(args: argparse.Namespace) -> int:
     """Print a BD-rate table against the anchor curve."""
-    from cdc.rd import bd_table
+    from cdc.evaluation.rd import bd_table, results_paths
 
     try:
-        text, _ = bd_table(args.anchor, args.results, args.metrics.split(",") if args.metrics else None)
+        results = [p for p in results_paths(args.results) if Path(p).resolve() != Path(args.anchor).resolve()]
+        text, _ = bd_table(args.anchor, results, args.metrics.split(",") if args.metrics else None)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     print(text)
@@ -112,8 +114,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="dataset folder (else the cache, see --download)")
     p.add_argument("--download", action="store_true", help="download a missing dataset into the cache")
     p.add_argument("--protocol", default="full", choices=("cdc768", "full"))
-    p.add_argument("--steps", type=_csv_ints, default=(17,), help="DDIM steps, e.g. 1,2,4,8,17,33,65,129")
-    p.add_argument("--gamma", type=GAMMA, help="start-noise scale (default: model config)")
+    p.add_argument("--steps", type=_csv_ints, default=(None,),
+                   help="DDIM steps, e.g. 1,2,4,8,17,33,65,129 (one curve each; default: each model's own decode)")
+    p.add_argument("--gamma", type=GAMMA, help="start-noise scale (default: each model's own decode)")
     p.add_argument("--seed", type=SEED, help="start-noise seed (default: model config)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--device", default="cpu")

@@ -1,0 +1,106 @@
+"""The scripts as a user runs them: every one parses its arguments (``--help``, unknown flags and bad
+numbers refused), ``demo.py --fresh`` removes only what the demo made, and nothing a script starts
+outlives it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import REPO
+
+
+def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize(("script", "args", "message"), [
+    ("scripts/demo.py", ["--fersh"], "unrecognized arguments: --fersh"),
+    ("scripts/train_family.py", ["--only", "small-q9"], "--only: no member small-q9"),
+    ("scripts/train_family.py", ["--only"], "argument --only: expected at least one argument"),
+    ("benchmarks/capacity.py", ["--quick", "--budget-min", "-1"], "argument --budget-min: -1 is outside"),
+    ("benchmarks/capacity.py", ["--quick", "--shares", "nan", "0", "0"], "argument --shares: nan is outside"),
+    ("benchmarks/capacity.py", ["--quick", "--limit", "-5"], "argument --limit: -5 is outside"),
+    ("benchmarks/capacity.py", ["--quick", "--threads", "0"], "argument --threads: 0 is outside"),
+    ("benchmarks/capacity.py", ["--quick", "--shards", "tests/assets/nothing"], "no shard manifest"),
+])
+def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
+    r = _run(script, *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert _run(script, "--help").returncode == 0
+
+
+@pytest.fixture
+def demo(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDC_HOME", str(tmp_path / "home"))
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "OUT", tmp_path / "runs" / "demo")
+    return module
+
+
+def test_fresh_refuses_a_demo_folder_holding_a_users_file(demo):
+    demo.OUT.mkdir(parents=True)
+    (demo.OUT / "eval").mkdir()
+    (demo.OUT / "my.ipynb").write_text("notes")
+    with pytest.raises(SystemExit, match=r"holds files the demo did not make \(my\.ipynb\): move them away first"):
+        demo.start_fresh()
+    assert (demo.OUT / "my.ipynb").read_text() == "notes" and (demo.OUT / "eval").is_dir()
+
+
+def test_fresh_forgets_only_the_demos_runs_and_models(demo, tmp_path):
+    import mlflow
+    from conftest import tiny_codec
+
+    from cdc.registry.catalog import list_versions, register
+    from cdc.registry.tracking import setup_mlflow
+    from cdc.zoo.checkpoint import save_codec
+
+    model = save_codec(tiny_codec(), tmp_path / "model")
+    (tmp_path / "user-file").write_text("kept")
+    for experiment, key in (("cdc-grid", "mine"), (demo.EXPERIMENT, "demo")):
+        setup_mlflow(experiment)
+        with mlflow.start_run():
+            register(model, {"shards": {"bpp": 0.3, "psnr-rgb": 20.0}}, "shards", key, 3)
+    assert len(list_versions()) == 2
+    demo.OUT.mkdir(parents=True)
+    (demo.OUT / "summary.json").write_text("{}")
+    demo.start_fresh()
+    left = list_versions()
+    assert [v.tags["cell_key"] for v in left] == ["mine"]  # the user's grid's model stays
+    assert not demo.OUT.exists() and (tmp_path / "user-file").read_text() == "kept"
+    assert mlflow.MlflowClient().get_experiment_by_name("cdc-grid") is not None
+
+
+@pytest.mark.slow
+def test_a_scripts_prefect_server_goes_with_it_even_after_kill_9(tmp_path):
+    """What the demo runs its flows on: killed with SIGKILL, the script leaves no server behind."""
+    code = ("import sys, time; from pathlib import Path; from pipelines.local_server import temporary_server\n"
+            f"with temporary_server(Path({str(tmp_path / 'prefect')!r}), Path({str(tmp_path / 'log')!r})) as url:\n"
+            "    print(url, flush=True); time.sleep(600)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    script = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    url = script.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1:"), (tmp_path / "log").read_text()[-2000:]
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as answer:
+        assert json.loads(answer.read()) is True
+    script.send_signal(signal.SIGKILL)
+    script.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+        except OSError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the Prefect server at {url} outlived its script")
