@@ -37,8 +37,12 @@ stop:
 lint: setup
 	$(BIN)/ruff check .
 
+# The fast tests spread over the cores, a test file to a worker (module fixtures are built once);
+# the slow ones stay serial: they time real processes and servers and bound their waits.
+XDIST := -n auto --dist loadfile
+
 test-fast: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
 
 # The documentation site (site/); --strict: a broken link or API reference fails the build.
 docs: setup
@@ -46,7 +50,7 @@ docs: setup
 
 # The whole suite: fast tests, then the slow end-to-end ones (real processes and servers).
 test: lint docs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
 	$(BIN)/pytest -q -m slow
 
 # Re-resolve requirements.in into the lock (needs the package index).

@@ -29,6 +29,7 @@ results file (``--work``, default ``runs/science``). Writes ``benchmarks/results
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import struct
@@ -80,9 +81,26 @@ QUICK = Study(lmbdas=(0.01, 0.2), rhos=(0.0, 0.9), cell_train_steps=4, eval_limi
 
 
 # ------------------------------------------------------------------------------ training (train-grid)
-def run_grid(study: Study, work: Path, section: str, **params) -> dict:
-    """One ``train-grid`` flow run in its own process, MLflow registry (``work/<section>/.cdc``) and
-    Prefect home, so that seed and scratch models never join the study's model families."""
+class PrefectServer:
+    """One Prefect server for every ``train-grid`` run of the study, started when the first needs it
+    (a resumed study that trains nothing starts none) and stopped with ``stack``."""
+
+    def __init__(self, work: Path, stack: contextlib.ExitStack) -> None:
+        self.work, self.stack, self._url = work, stack, ""
+
+    def url(self) -> str:
+        """The server's API URL (``PREFECT_API_URL``), starting the server on the first call."""
+        if not self._url:
+            from pipelines.local_server import temporary_server
+
+            self._url = self.stack.enter_context(temporary_server(self.work / "prefect",
+                                                                  self.work / "prefect-server.log"))
+        return self._url
+
+
+def run_grid(study: Study, work: Path, server: PrefectServer, section: str, **params) -> dict:
+    """One ``train-grid`` flow run in its own process and MLflow registry (``work/<section>/.cdc``),
+    so that seed and scratch models never join the study's model families."""
     out = work / section
     done = out / "grid.json"
     if done.is_file():
@@ -93,10 +111,9 @@ def run_grid(study: Study, work: Path, section: str, **params) -> dict:
             "decode_steps": study.decode_steps, "baselines": [], "launcher": study.launcher,
             "launcher_options": study.launcher_options, "output_dir": str(out),
             "experiment": f"cdc-science-{section}", "overrides": list(study.overrides), **params}
-    env = {**os.environ, "CDC_HOME": str(work / "registry" / section),
-           "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "CDC_HOME": str(work / "registry" / section), "PREFECT_API_URL": server.url(),
+           "PREFECT_HOME": str(work / "prefect")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     code = ("import json, sys; from pipelines.grid_params import grouped; from pipelines.train_grid import train_grid; "
             "s = train_grid(**grouped(**json.loads(sys.argv[1]))); "
             "open(sys.argv[2], 'w').write(json.dumps({k: s[k] for k in ('curves', 'failures', 'cells')}))")
@@ -253,19 +270,25 @@ def entropy_study(study: Study, work: Path) -> dict:
 # ------------------------------------------------------------------------------ the study
 def run(study: Study, work: Path, out: Path) -> dict:
     """Train, measure, judge; write JSON, Markdown and plots into ``out``."""
+    work.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        return _run(study, work, out, PrefectServer(work, stack))
+
+
+def _run(study: Study, work: Path, out: Path, server: PrefectServer) -> dict:
     from claims import judge, write_report
 
-    work.mkdir(parents=True, exist_ok=True)
     (work / "study.json").write_text(json.dumps(asdict(study), indent=1))
     lx = study.sweep_lmbda
     seed_lmbdas = sorted({lmbda for lmbda, _ in study.seed_cells})
     seed_rhos = sorted({rho for _, rho in study.seed_cells})
     stages = [
-        ("grid: λ x ρ from the base", lambda: run_grid(study, work, "grid")),
-        ("ε-parameterization", lambda: run_grid(study, work, "eps", lmbdas=[lx], rhos=[0.0], prediction="epsilon")),
-        ("warm-up ablation: from scratch", lambda: run_grid(study, work, "scratch", lmbdas=[lx], rhos=[0.0],
+        ("grid: λ x ρ from the base", lambda: run_grid(study, work, server, "grid")),
+        ("ε-parameterization", lambda: run_grid(study, work, server, "eps", lmbdas=[lx], rhos=[0.0],
+                                                prediction="epsilon")),
+        ("warm-up ablation: from scratch", lambda: run_grid(study, work, server, "scratch", lmbdas=[lx], rhos=[0.0],
                                                             base=None, warmup_train_steps=0)),
-        ("seeds", lambda: run_grid(study, work, "seed1", lmbdas=seed_lmbdas, rhos=seed_rhos,
+        ("seeds", lambda: run_grid(study, work, server, "seed1", lmbdas=seed_lmbdas, rhos=seed_rhos,
                                    overrides=[*study.overrides, "train.seed=1"])),
         ("baselines", lambda: baseline_curves(study, work)),
         ("MeanScaleHyperprior anchor", lambda: anchor_curve(study, work)),

@@ -35,7 +35,12 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
     r = _run(script, *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert _run(script, "--help").returncode == 0
+
+
+@pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "benchmarks/capacity.py"])
+def test_scripts_explain_their_arguments(script):
+    r = _run(script, "--help")
+    assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
 
 
 @pytest.fixture
