@@ -435,10 +435,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             if not math.isfinite(number):
                 raise ConfigError(f"{key}: must be a finite number, got {value!r}")
             return number
-        if hint is str:
-            return str(value)
-        if origin is Literal:
-            _check(str(value) in args, f"{key} must be one of {args}")
+        if hint is str or origin is Literal:  # a Literal's choices are checked by its section
             return str(value)
     except ConfigError:
         raise
