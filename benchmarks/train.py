@@ -3,13 +3,16 @@ small presets on this CPU with 1 and 2 processes (real runs, real shards), plus 
 FLOPs per training step and its projected step time on one H100.
 
 ``--compare DEVICE`` runs today's path and the fast path (``train.compile``, ``train.channels_last``;
-with CUDA graphs; at a larger batch with sqrt LR scaling) side by side through the real trainer,
-joint phase, rho 0, and prints images/s, achieved TFLOP/s, MFU (counted FLOPs x images/s / peak),
-data stall, peak memory and how far the loss curves at the same batch drift apart:
+each alone; with bf16 autocast; with CUDA graphs; at a larger batch with sqrt LR scaling) side by
+side through the real trainer, joint phase, rho 0, and prints images/s, achieved TFLOP/s, MFU
+(counted FLOPs x images/s / peak), data stall, peak memory, the loss after the run, each export's
+bpp and PSNR on two held-out photos, and how far the loss curves at the same batch drift apart:
 
     python benchmarks/train.py [--steps 60] [--presets tiny,small]
     python benchmarks/train.py --compare cuda --steps 300   # paper preset on a GPU (skipped without one)
     python benchmarks/train.py --compare cpu --steps 100    # small preset on this CPU
+    python benchmarks/train.py --compare cpu --steps 2000 --early-steps 0 \
+        --runs today,bf16,compile,channels-last,fast,fast-bf16,control   # every CPU lever
     python benchmarks/train.py --compare cuda --runs today,fast-big --early-steps 0   # a subset
 """
 
@@ -35,8 +38,13 @@ H100_BF16_DENSE = 989e12  # FLOP/s, SXM5 datasheet
 H100_BF16_MEASURED = 790e12  # an 8192^3 bf16 matmul on the H100 the GPU rows ran on
 
 
-def build_shards(root: Path) -> Path:
-    """Shards of the real photos shipped in scikit-image/scikit-learn, cut into 256 px patches."""
+HELD_OUT = ("china", "flower")
+"""scikit-learn's two sample photos: ``--compare`` trains without them and codes them with each result."""
+
+
+def build_shards(root: Path, held_out: tuple[str, ...] = ()) -> Path:
+    """Shards of the real photos shipped in scikit-image/scikit-learn (but ``held_out``), cut into
+    256 px patches."""
     from PIL import Image
     from skimage import data
     from sklearn.datasets import load_sample_image
@@ -52,8 +60,8 @@ def build_shards(root: Path) -> Path:
             Image.fromarray(getattr(data, name)()).save(src / f"{name}.png")
         except Exception as err:  # newer scikit-image releases download some (no network)
             print(f"skipping scikit-image's {name}: {err}")
-    for name in ("china.jpg", "flower.jpg"):
-        Image.fromarray(load_sample_image(name)).save(src / name.replace(".jpg", ".png"))
+    for name in set(HELD_OUT) - set(held_out):
+        Image.fromarray(load_sample_image(f"{name}.jpg")).save(src / f"{name}.png")
     build([str(src)], root / "shards", BuildConfig(patch_size=256, max_count=16, policy="jpeg-q95"))
     return root / "shards"
 
@@ -143,10 +151,13 @@ def dispatch_counts(preset: str = "paper") -> list[dict]:
 
 FAST = ("train.compile=true", "train.channels_last=true")
 """The fast path's settings (fused Adam, foreach EMA and sync-free steps are on for every run)."""
+BF16 = ("train.mixed_precision=bf16",)
+"""bf16 autocast (the entropy model stays fp32); on a CPU, oneDNN's bf16 kernels (AVX-512-BF16, AMX)."""
 
-RUNS = ("today", "control", "fast", "fast-graphs", "fast-big")
+RUNS = ("today", "control", "bf16", "compile", "channels-last", "fast", "fast-bf16", "fast-graphs", "fast-big")
 """What ``--runs`` may name: today's path; today's again (the control: another summation order);
-the fast path; the fast path with CUDA graphs; the fast path at the larger batch (sqrt LR scaling)."""
+bf16 autocast, ``torch.compile`` and channels-last alone; the fast path (compile + channels-last),
+with bf16 autocast, with CUDA graphs; the fast path at the larger batch (sqrt LR scaling)."""
 
 
 def run_settings(name: str, big_batch: int, cuda: bool) -> tuple[str, list[str], dict]:
@@ -155,7 +166,11 @@ def run_settings(name: str, big_batch: int, cuda: bool) -> tuple[str, list[str],
         "today": ("today", [], {}),
         # CUDA: its non-deterministic kernels differ anyway; on the CPU another thread count does it
         "control": ("today again (control)", [], {} if cuda else {"OMP_NUM_THREADS": "1"}),
+        "bf16": ("bf16 autocast", list(BF16), {}),
+        "compile": ("compiled step", [FAST[0]], {}),
+        "channels-last": ("NHWC", [FAST[1]], {}),
         "fast": ("fast (compiled step, NHWC)", list(FAST), {}),
+        "fast-bf16": ("fast + bf16 autocast", [*FAST, *BF16], {}),
         "fast-graphs": ("fast + CUDA graphs", [*FAST, "train.compile_mode=reduce-overhead"], {}),
         "fast-big": (f"fast, batch {big_batch}", [*FAST, f"train.batch_size={big_batch}", "train.lr_scaling=sqrt"],
                      {}),
@@ -169,7 +184,7 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
     over ``steps`` (10-step windows) and over the first ``early_steps`` (each step logged, compiled runs
     drawing eager's random numbers; 0: not run).
     A run that fails is reported with its error and the others go on."""
-    shards = build_shards(tmp)
+    shards = build_shards(tmp, HELD_OUT)
     flops = flops_per_image(preset, device=device)
     cuda = device == "cuda"
     name = torch.cuda.get_device_name() if cuda else "CPU"
@@ -196,7 +211,8 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
         tflops = flops * row["images_per_s"] / 1e12
         rows.append({"run": run, "path": label, "device": name, "batch": big_batch if run == "fast-big" else batch,
                      **row, "tflops": tflops, "mfu_pct": 100 * tflops * 1e12 / peak if peak else "n/a",
-                     "second_half_loss": _second_half(curves[run])})
+                     "second_half_loss": _second_half(curves[run]), "last_tenth_loss": _last_tenth(curves[run]),
+                     **held_out_quality(out)})
         print(f"{label}: {row['images_per_s']:.1f} images/s, {row['wall_s']:.0f} s wall", flush=True)
         write_json(f"train-paths-{device}", {"partial": True, "device": name, "rows": rows})  # kept if cut off
     base = rows[0].get("images_per_s")
@@ -226,6 +242,32 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
             "early_steps": early_steps, "agreement": agreement}
 
 
+def held_out_quality(model: Path) -> dict:
+    """Mean bpp and PSNR (dB) of the ``HELD_OUT`` photos through real bitstreams, 1-step decode, γ 0."""
+    import numpy as np
+    from sklearn.datasets import load_sample_image
+
+    from cdc.coding.coder import Coder
+    from cdc.evaluation.metrics import psnr
+    from cdc.images import from_uint8, to_uint8
+    from cdc.zoo.checkpoint import load_codec
+
+    coder = Coder(load_codec(model))
+    bpp, quality = [], []
+    for name in HELD_OUT:
+        img = load_sample_image(f"{name}.jpg")
+        data = coder.encode(from_uint8(img), steps=1, gamma=0.0).data
+        bpp.append(8 * len(data) / (img.shape[0] * img.shape[1]))
+        quality.append(psnr(img, to_uint8(coder.decode(data)[0])))
+    return {"held_out_bpp": float(np.mean(bpp)), "held_out_psnr": float(np.mean(quality))}
+
+
+def _last_tenth(curve: dict[int, float]) -> float:
+    """Mean logged loss over the last tenth of a run: "the loss after N steps", less one batch's noise."""
+    late = [v for step, v in curve.items() if step > 0.9 * max(curve)]
+    return sum(late) / len(late)
+
+
 def _second_half(curve: dict[int, float]) -> float:
     """Mean logged loss over the second half of a run (single-batch losses at random timesteps are noisy)."""
     late = [v for step, v in curve.items() if step > max(curve) / 2]
@@ -239,7 +281,9 @@ def print_compare(result: dict) -> str:
     table = print_table(result["rows"], [
         ("path", "path"), ("batch", "batch"), ("images_per_s", "images/s"), ("speedup", "x today"),
         ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %"), ("data_wait_pct", "data stall %"),
-        ("peak_mem_mb_rank0", "peak MiB"), ("second_half_loss", "loss, 2nd half mean")])
+        ("peak_mem_mb_rank0", "peak MiB"), ("second_half_loss", "loss, 2nd half mean"),
+        ("last_tenth_loss", "loss, last tenth"), ("held_out_bpp", "held-out bpp"),
+        ("held_out_psnr", "held-out PSNR dB")])
     for row in result["rows"]:
         if "error" in row:
             print(f"{row['path']}: failed: {row['error'].strip().splitlines()[-1]}")

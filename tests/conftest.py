@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ GOLDEN = Path(__file__).with_name("golden")
 REGENERATE = os.environ.get("CDC_REGENERATE_GOLDEN") == "1"
 # Tests never read or fill the user's baseline results cache (subprocesses inherit this).
 os.environ["CDC_EVAL_CACHE"] = tempfile.mkdtemp(prefix="cdc-eval-cache-")
+atexit.register(shutil.rmtree, os.environ["CDC_EVAL_CACHE"], ignore_errors=True)
 
 
 def free_port() -> int:
