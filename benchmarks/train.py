@@ -185,7 +185,7 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
     drawing eager's random numbers; 0: not run).
     A run that fails is reported with its error and the others go on."""
     shards = build_shards(tmp, HELD_OUT)
-    flops = flops_per_image(preset, device=device)
+    flops = flops_per_image(preset, load_config(preset).train.crop, device)  # at the crop the runs train at
     cuda = device == "cuda"
     name = torch.cuda.get_device_name() if cuda else "CPU"
     # MFU only on a GPU: on this CPU oneDNN's convolutions run above the FMA peak in counted FLOPs
