@@ -38,8 +38,9 @@ H100_BF16_DENSE = 989e12  # FLOP/s, SXM5 datasheet
 H100_BF16_MEASURED = 790e12  # an 8192^3 bf16 matmul on the H100 the GPU rows ran on
 
 
-HELD_OUT = ("china", "flower")
-"""scikit-learn's two sample photos: ``--compare`` trains without them and codes them with each result."""
+SKLEARN_PHOTOS = ("china", "flower")
+HELD_OUT = SKLEARN_PHOTOS
+"""``--compare`` trains without scikit-learn's two sample photos and codes them with each result."""
 
 
 def build_shards(root: Path, held_out: tuple[str, ...] = ()) -> Path:
@@ -60,7 +61,7 @@ def build_shards(root: Path, held_out: tuple[str, ...] = ()) -> Path:
             Image.fromarray(getattr(data, name)()).save(src / f"{name}.png")
         except Exception as err:  # newer scikit-image releases download some (no network)
             print(f"skipping scikit-image's {name}: {err}")
-    for name in set(HELD_OUT) - set(held_out):
+    for name in (n for n in SKLEARN_PHOTOS if n not in held_out):
         Image.fromarray(load_sample_image(f"{name}.jpg")).save(src / f"{name}.png")
     build([str(src)], root / "shards", BuildConfig(patch_size=256, max_count=16, policy="jpeg-q95"))
     return root / "shards"
@@ -211,7 +212,7 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
         tflops = flops * row["images_per_s"] / 1e12
         rows.append({"run": run, "path": label, "device": name, "batch": big_batch if run == "fast-big" else batch,
                      **row, "tflops": tflops, "mfu_pct": 100 * tflops * 1e12 / peak if peak else "n/a",
-                     "second_half_loss": _second_half(curves[run]), "last_tenth_loss": _last_tenth(curves[run]),
+                     "second_half_loss": _late_mean(curves[run], 0.5), "last_tenth_loss": _late_mean(curves[run], 0.1),
                      **held_out_quality(out)})
         print(f"{label}: {row['images_per_s']:.1f} images/s, {row['wall_s']:.0f} s wall", flush=True)
         write_json(f"train-paths-{device}", {"partial": True, "device": name, "rows": rows})  # kept if cut off
@@ -236,7 +237,7 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
             "max_rel_diff_first10": max(rel[:10]) if rel else "n/a",
             "first_step_over_1e-3": next((n + 1 for n, r in enumerate(rel) if r > 1e-3), "none") if rel else "n/a",
             "max_window_diff_pct": 100 * max(abs(curves[run][s] / curves["today"][s] - 1) for s in curves["today"]),
-            "second_half_mean_diff_pct": 100 * (_second_half(curves[run]) / _second_half(curves["today"]) - 1)})
+            "second_half_mean_diff_pct": 100 * (_late_mean(curves[run], 0.5) / _late_mean(curves["today"], 0.5) - 1)})
     return {"device": name, "preset": preset, "steps": steps, "flops_per_image": flops, "peak_flops": peak,
             "peak_source": peak_what, "rows": rows, "loss_curves": curves, "early_losses": early,
             "early_steps": early_steps, "agreement": agreement}
@@ -262,15 +263,9 @@ def held_out_quality(model: Path) -> dict:
     return {"held_out_bpp": float(np.mean(bpp)), "held_out_psnr": float(np.mean(quality))}
 
 
-def _last_tenth(curve: dict[int, float]) -> float:
-    """Mean logged loss over the last tenth of a run: "the loss after N steps", less one batch's noise."""
-    late = [v for step, v in curve.items() if step > 0.9 * max(curve)]
-    return sum(late) / len(late)
-
-
-def _second_half(curve: dict[int, float]) -> float:
-    """Mean logged loss over the second half of a run (single-batch losses at random timesteps are noisy)."""
-    late = [v for step, v in curve.items() if step > max(curve) / 2]
+def _late_mean(curve: dict[int, float], tail: float) -> float:
+    """Mean logged loss over the last ``tail`` of a run (single-batch losses at random timesteps are noisy)."""
+    late = [v for step, v in curve.items() if step > (1 - tail) * max(curve)]
     return sum(late) / len(late)
 
 
