@@ -44,7 +44,8 @@ def main() -> None:
             out = Path(tmp) / f"run{i}"
             start = time.perf_counter()
             run_training("small", 1, Path(args.shards), out, args.steps, 29900 + i,
-                         [f"loss.lmbda={args.lmbda}", "loss.rho=0", *extra], {"CUDA_VISIBLE_DEVICES": ""},
+                         [f"loss.lmbda={args.lmbda}", "loss.rho=0", "train.fast_path=off", *extra],
+                         {"CUDA_VISIBLE_DEVICES": ""},
                          flags=["--init-from", str(BASE)])
             seconds = time.perf_counter() - start
             metrics = evaluate_cdc(str(out), images, suite, [(1, 0.0)])["steps1-gamma0"]

@@ -104,6 +104,9 @@ def run_training(preset: str, procs: int, shards: Path, out: Path, steps: int, p
 
 JOINT = ("train.autoencoder_fraction=0", "train.freeze_latent_fraction=0")
 """Every step in the joint phase: the recipe's cheaper autoencoder phase would flatter images/s."""
+PHASES = {"joint": JOINT, "autoencoder": ("train.autoencoder_fraction=1", "train.freeze_latent_fraction=0")}
+"""``--phase``: the steps ``--compare`` times (a fine-tune of the family runs 95-97 % of its steps in
+the autoencoder phase)."""
 
 
 def training_codec(preset: str, device: str = "cpu", overrides: tuple[str, ...] = ()) -> tuple:
@@ -178,22 +181,29 @@ def run_settings(name: str, big_batch: int, cuda: bool) -> tuple[str, list[str],
     }[name]
 
 
+def result_name(device: str, phase: str) -> str:
+    """The results file (``results/NAME.json``) of ``--compare device --phase phase``."""
+    return f"train-paths-{device}" + ("" if phase == "joint" else f"-{phase}")
+
+
 def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Path, runs: tuple[str, ...] = RUNS,
-                  early_steps: int = 30) -> dict:
+                  early_steps: int = 30, phase: str = "joint") -> dict:
     """``runs`` (see ``RUNS``; ``today`` first, the baseline) through the real ``cdc/train.py`` on
-    ``device``, joint phase, rho 0. The runs at the default batch are compared with today's loss curve,
-    over ``steps`` (10-step windows) and over the first ``early_steps`` (each step logged, compiled runs
-    drawing eager's random numbers; 0: not run).
+    ``device``, every step in ``phase`` (see ``PHASES``), rho 0. The runs at the default batch are
+    compared with today's loss curve, over ``steps`` (10-step windows) and over the first
+    ``early_steps`` (each step logged, compiled runs drawing eager's random numbers; 0: not run).
     A run that fails is reported with its error and the others go on."""
     shards = build_shards(tmp, HELD_OUT)
-    flops = flops_per_image(preset, load_config(preset).train.crop, device)  # at the crop the runs train at
+    # at the crop the runs train at; counted for the joint step (the autoencoder phase runs no U-Net)
+    flops = flops_per_image(preset, load_config(preset).train.crop, device) if phase == "joint" else None
     cuda = device == "cuda"
     name = torch.cuda.get_device_name() if cuda else "CPU"
     # MFU only on a GPU: on this CPU oneDNN's convolutions run above the FMA peak in counted FLOPs
     peak, peak_what = ((H100_BF16_DENSE, "H100 bf16 dense datasheet") if "H100" in name else
                        (matmul_peak(torch.bfloat16, 8192, "cuda"), f"measured bf16 matmul on {name}")) if cuda \
         else (None, "none on a CPU")
-    common = ["loss.rho=0", *JOINT, f"train.num_workers={4 if cuda else 1}"]  # the GPU machine has 16 cores
+    # each run's path as labelled (fast_path off); the GPU machine has 16 cores
+    common = ["loss.rho=0", "train.fast_path=off", *PHASES[phase], f"train.num_workers={4 if cuda else 1}"]
     base_env = {} if cuda else {"CUDA_VISIBLE_DEVICES": ""}
     batch = load_config(preset).train.batch_size
     rows, curves = [], {}
@@ -209,13 +219,13 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
             continue
         windows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         curves[run] = {w["step"]: w["loss"] for w in windows}
-        tflops = flops * row["images_per_s"] / 1e12
+        tflops = flops * row["images_per_s"] / 1e12 if flops else "n/a"
         rows.append({"run": run, "path": label, "device": name, "batch": big_batch if run == "fast-big" else batch,
-                     **row, "tflops": tflops, "mfu_pct": 100 * tflops * 1e12 / peak if peak else "n/a",
+                     **row, "tflops": tflops, "mfu_pct": 100 * tflops * 1e12 / peak if peak and flops else "n/a",
                      "second_half_loss": _late_mean(curves[run], 0.5), "last_tenth_loss": _late_mean(curves[run], 0.1),
                      **held_out_quality(out)})
         print(f"{label}: {row['images_per_s']:.1f} images/s, {row['wall_s']:.0f} s wall", flush=True)
-        write_json(f"train-paths-{device}", {"partial": True, "device": name, "rows": rows})  # kept if cut off
+        write_json(result_name(device, phase), {"partial": True, "device": name, "rows": rows})  # kept if cut off
     base = rows[0].get("images_per_s")
     for row in rows:
         if base and "images_per_s" in row:
@@ -238,8 +248,8 @@ def compare_paths(device: str, preset: str, steps: int, big_batch: int, tmp: Pat
             "first_step_over_1e-3": next((n + 1 for n, r in enumerate(rel) if r > 1e-3), "none") if rel else "n/a",
             "max_window_diff_pct": 100 * max(abs(curves[run][s] / curves["today"][s] - 1) for s in curves["today"]),
             "second_half_mean_diff_pct": 100 * (_late_mean(curves[run], 0.5) / _late_mean(curves["today"], 0.5) - 1)})
-    return {"device": name, "preset": preset, "steps": steps, "flops_per_image": flops, "peak_flops": peak,
-            "peak_source": peak_what, "rows": rows, "loss_curves": curves, "early_losses": early,
+    return {"device": name, "preset": preset, "phase": phase, "steps": steps, "flops_per_image": flops,
+            "peak_flops": peak, "peak_source": peak_what, "rows": rows, "loss_curves": curves, "early_losses": early,
             "early_steps": early_steps, "agreement": agreement}
 
 
@@ -271,8 +281,9 @@ def _late_mean(curve: dict[int, float], tail: float) -> float:
 
 def print_compare(result: dict) -> str:
     peak = f"{result['peak_flops'] / 1e12:.0f} TFLOP/s ({result['peak_source']})" if result["peak_flops"] else "n/a"
-    print(f"\n{result['preset']} preset on {result['device']}: {result['flops_per_image'] / 1e9:.1f} GFLOP per image "
-          f"and step (counted); MFU against {peak}")
+    flops = f"{result['flops_per_image'] / 1e9:.1f} GFLOP" if result["flops_per_image"] else "FLOPs not counted"
+    print(f"\n{result['preset']} preset on {result['device']}, {result.get('phase', 'joint')} phase: {flops} per "
+          f"image and step; MFU against {peak}")
     table = print_table(result["rows"], [
         ("path", "path"), ("batch", "batch"), ("images_per_s", "images/s"), ("speedup", "x today"),
         ("tflops", "TFLOP/s"), ("mfu_pct", "MFU %"), ("data_wait_pct", "data stall %"),
@@ -302,6 +313,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="the fast path's larger batch (default: 32 on cuda, 8 on cpu)")
     parser.add_argument("--runs", help=f"runs of --compare, today's first, from {','.join(RUNS)} (default: all; "
                         "fast-graphs only on cuda)")
+    parser.add_argument("--phase", choices=tuple(PHASES), default="joint",
+                        help="--compare: the training phase every step runs in (default: %(default)s)")
     parser.add_argument("--early-steps", type=int, default=30,
                         help="--compare: steps of the step-by-step loss comparison (0: none)")
     args = parser.parse_args()
@@ -316,9 +329,9 @@ def main() -> None:
             parser.error(f"--runs: today first, then any of {','.join(RUNS[1:])}")
         with tempfile.TemporaryDirectory() as tmp:
             result = compare_paths(args.compare, args.preset or ("paper" if cuda else "small"), args.steps,
-                                   args.batch or (32 if cuda else 8), Path(tmp), runs, args.early_steps)
+                                   args.batch or (32 if cuda else 8), Path(tmp), runs, args.early_steps, args.phase)
         result["table"] = print_compare(result)
-        write_json(f"train-paths-{args.compare}", result)
+        write_json(result_name(args.compare, args.phase), result)
         return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -112,7 +112,8 @@ def test_row4_resume_keeps_the_previous_export_until_the_new_one_and_warns_on_a_
     assert r.returncode == 0, r.stderr[-2000:]
     before = (out / "config.json").read_bytes()
     proc = subprocess.Popen([sys.executable, "-m", "cdc.train", "--shards", str(TINY_SHARD), "--output-dir", str(out),
-                             "--resume", "latest", "--max-steps", "100000", "--lmbda", "5", "train.sample_every=0"],
+                             "--resume", "latest", "--max-steps", "100000", "--lmbda", "5", "train.sample_every=0",
+                             "train.fast_path=off"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)

@@ -145,21 +145,23 @@ def test_golden_loss_curve(env, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_channels_last_run_follows_the_golden_curve(env, tmp_path):
+def test_fast_path_run_follows_the_golden_curve(env, tmp_path):
     """The fast path (the whole training forward and the loss compiled, NHWC memory) trains the same
     model: its 20 losses follow the eager curve (float rounding grows over the steps: two eager runs
     with 1 and 2 threads differ by 0.4 % at step 18), and its export is a normal model. Inductor's
     own random kernels draw other numbers than eager's (same distributions); ``compile_eager_rng``
-    makes the compiled run draw eager's, so that the curves compare step by step."""
+    makes the compiled run draw eager's, so that the curves compare step by step (fp32 here: bf16
+    autocast, which the fast path adds on CPUs that have it, rounds differently)."""
     out = tmp_path / "fast"
-    train(env, out, "--max-steps", "20", "train.compile=true", "train.channels_last=true",
-          "train.compile_eager_rng=true")
+    result = train(env, out, "--max-steps", "20", "train.fast_path=on", "train.mixed_precision=no",
+                   "train.compile_eager_rng=true")
+    assert "fast path on: compiled step, channels-last" in result.stdout
     curve = [losses(out)[s] for s in range(1, 21)]
     expected = json.loads((GOLDEN / "tiny_loss_curve.json").read_text())
     assert curve == pytest.approx(expected, rel=1e-2)
     from cdc.zoo.checkpoint import load_codec
 
-    assert load_codec(out).config.train.compile  # a plain checkpoint: no compiled-module key prefixes
+    assert load_codec(out).config.train.fast_path == "on"  # a plain checkpoint: no compiled-module key prefixes
 
 
 @pytest.mark.parametrize(
@@ -228,7 +230,8 @@ def test_resume_after_kill_9_is_exact(env, tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(env, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, TRAIN, "--preset", "tiny", "--shards", str(TINY_SHARD), "--output-dir", str(out),
-           "--max-steps", "100000", "train.checkpoint_every=100000", "train.sample_every=0"]
+           "--max-steps", "100000", "train.checkpoint_every=100000", "train.sample_every=0",
+           "train.fast_path=off"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "metrics.jsonl").exists():

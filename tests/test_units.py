@@ -81,6 +81,21 @@ def test_ema_copies_until_start_then_averages_every_n_steps():
     assert torch.equal(restored.shadow.weight, ema.shadow.weight) and not restored.shadow.weight.requires_grad
 
 
+def test_ema_warmup_lets_a_short_run_export_recent_weights():
+    model = nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.999, every=10, start=100, warmup=True)
+    assert ema.decay_at(110) == pytest.approx(2 / 11) and ema.decay_at(100 + 10 * 10_000) == 0.999
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema.update(model, 100)  # the copy at ``start``
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for step in range(101, 1901):
+        ema.update(model, step)
+    # without warm-up 0.999 ** 180 = 84 % of the shadow would still be the step-100 weights
+    assert ema.shadow.weight.item() > 0.99
+
+
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     """A real MLflow SQLite registry with three versions of known metrics (no artifacts needed)."""
@@ -181,3 +196,21 @@ def test_flags_and_a_job_file_make_the_same_run(tmp_path):
                            (["--job", str(tmp_path / "none.json")], "none.json: cannot read")]:
         r = subprocess.run([*train, *argv], capture_output=True, text=True, cwd=root, timeout=120)
         assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_fast_path_is_on_for_long_cpu_runs_only(monkeypatch):
+    from cdc.config import load_config
+    from cdc.training import distributed
+
+    def path(*overrides, cuda=False, bf16=True):
+        monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: bf16)
+        return distributed.step_path(load_config("small", list(overrides)).train, cuda=cuda)
+
+    short, long = "train.max_steps=1999", f"train.max_steps={distributed.FAST_PATH_MIN_STEPS}"
+    assert (path(short).compile, path(short).channels_last, path(short).mixed_precision) == (False, False, "auto")
+    assert (path(long).compile, path(long).channels_last, path(long).mixed_precision) == (True, True, "bf16")
+    assert path(long, bf16=False).mixed_precision == "auto"  # emulated bf16 would be slower
+    assert path(long, "train.mixed_precision=no").mixed_precision == "no"
+    assert not path(long, cuda=True).compile and "a GPU" in path(long, cuda=True).why
+    assert not path(long, "train.fast_path=off").compile and path(short, "train.fast_path=on").compile
+    assert path(short, "train.compile=true").compile and not path(short, "train.compile=true").channels_last

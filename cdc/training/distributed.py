@@ -14,11 +14,55 @@ Facts this module encodes (measured on the CPU dev machines):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from cdc.config import TrainConfig
+
+FAST_PATH_MIN_STEPS = 2000
+"""``train.fast_path=auto`` turns the fast path on for CPU runs of at least this many steps: the
+break-even of compiling each phase (0.5-1 min on 2 cores) in the autoencoder phase, whose steps it
+speeds up least."""
+
+
+@dataclass(frozen=True)
+class StepPath:
+    """How the training step runs: the resolved ``train.fast_path`` (see ``TrainConfig``)."""
+
+    compile: bool
+    channels_last: bool
+    mixed_precision: str  # "auto", "bf16" or "no": accelerate's setting, before make_accelerator resolves auto
+    why: str  # one line for the log
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 convolutions and matmuls natively (AVX-512-BF16 or AMX tiles)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without the probes: assume not (bf16 would be emulated, slower)
+        return False
+
+
+def step_path(tc: TrainConfig, cuda: bool | None = None) -> StepPath:
+    """Resolve ``tc.fast_path`` for this machine (``cuda``: None asks torch)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if tc.fast_path == "auto":
+        fast = not cuda and not using_deepspeed() and tc.max_steps >= FAST_PATH_MIN_STEPS
+        why = (f"fast path auto: {'on' if fast else 'off'} ("
+               f"{'a GPU' if cuda else 'DeepSpeed' if using_deepspeed() else f'{tc.max_steps} steps'})")
+    else:
+        fast, why = tc.fast_path == "on", f"fast path {tc.fast_path}"
+    bf16 = fast and not cuda and tc.mixed_precision == "auto" and cpu_has_native_bf16()
+    path = StepPath(tc.compile or fast, tc.channels_last or fast, "bf16" if bf16 else tc.mixed_precision, "")
+    autocast = path.mixed_precision == "bf16" or (path.mixed_precision == "auto" and cuda)
+    parts = [name for name, on in (("compiled step", path.compile), ("channels-last", path.channels_last),
+                                   ("bf16 autocast", autocast)) if on]
+    return dataclasses.replace(path, why=f"{why}: {', '.join(parts) or 'eager fp32 step'}")
 
 
 class LaunchError(RuntimeError):

@@ -33,6 +33,7 @@ from cdc.training.distributed import (
     check_world_size,
     make_accelerator,
     replica_checksums,
+    step_path,
     stop_unused_search,
     using_deepspeed,
 )
@@ -131,7 +132,8 @@ def _train(spec: RunSpec) -> dict:
     phased = (not fine_tune or tc.finetune_phases) and any(tc.phase_steps())
     # the autoencoder and decoder phases leave parts of the model without gradients: DDP must look
     # for them until the joint phase, where every parameter has one (see stop_unused_search)
-    accelerator = make_accelerator(tc.mixed_precision, out, tc.batch_size, tc.grad_clip, find_unused=bool(phased))
+    path = step_path(tc)
+    accelerator = make_accelerator(path.mixed_precision, out, tc.batch_size, tc.grad_clip, find_unused=bool(phased))
     searching_unused = bool(phased)
     check_world_size(accelerator.num_processes, spec.world_size)
     main = accelerator.is_main_process
@@ -147,16 +149,17 @@ def _train(spec: RunSpec) -> dict:
         spec.save(out / "run_spec.json")
     loss_fn = RateDistortionPerceptionLoss(cfg.loss, codec.diffusion).to(accelerator.device)
     on_cuda = accelerator.device.type == "cuda"
-    if tc.channels_last:
+    accelerator.print(f"cdc train: {path.why}")
+    if path.channels_last:
         codec.to(memory_format=torch.channels_last)
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # fixed crops: pick the fastest convolution algorithms once
     optimizer, scheduler = build_optimizer(codec, tc, fine_tune=fine_tune, world_size=accelerator.num_processes,
                                            fused=on_cuda)
-    ema = EMA(codec, tc.ema_decay, tc.ema_every, tc.ema_start)
+    ema = EMA(codec, tc.ema_decay, tc.ema_every, tc.ema_start, tc.ema_warmup)
     ema.shadow.to(accelerator.device)
-    graphed = tc.compile and tc.compile_mode == "reduce-overhead" and on_cuda
-    if tc.compile:  # in place (nn.Module.compile): parameter names, checkpoints and the EMA copy are unchanged
+    graphed = path.compile and tc.compile_mode == "reduce-overhead" and on_cuda
+    if path.compile:  # in place (nn.Module.compile): parameter names, checkpoints and the EMA copy are unchanged
         from torch._inductor import config as inductor_config
 
         inductor_config.fallback_random = tc.compile_eager_rng
@@ -181,6 +184,7 @@ def _train(spec: RunSpec) -> dict:
     tracker.log_params({**cfg.flat(), "launch.world_size": accelerator.num_processes,
                         "launch.distributed_type": str(accelerator.distributed_type),
                         "launch.mixed_precision": accelerator.mixed_precision, "launch.deepspeed": using_deepspeed(),
+                        "launch.compile": path.compile, "launch.channels_last": path.channels_last,
                         "launch.lr_scale": tc.lr_scale(accelerator.num_processes),
                         "init_from": spec.init_from or "", "shards": " ".join(spec.shards)})
     tracker.set_tags({"code_version": code_version(), "perceptual": cfg.loss.perceptual if cfg.loss.rho > 0 else "none",
@@ -198,7 +202,7 @@ def _train(spec: RunSpec) -> dict:
         while step < tc.max_steps:
             t0 = time.perf_counter()
             batch = unit_range(next(data_iter).to(accelerator.device, non_blocking=True))
-            if tc.channels_last:
+            if path.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             watchdog.fed()
             window["wait"] += time.perf_counter() - t0
