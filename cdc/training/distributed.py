@@ -14,7 +14,6 @@ Facts this module encodes (measured on the CPU dev machines):
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shlex
 from dataclasses import dataclass
@@ -57,12 +56,13 @@ def step_path(tc: TrainConfig, cuda: bool | None = None) -> StepPath:
                f"{'a GPU' if cuda else 'DeepSpeed' if using_deepspeed() else f'{tc.max_steps} steps'})")
     else:
         fast, why = tc.fast_path == "on", f"fast path {tc.fast_path}"
+    compiled, channels_last = tc.compile or fast, tc.channels_last or fast
     bf16 = fast and not cuda and tc.mixed_precision == "auto" and cpu_has_native_bf16()
-    path = StepPath(tc.compile or fast, tc.channels_last or fast, "bf16" if bf16 else tc.mixed_precision, "")
-    autocast = path.mixed_precision == "bf16" or (path.mixed_precision == "auto" and cuda)
-    parts = [name for name, on in (("compiled step", path.compile), ("channels-last", path.channels_last),
+    mixed = "bf16" if bf16 else tc.mixed_precision
+    autocast = mixed == "bf16" or (mixed == "auto" and cuda)
+    parts = [name for name, on in (("compiled step", compiled), ("channels-last", channels_last),
                                    ("bf16 autocast", autocast)) if on]
-    return dataclasses.replace(path, why=f"{why}: {', '.join(parts) or 'eager fp32 step'}")
+    return StepPath(compiled, channels_last, mixed, f"{why}: {', '.join(parts) or 'eager fp32 step'}")
 
 
 class LaunchError(RuntimeError):
