@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 from common import print_table, write_json
+from recipes import held_out_images
 from train import TrainingFailed, _late_mean, run_training
 
-REPO = Path(__file__).resolve().parents[1]
 RUNS = {
     "as-published": ("train.ema_warmup=false",),
     "lr5e-5": ("train.lr=5e-5",),
@@ -82,9 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paper_recipe: error: {shards}: no shard manifest (python -m shards.photocorpus -o runs/photos)",
               file=sys.stderr)
         return 2
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from recipes import held_out_images
-
     images = held_out_images(str(shards), args.images)
     common = [f"train.crop={args.crop}", f"train.batch_size={args.batch}", "loss.rho=0",
               f"train.autoencoder_fraction={args.autoencoder_fraction}"]
