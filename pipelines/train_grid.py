@@ -170,8 +170,7 @@ def train_grid(
             path, metrics = evaluated.result()
             results.append(CellResult(cell, str(cell_dir), {eval_dataset: metrics}, path))
         except Exception as exc:  # a failed cell is reported, never fatal
-            lines = [line for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
-            failures[cell.label] = lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}"
+            failures[cell.label] = failure_reason(exc)
             logger.error(f"{cell.label}: failed after {attempts[cell.label]} attempt(s): {failures[cell.label]}")
     registered = register_grid([r.trained_model() for r in results], eval_dataset, experiment, settings)
     summary = summarize(plan.cells, plan.skipped, registered, failures, eval_dataset, baseline_files.result(), out)
@@ -194,6 +193,20 @@ def _start(model: str) -> tuple[str, Path]:
 
     path = resolve_model(model)
     return read_checkpoint_info(path)["fingerprint"][:16], path
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed cell in one line: the exception's first line and the log's telling line.
+
+    The telling line is the run's own one-line error (``cdc ...: error: ...``) where the log's tail
+    has one, else its last line: a run that ends itself (a data watchdog, a bad input) can be
+    followed in the log by what its end set off in other processes (loader workers going down).
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
+    if len(lines) == 1:
+        return lines[0]
+    own = [line for line in lines[1:] if line.startswith("cdc ") and ": error:" in line]
+    return f"{lines[0]}: {(own or lines)[-1]}"
 
 
 def _attempts(future) -> int:

@@ -164,6 +164,21 @@ def test_local_launcher_commands_and_failure_report(tmp_path):
     assert RunSpec.load(spec_file) == job.spec  # what the trainer read
 
 
+def test_a_failed_cell_is_reported_by_its_own_error_line():
+    from pipelines.launchers import LaunchFailed
+    from pipelines.train_grid import failure_reason
+
+    tail = ["cdc train: fast path auto: off (10 steps): eager fp32 step",
+            "cdc train: error: s.tar: no training batch for 1e-06 s (train.data_timeout_s); --resume latest ...",
+            "Exception ignored in: <function _ConnectionBase.__del__>", "BrokenPipeError: [Errno 32] Broken pipe"]
+    assert failure_reason(LaunchFailed("cell: exit status 3\n" + "\n".join(tail))) == (
+        "cell: exit status 3: cdc train: error: s.tar: no training batch for 1e-06 s (train.data_timeout_s); "
+        "--resume latest ...")
+    plain = LaunchFailed("cell: exit status 1\nTraceback\nValueError: x")
+    assert failure_reason(plain) == "cell: exit status 1: ValueError: x"
+    assert failure_reason(RuntimeError("one line")) == "one line" and failure_reason(RuntimeError()) == "RuntimeError"
+
+
 def test_flags_and_a_job_file_make_the_same_run(tmp_path):
     import json
     import subprocess
