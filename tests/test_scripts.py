@@ -26,6 +26,9 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     ("scripts/demo.py", ["--fersh"], "unrecognized arguments: --fersh"),
     ("scripts/train_family.py", ["--only", "small-q9"], "--only: no member small-q9"),
     ("scripts/train_family.py", ["--only"], "argument --only: expected at least one argument"),
+    ("scripts/train_family_gpu.py", ["train", "--shards", "s", "--out", "o", "--members", "small-q1-perceptual"],
+     "--members: no distortion member small-q1-perceptual"),
+    ("scripts/train_family_gpu.py", ["compare", "tests/assets"], "tests/assets: no gpu-family-raw.json"),
     ("benchmarks/capacity.py", ["--quick", "--budget-min", "-1"], "argument --budget-min: -1 is outside"),
     ("benchmarks/capacity.py", ["--quick", "--shares", "nan", "0", "0"], "argument --shares: nan is outside"),
     ("benchmarks/capacity.py", ["--quick", "--limit", "-5"], "argument --limit: -5 is outside"),
@@ -37,7 +40,8 @@ def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "benchmarks/capacity.py"])
+@pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "scripts/train_family_gpu.py",
+                                    "benchmarks/capacity.py"])
 def test_scripts_explain_their_arguments(script):
     r = _run(script, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
@@ -109,3 +113,37 @@ def test_a_scripts_prefect_server_goes_with_it_even_after_kill_9(tmp_path):
         time.sleep(0.5)
     else:
         pytest.fail(f"the Prefect server at {url} outlived its script")
+
+
+@pytest.mark.slow
+def test_family_fine_tune_on_a_budget_returns_members_and_compares_them(tmp_path):
+    """Both halves of ``train_family_gpu.py`` (here on the CPU, a few steps): the train half exports a
+    loadable member with its record; the compare half measures it beside the shipped one."""
+    from conftest import photo
+    from PIL import Image
+
+    from shards.build import build
+    from shards.process import BuildConfig
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(photo("astronaut", (256 + 16 * i, 320))).save(src / f"{i}.png")
+    build([str(src)], tmp_path / "shards", BuildConfig(split_val=0.4))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(), "CDC_DATA": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "train_family_gpu.py"), "train", "--shards",
+                        str(tmp_path / "shards"), "--members", "small-q0", "--first-steps", "4", "--batch", "2",
+                        "--workers", "0", "--work", str(tmp_path / "work"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    raw = json.loads((out / "gpu-family-raw.json").read_text())
+    assert list(raw["members"]) == ["small-q0"] and raw["members"]["small-q0"]["steps"] == 4
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "train_family_gpu.py"), "compare", str(out),
+                        "--shards", str(tmp_path / "shards"), "--limit", "1", "--results", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    row = result["members"][0]
+    assert row["name"] == "small-q0" and row["shipped"]["bpp"] > 0 and row["tuned"]["psnr-rgb"] > 10
+    assert "| `small-q0` | 0.09 | 4 |" in r.stdout
