@@ -1,14 +1,20 @@
 """Prefect flow ``shard-corpus``: image corpus -> verified WebDataset shards + manifest.
 
 The flow runs the same stages as ``python -m shards build`` (``shards.build.build``); only the
-mapper differs: each chunk of inputs and each shard is a Prefect task, retried on transient I/O
-errors, and the ``runner`` parameter says where the tasks run:
+mapper differs. Each chunk of inputs and each shard is one unit of work, retried on transient I/O
+errors, and the ``runner`` parameter says where it runs:
 
-* ``threads`` (default): threads of the flow's process (image decoding holds the GIL part of the time);
+* ``threads`` (default): Prefect tasks on threads of the flow's process (image decoding holds the GIL
+  part of the time);
 * ``dask``: a Dask cluster (``prefect-dask``): ``workers`` local worker processes, or the running
   scheduler at ``dask_address``;
 * ``slurm``: Dask workers as Slurm jobs (``dask-jobqueue``'s ``SLURMCluster``), one per job, with
   ``slurm_options`` such as ``queue``, ``account``, ``cores``, ``memory``, ``walltime``.
+
+On a Dask cluster the units go to the cluster's client as plain Dask tasks, not as Prefect tasks. A
+Prefect task run per chunk costs the flow's process memory for every chunk until the cluster closes,
+and the Prefect server one task run per chunk. At a million chunks both are too much, and Dask
+already reschedules work lost with a worker. ``benchmarks/scale.py`` measures both.
 
 The output must be on a filesystem every worker shares. A rerun resumes: complete chunks and
 verified shards are skipped, so retries and restarts are cheap; every runner writes the same bytes.
@@ -20,6 +26,9 @@ verified shards are skipped, so retries and restarts are cheap; every runner wri
 from __future__ import annotations
 
 import inspect
+import pickle
+import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
@@ -73,15 +82,40 @@ def make_task_runner(runner: str, workers: int, dask_address: str | None = None,
     return DaskTaskRunner(cluster_class="dask_jobqueue.SLURMCluster", cluster_kwargs={**options, "n_workers": workers})
 
 
+def run_packed(payload: bytes):
+    """Run a pickled ``(fn, item, args)`` on a Dask worker, retrying a failure after each of
+    ``RETRY_DELAYS`` seconds (transient storage errors), as the Prefect tasks do.
+
+    The arguments travel pickled because the scheduler unpickles a task's arguments into objects and
+    keeps them; one bytes object per task keeps that small.
+    """
+    fn, item, args = pickle.loads(payload)
+    for delay in RETRY_DELAYS:
+        try:
+            return fn(item, *args)
+        except Exception as exc:  # what a Prefect task retries: any failure
+            print(f"shard-corpus: {fn.__name__} failed ({exc}); trying again in {delay} s", file=sys.stderr)
+            time.sleep(delay)
+    return fn(item, *args)
+
+
 def runner_map(runner: TaskRunner, window: int) -> Callable[..., Iterator]:
-    """A mapper for ``shards.build.build`` that submits ``fn`` as a Prefect task to ``runner``,
-    at most ``window`` at a time (the inputs are consumed lazily), and yields the results in order."""
+    """A mapper for ``shards.build.build`` that runs ``fn`` on ``runner``, at most ``window`` at a time
+    (the inputs are consumed lazily), and yields the results in order: Prefect tasks on a thread
+    runner, plain Dask tasks on a Dask one (see the module's docstring)."""
+    from prefect_dask import DaskTaskRunner
 
     def mapper(fn: Callable, items: Iterable, *args) -> Iterator:
         names = list(inspect.signature(fn).parameters)
+
+        def submit(item):
+            if isinstance(runner, DaskTaskRunner):
+                return runner.client.submit(run_packed, pickle.dumps((fn, item, args)), pure=False)
+            return runner.submit(_TASKS[fn], dict(zip(names, (item, *args), strict=True)))
+
         pending: deque = deque()
         for item in items:
-            pending.append(runner.submit(_TASKS[fn], dict(zip(names, (item, *args), strict=True))))
+            pending.append(submit(item))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:

@@ -70,3 +70,31 @@ def test_runner_parameters_are_checked_before_any_work(tmp_path):
                           (("slurm", 2, "tcp://127.0.0.1:8786"), "dask_address needs runner='dask'")):
         with pytest.raises(ValueError, match=message):
             make_task_runner(*args)
+
+
+
+_CALLS: list[int] = []
+
+
+def _flaky_times(item: int, factor: int) -> int:
+    """Fails twice, then works (a transient storage error)."""
+    _CALLS.append(item)
+    if len(_CALLS) < 3:
+        raise ConnectionError("simulated transient storage error")
+    return item * factor
+
+
+def test_dask_units_retry_transient_errors_and_give_up_with_the_last(monkeypatch, capsys):
+    import pickle
+
+    import pipelines.shard_corpus as flow
+
+    monkeypatch.setattr(flow, "RETRY_DELAYS", [0, 0])
+    _CALLS.clear()
+    assert flow.run_packed(pickle.dumps((_flaky_times, 7, (2,)))) == 14 and len(_CALLS) == 3
+    assert capsys.readouterr().err.count("_flaky_times failed (simulated transient storage error); trying again") == 2
+    _CALLS.clear()
+    monkeypatch.setattr(flow, "RETRY_DELAYS", [0])
+    with pytest.raises(ConnectionError, match="simulated"):
+        flow.run_packed(pickle.dumps((_flaky_times, 7, (2,))))
+    assert len(_CALLS) == 2
