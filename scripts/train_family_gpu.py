@@ -1,6 +1,6 @@
 """The family's distortion members fine-tuned on one GPU at a larger batch, and compared with the shipped ones.
 
-Two halves, because a lent GPU machine has a short time budget and no network:
+Two halves, because a GPU machine is often held for minutes and has no network:
 
     # on the GPU machine: fine-tune each member from its shipped weights within the budget
     python scripts/train_family_gpu.py train --shards DATA --budget-s 400 --out OUT
