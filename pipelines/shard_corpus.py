@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
+import dask
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -86,8 +87,9 @@ def run_packed(payload: bytes):
     """Run a pickled ``(fn, item, args)`` on a Dask worker, retrying a failure after each of
     ``RETRY_DELAYS`` seconds (transient storage errors), as the Prefect tasks do.
 
-    The arguments travel pickled because the scheduler unpickles a task's arguments into objects and
-    keeps them; one bytes object per task keeps that small.
+    The arguments travel pickled, as one bytes object: the in-process scheduler unpickles a task's
+    arguments into objects, and a shard plan is thousands of them (measured: the flow's process grows
+    half as fast per image this way).
     """
     fn, item, args = pickle.loads(payload)
     for delay in RETRY_DELAYS:
@@ -168,7 +170,13 @@ def shard_corpus(
     cfg = BuildConfig(max_count=max_count, max_bytes=max_bytes, split_val=split_val, min_side=min_side,
                       max_pixels=max_pixels, policy=policy, resize_shorter=resize_shorter, max_shorter=max_shorter,
                       patch_size=patch_size, chunk_size=chunk_size)
-    with make_task_runner(runner, workers, dask_address, slurm_options) as task_runner:
+    # Dask keeps the last 1,000 messages of every stream for debugging, each with its task's arguments:
+    # megabytes of shard plans in the flow's process (client and in-process scheduler) for nothing.
+    # Importing distributed first loads the defaults that this setting joins.
+    import distributed  # noqa: F401
+
+    with dask.config.set({"distributed.admin.low-level-log-length": 0}), \
+            make_task_runner(runner, workers, dask_address, slurm_options) as task_runner:
         print(f"shard-corpus: tasks on {runner} ({workers} worker(s){f' at {dask_address}' if dask_address else ''})")
         manifest = build(sources, output, cfg, mapper=runner_map(task_runner, 2 * workers), keep_staging=keep_staging)
     totals = manifest.totals()
