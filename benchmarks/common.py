@@ -77,6 +77,22 @@ def photo(width: int = 768, height: int = 512, name: str = "china") -> torch.Ten
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255
 
 
+def photo_sets(shards: str | None, limit: int) -> dict[str, list[np.ndarray]]:
+    """Named lists of H x W x 3 uint8 photos: scikit-learn's two sample photos (a package none of the
+    photo corpus's training photos comes from) and, with ``shards``, the first ``limit`` photos of that
+    shard build's held-out (``val``) split (all of them at 0)."""
+    from sklearn.datasets import load_sample_image
+
+    sets = {"scikit-learn's photos (china, flower)": [load_sample_image(f"{n}.jpg") for n in ("china", "flower")]}
+    if shards:
+        from cdc.evaluation.datasets import load_eval_image, shard_split_images
+
+        files = shard_split_images(shards, "val")
+        files = files[:limit] if limit else files
+        sets[f"held-out split of {Path(shards).name}"] = [np.asarray(load_eval_image(f, "full")) for f in files]
+    return sets
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB between two images in [0, 1], measured on 8-bit rounded values."""
     a8, b8 = (a.cpu().clamp(0, 1) * 255).round(), (b.cpu().clamp(0, 1) * 255).round()

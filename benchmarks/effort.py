@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import print_table, write_json
+from common import photo_sets, print_table, write_json
 
 from cdc.argtypes import number
 from cdc.coding.coder import Coder
@@ -31,20 +30,6 @@ from cdc.zoo.checkpoint import load_codec
 from cdc.zoo.pretrained import available, family
 
 REFERENCE_PIXELS = 768 * 512
-
-
-def photo_sets(shards: str | None, limit: int) -> dict[str, list[np.ndarray]]:
-    """Named lists of H x W x 3 uint8 photos."""
-    from sklearn.datasets import load_sample_image
-
-    sets = {"scikit-learn's photos (china, flower)": [load_sample_image(f"{n}.jpg") for n in ("china", "flower")]}
-    if shards:
-        from cdc.evaluation.datasets import load_eval_image, shard_split_images
-
-        files = shard_split_images(shards, "val")
-        files = files[:limit] if limit else files
-        sets[f"held-out split of {Path(shards).name}"] = [np.asarray(load_eval_image(f, "full")) for f in files]
-    return sets
 
 
 def measure(coders: dict[str, Coder], photos: list[np.ndarray]) -> list[dict]:

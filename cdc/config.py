@@ -258,6 +258,11 @@ class TrainConfig:
         freeze_latent_fraction: second phase, fraction of ``max_steps``: the decoder (context
             decoder, U-Net, g_s) trains on the frozen latent (g_a and the entropy model get no
             gradient); then everything trains jointly. Skipped by ``--init-from``.
+        one_step_fraction: share of the steps, in [0, 1], spread evenly over the run, trained at
+            the input of the one-step deterministic decode (1 DDIM step, γ = 0: t = T - 1 from the
+            start state x_T = 0) instead of a noised image at a uniform random t (0: the paper).
+            The perceptual term then shapes the image users decode, not x0 estimates at random t.
+            The autoencoder phase runs no diffusion and ignores it.
         finetune_phases: run the two phases above in a fine-tune too (``--init-from``): a new λ or a
             new corpus first refits the latent at the autoencoder's cheap steps, then the U-Net
             adapts to it (how the shipped family derives its rates, ``scripts/train_family.py``).
@@ -318,6 +323,7 @@ class TrainConfig:
     mixed_precision: MixedPrecision = "auto"
     autoencoder_fraction: float = 0.0
     freeze_latent_fraction: float = 0.0
+    one_step_fraction: float = 0.0
     finetune_lr: float | None = None
     finetune_phases: bool = False
     skip_bad_shards: bool = False
@@ -357,6 +363,7 @@ class TrainConfig:
         _check(self.autoencoder_fraction >= 0 and self.freeze_latent_fraction >= 0
                and self.autoencoder_fraction + self.freeze_latent_fraction <= 1,
                "train.autoencoder_fraction and train.freeze_latent_fraction must be >= 0 with a sum <= 1")
+        _check(0 <= self.one_step_fraction <= 1, "train.one_step_fraction must be in [0, 1]")
 
     def lr_scale(self, world_size: int) -> float:
         """Factor on ``lr`` for a run with ``world_size`` processes (see ``lr_scaling``)."""

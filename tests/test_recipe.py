@@ -6,7 +6,7 @@ from conftest import photo_tensor, tiny_codec
 
 from cdc.config import ConfigError, load_config
 from cdc.training.losses import RateDistortionPerceptionLoss
-from cdc.training.phases import training_phase
+from cdc.training.phases import one_step_inputs, training_phase
 
 
 def _batch(size: int = 64) -> torch.Tensor:
@@ -33,6 +33,7 @@ def test_presets_default_to_the_fast_recipe_and_paper_recipe_restores_the_offici
     (["loss.aux_mse=0"], "train.autoencoder_fraction needs loss.aux_mse"),
     (["train.autoencoder_fraction=0.8", "train.freeze_latent_fraction=0.3"], "sum <= 1"),
     (["diffusion.snr_floor=6"], "snr_floor must be in"),
+    (["train.one_step_fraction=1.5"], "one_step_fraction must be in"),
     (["model.analysis=vit"], "model.analysis must be one of"),
 ])
 def test_inconsistent_recipes_are_refused_naming_the_key(overrides, message):
@@ -46,6 +47,36 @@ def test_training_phases_follow_the_fractions_and_a_fine_tune_is_joint():
     phases = [training_phase(s, tc) for s in range(100)]
     assert phases == ["autoencoder"] * 30 + ["decoder"] * 20 + ["joint"] * 50
     assert {training_phase(s, tc, fine_tune=True) for s in range(100)} == {"joint"}
+
+
+def test_one_step_steps_are_spread_evenly_and_feed_the_one_step_decodes_input():
+    batch = _batch()
+    for fraction, expected in ((0.0, []), (0.25, [3, 7, 11, 15]), (1.0, list(range(16)))):
+        tc = load_config("tiny", [f"train.one_step_fraction={fraction}"]).train
+        assert [s for s in range(16) if one_step_inputs(s, tc, 1000, batch)] == expected
+    inputs = one_step_inputs(0, load_config("tiny", ["train.one_step_fraction=1"]).train, 1000, batch)
+    assert inputs["t"].tolist() == [999, 999] and not inputs["x_t"].any() and inputs["x_t"].shape == batch.shape
+
+
+@pytest.mark.parametrize("prediction", ["sample", "v"])
+def test_a_one_step_training_pass_computes_the_one_step_decode(prediction):
+    codec = tiny_codec(overrides=(f"diffusion.prediction={prediction}",)).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # a U-Net that adds something: at initialisation its correction is zero
+        for p in codec.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = photo_tensor(size=(64, 64))
+    t = torch.full((1,), codec.diffusion.timesteps - 1)
+    with torch.no_grad():
+        out = codec(x, t=t, x_t=torch.zeros_like(x))
+        decoded = codec.reconstruct(codec.compress(x)["y_hat"], steps=1, gamma=0.0)
+        noised = codec(x, t=t)
+    assert torch.allclose(out["x0_pred"].clamp(-1, 1), decoded, atol=1e-4)
+    assert not torch.allclose(noised["x0_pred"].clamp(-1, 1), decoded, atol=1e-3)
+    # the regression target is the output the clean image implies at that input
+    assert torch.allclose(codec.diffusion.to_x0_eps(out["target"], torch.zeros_like(x), t)[0], out["x0"], atol=1e-4)
+    with pytest.raises(ValueError, match="needs its timesteps"):
+        codec(x, x_t=torch.zeros_like(x))
 
 
 def test_snr_floor_weights_high_noise_steps():

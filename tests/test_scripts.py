@@ -34,6 +34,10 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     ("benchmarks/capacity.py", ["--quick", "--limit", "-5"], "argument --limit: -5 is outside"),
     ("benchmarks/capacity.py", ["--quick", "--threads", "0"], "argument --threads: 0 is outside"),
     ("benchmarks/capacity.py", ["--quick", "--shards", "tests/assets/nothing"], "no shard manifest"),
+    ("benchmarks/perceptual_decoder.py", ["--shards", "s", "--variants", "1.5:stlpips-alex"],
+     "--variants: each ρ must be in (0, 1]"),
+    ("benchmarks/perceptual_decoder.py", ["--shards", "s", "--variants", "0.9:resnet"], "each network one of"),
+    ("benchmarks/perceptual_decoder.py", ["--shards", "s", "--variants", "0.9"], "is not a comma-separated list"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
     r = _run(script, *args)
@@ -41,7 +45,7 @@ def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
 
 
 @pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "scripts/train_family_gpu.py",
-                                    "benchmarks/capacity.py"])
+                                    "benchmarks/capacity.py", "benchmarks/perceptual_decoder.py"])
 def test_scripts_explain_their_arguments(script):
     r = _run(script, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr

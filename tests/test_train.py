@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import GOLDEN, REGENERATE, REPO, photo
 
 from cdc.config import ConfigError, load_config
 from cdc.training.distributed import LaunchError, check_world_size
 from cdc.training.phases import lr_factor
+from cdc.zoo.checkpoint import load_codec
 
 TINY_SHARD = REPO / "tests" / "assets" / "tiny-shard"
 TRAIN = str(REPO / "cdc" / "train.py")
@@ -204,6 +206,15 @@ def test_warmup_then_finetune(env, tmp_path):
     train(env, fine, "--max-steps", "4", "--lmbda", "0.05", "--rho", "0.9", "--init-from", str(warm))
     meta = json.loads((fine / "config.json").read_text())["metadata"]
     assert meta["init_from"] == str(warm) and meta["lmbda"] == 0.05
+    # a perceptual decoder on the frozen latent, trained at the one-step decode's input: the same bits
+    decoder = tmp_path / "decoder"
+    train(env, decoder, "--max-steps", "4", "--lmbda", "0.05", "--rho", "0.9", "--init-from", str(warm),
+          "train.finetune_phases=true", "train.autoencoder_fraction=0", "train.freeze_latent_fraction=1",
+          "train.one_step_fraction=0.5")
+    before, after = (dict(load_codec(m).named_parameters()) for m in (warm, decoder))
+    changed = {name.split(".")[0] for name, p in before.items()
+               if not name.endswith("quantiles") and not torch.equal(p, after[name])}
+    assert "unet" in changed and not changed & {"g_a", "entropy"}, changed
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ class CDCCodec(CompressionModel):
     PHASES = ("joint", "decoder", "autoencoder")
 
     def forward(self, x: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                phase: str = "joint") -> dict[str, Tensor]:
+                phase: str = "joint", x_t: Tensor | None = None) -> dict[str, Tensor]:
         """One training/evaluation pass at a random timestep (no sampling chain).
 
         Args:
@@ -96,6 +96,10 @@ class CDCCodec(CompressionModel):
             phase: ``joint`` (everything trains), ``decoder`` (g_a and the entropy model run
                 without gradients: the latent is frozen) or ``autoencoder`` (no diffusion: only
                 the auxiliary reconstruction; needs ``model.aux_synthesis``).
+            x_t: the denoiser's input itself, in [-1, 1] scale (B, 3, H, W), instead of
+                ``q_sample(x0, t, noise)``: e.g. the sampler's start state at t = T - 1, which trains
+                exactly what a one-step decode computes (needs ``t``; ``noise`` is unused and the
+                regression target is the output that x0 implies at ``x_t``).
 
         Returns:
             ``likelihoods``: {"y", "z"}; ``x0``: the clean image in [-1, 1]; ``aux_loss``: the
@@ -125,14 +129,20 @@ class CDCCodec(CompressionModel):
                 raise ValueError("the autoencoder phase needs model.aux_synthesis")
             return {**out, "x_hat": (x_aux + 1) / 2}
         pyramid = self.context(y_hat)
+        if x_t is not None and t is None:
+            raise ValueError("a given x_t needs its timesteps t")
         if t is None:
             t = self.diffusion.sample_timesteps(x.shape[0], x.device)
-        if noise is None:  # drawn in NCHW order (randn_like follows memory order): same noise in either layout
-            noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device).to(memory_format=_layout(x0))
-        x_t = self.diffusion.q_sample(x0, t, noise)
+        if x_t is None:
+            if noise is None:  # drawn in NCHW order (randn_like follows memory order): same noise in either layout
+                noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device).to(memory_format=_layout(x0))
+            x_t = self.diffusion.q_sample(x0, t, noise)
+            target = self.diffusion.target(x0, noise, t)
+        else:  # the output that x0 implies at this x_t (x0 itself for the sample parameterization)
+            target = self.diffusion.from_x0(x0, x_t, t)
         output = self._predict(self.unet, x_t, t, pyramid, x_aux)
         x0_pred, _ = self.diffusion.to_x0_eps(output, x_t, t)
-        return {**out, "x_hat": (x0_pred + 1) / 2, "output": output, "target": self.diffusion.target(x0, noise, t),
+        return {**out, "x_hat": (x0_pred + 1) / 2, "output": output, "target": target,
                 "t": t, "x0_pred": x0_pred}
 
     def _predict(self, unet: ConditionalUNet, x_t: Tensor, t: Tensor, pyramid: list, x_aux: Tensor | None,

@@ -4,7 +4,8 @@
   ``quantiles`` train in their own parameter group at 10x the learning rate (CompressAI trains
   them with a separate 1e-3 optimizer; an equal-LR group would leave the medians behind).
 * Training phases (the fast-start recipe, chosen by ``benchmarks/recipes.py``): an MSE
-  autoencoder phase for the latent, a decoder phase on the frozen latent, then joint training.
+  autoencoder phase for the latent, a decoder phase on the frozen latent, then joint training;
+  optionally some steps at the one-step decode's own input (``one_step_inputs``).
 * Learning-rate schedule: linear warm-up, then ``decay ** (step // decay_every)`` with a floor.
   The official code's decay (``scheduler.step()`` every iteration after 100k steps, so the LR hits
   its floor within a few steps) reads like a bug; we apply the decay once every ``decay_every``
@@ -43,6 +44,20 @@ def training_phase(step: int, tc: TrainConfig, fine_tune: bool = False) -> str:
     if (fine_tune and not tc.finetune_phases) or step >= autoencoder + frozen:
         return "joint"
     return "autoencoder" if step < autoencoder else "decoder"
+
+
+def one_step_inputs(step: int, tc: TrainConfig, timesteps: int, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The codec ``forward`` keywords of optimizer step ``step`` (0-based) for ``tc.one_step_fraction``.
+
+    A one-step step feeds the deterministic one-step decode's input (t = T - 1, x_T = 0: DDIM's
+    start state ``gamma * N(0, I)`` at gamma = 0) instead of a noised image at a random t; those steps
+    are spread evenly (a fraction of 1/4 makes every 4th step one). Other steps get ``{}``.
+    """
+    fraction = tc.one_step_fraction
+    if fraction <= 0 or int((step + 1) * fraction) == int(step * fraction):
+        return {}
+    t = torch.full((batch.shape[0],), timesteps - 1, dtype=torch.long, device=batch.device)
+    return {"t": t, "x_t": torch.zeros_like(batch)}
 
 
 def build_optimizer(codec: CDCCodec, tc: TrainConfig, fine_tune: bool = False, world_size: int = 1,

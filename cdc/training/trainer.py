@@ -39,7 +39,7 @@ from cdc.training.distributed import (
 )
 from cdc.training.ema import EMA
 from cdc.training.losses import RateDistortionPerceptionLoss
-from cdc.training.phases import build_optimizer, log_samples, shards_fingerprint, training_phase
+from cdc.training.phases import build_optimizer, log_samples, one_step_inputs, shards_fingerprint, training_phase
 from cdc.training.run_spec import RunSpec
 from cdc.training.state import DataWatchdog, Preemption, checkpoint_dirs, resume, save_checkpoint
 from cdc.zoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_codec, save_codec
@@ -213,7 +213,7 @@ def _train(spec: RunSpec) -> dict:
             if graphed:  # the last step's graph outputs are dead: their memory may be reused
                 torch.compiler.cudagraph_mark_step_begin()
             with accelerator.autocast():
-                outputs = codec(batch, phase=phase)
+                outputs = codec(batch, phase=phase, **one_step_inputs(step, tc, raw.diffusion.timesteps, batch))
                 terms = loss_fn(outputs, num_pixels=tc.crop * tc.crop)
                 total = terms["loss"] + outputs["aux_loss"]
             accelerator.backward(total)
