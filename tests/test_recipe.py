@@ -34,6 +34,7 @@ def test_presets_default_to_the_fast_recipe_and_paper_recipe_restores_the_offici
     (["train.autoencoder_fraction=0.8", "train.freeze_latent_fraction=0.3"], "sum <= 1"),
     (["diffusion.snr_floor=6"], "snr_floor must be in"),
     (["train.one_step_fraction=1.5"], "one_step_fraction must be in"),
+    (["train.entropy_fraction=-0.1"], "entropy_fraction must be in"),
     (["model.analysis=vit"], "model.analysis must be one of"),
 ])
 def test_inconsistent_recipes_are_refused_naming_the_key(overrides, message):
@@ -47,6 +48,11 @@ def test_training_phases_follow_the_fractions_and_a_fine_tune_is_joint():
     phases = [training_phase(s, tc) for s in range(100)]
     assert phases == ["autoencoder"] * 30 + ["decoder"] * 20 + ["joint"] * 50
     assert {training_phase(s, tc, fine_tune=True) for s in range(100)} == {"joint"}
+    tc = load_config("tiny", ["train.max_steps=100", "train.autoencoder_fraction=0.3",
+                              "train.freeze_latent_fraction=0.2", "train.entropy_fraction=0.1"]).train
+    phases = [training_phase(s, tc) for s in range(100)]
+    assert phases == ["autoencoder"] * 30 + ["decoder"] * 20 + ["joint"] * 40 + ["entropy"] * 10
+    assert [training_phase(s, tc, fine_tune=True) for s in range(100)] == ["joint"] * 90 + ["entropy"] * 10
 
 
 def test_one_step_steps_are_spread_evenly_and_feed_the_one_step_decodes_input():
@@ -104,6 +110,19 @@ def test_autoencoder_phase_trains_only_the_latent_path_with_the_noise_proxy():
     codec.eval()
     y_eval, _ = codec.entropy(y, noise=True)  # never in eval: decoding is always integers
     assert torch.equal(y_eval, y_round)
+
+
+def test_entropy_phase_fits_only_the_entropy_model_to_the_rate():
+    codec = tiny_codec().train()
+    out = codec(_batch(), phase="entropy")
+    assert set(out) == {"likelihoods", "x0", "aux_loss"}  # nothing downstream of the latent runs
+    terms = RateDistortionPerceptionLoss(codec.config.loss, codec.diffusion)(out, 64 * 64)
+    assert terms["loss"].item() == pytest.approx(codec.config.loss.lmbda * terms["bpp"].item())
+    assert terms["aux_mse"] == 0 and terms["diffusion"] == 0
+    (terms["loss"] + out["aux_loss"]).backward()
+    trained = {name.split(".")[0] for name, p in codec.named_parameters() if p.grad is not None}
+    assert trained == {"entropy"}
+    assert any(p.grad.abs().sum() > 0 for p in codec.entropy.parameters() if p.grad is not None)
 
 
 def test_decoder_phase_freezes_the_latent():

@@ -38,6 +38,10 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
      "--variants: each ρ must be in (0, 1]"),
     ("benchmarks/perceptual_decoder.py", ["--shards", "s", "--variants", "0.9:resnet"], "each network one of"),
     ("benchmarks/perceptual_decoder.py", ["--shards", "s", "--variants", "0.9"], "is not a comma-separated list"),
+    ("benchmarks/context_model.py", ["--shards", "tests/assets/tiny-shard", "--members", "small-q1-perceptual"],
+     "--members: no distortion member small-q1-perceptual"),
+    ("benchmarks/context_model.py", ["--shards", "tests/assets/nothing"], "tests/assets/nothing: no shard manifest"),
+    ("benchmarks/context_model.py", ["--shards", "s", "--steps", "0"], "argument --steps: 0 is outside"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
     r = _run(script, *args)
@@ -45,7 +49,8 @@ def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
 
 
 @pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "scripts/train_family_gpu.py",
-                                    "benchmarks/capacity.py", "benchmarks/perceptual_decoder.py"])
+                                    "benchmarks/capacity.py", "benchmarks/perceptual_decoder.py",
+                                    "benchmarks/context_model.py"])
 def test_scripts_explain_their_arguments(script):
     r = _run(script, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr

@@ -215,6 +215,13 @@ def test_warmup_then_finetune(env, tmp_path):
     changed = {name.split(".")[0] for name, p in before.items()
                if not name.endswith("quantiles") and not torch.equal(p, after[name])}
     assert "unet" in changed and not changed & {"g_a", "entropy"}, changed
+    # an entropy refit that adds a checkerboard context to the hyperprior: only the entropy model moves
+    refit = tmp_path / "refit"
+    train(env, refit, "--max-steps", "3", "--lmbda", "0.05", "--rho", "0", "--init-from", str(warm),
+          "train.entropy_fraction=1", "model.entropy_model=checkerboard")
+    after = dict(load_codec(refit).named_parameters())
+    changed = {name.split(".")[0] for name, p in before.items() if not torch.equal(p, after[name])}
+    assert changed == {"entropy"} and "entropy.context.weight" in after, changed
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ Format version 1, whole-image coding (integers are unsigned LEB128 varints unles
     4       version       1 byte    format version (1)
     5       fingerprint   6 bytes   first 6 bytes of the model's SHA-256 fingerprint
     11      flags         1 byte    bits 0-1 prediction (0 sample, 1 epsilon, 2 v),
-                                    bits 2-4 entropy model id (0 hyperprior, 1 entroformer),
+                                    bits 2-4 entropy model id (0 hyperprior, 1 entroformer, 2 checkerboard),
                                     bit 5 entropy parameters computed in float64 (1; files written
                                     before 2026-11-26: 0, float32), bits 6-7 zero
     12      height        varint    original image height, pixels (>= 1)
@@ -49,7 +49,7 @@ MAGIC = b"\x89CDC"
 VERSION = 2  # the newest this build writes and reads; whole-image files are written as version 1
 FINGERPRINT_BYTES = 6
 PREDICTION_IDS = {"sample": 0, "epsilon": 1, "v": 2}
-ENTROPY_MODEL_IDS = {"hyperprior": 0, "entroformer": 1}  # flags bits 2-4 (the format owns the ids)
+ENTROPY_MODEL_IDS = {"hyperprior": 0, "entroformer": 1, "checkerboard": 2}  # flags bits 2-4 (the format owns the ids)
 _ENTROPY_MODEL_NAMES = {v: k for k, v in ENTROPY_MODEL_IDS.items()}
 _PREDICTION_NAMES = {v: k for k, v in PREDICTION_IDS.items()}
 

@@ -30,6 +30,7 @@ from compressai.models import CompressionModel
 from torch import Tensor, nn
 
 from cdc.config import Config, ModelConfig
+from cdc.models.checkerboard import CheckerboardHyperprior
 from cdc.models.diffusion import GaussianDiffusion
 from cdc.models.entroformer import EntroformerEntropyModel
 from cdc.models.entropy import LatentEntropyModel, MeanScaleHyperprior
@@ -47,8 +48,9 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build_entropy_model(cfg: ModelConfig) -> LatentEntropyModel:
-    """The entropy model named by ``cfg.entropy_model`` (``hyperprior`` or ``entroformer``)."""
-    models = {"hyperprior": MeanScaleHyperprior, "entroformer": EntroformerEntropyModel}
+    """The entropy model named by ``cfg.entropy_model`` (``hyperprior``, ``checkerboard`` or ``entroformer``)."""
+    models = {"hyperprior": MeanScaleHyperprior, "checkerboard": CheckerboardHyperprior,
+              "entroformer": EntroformerEntropyModel}
     if cfg.entropy_model not in models:
         raise ValueError(f"unknown entropy model {cfg.entropy_model!r}")
     return models[cfg.entropy_model](cfg)
@@ -83,7 +85,7 @@ class CDCCodec(CompressionModel):
         return max(64, self.unet.multiple)
 
     # ------------------------------------------------------------------ training
-    PHASES = ("joint", "decoder", "autoencoder")
+    PHASES = ("joint", "decoder", "autoencoder", "entropy")
 
     def forward(self, x: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
                 phase: str = "joint", x_t: Tensor | None = None) -> dict[str, Tensor]:
@@ -95,7 +97,8 @@ class CDCCodec(CompressionModel):
             noise: the diffusion noise eps (standard normal if omitted).
             phase: ``joint`` (everything trains), ``decoder`` (g_a and the entropy model run
                 without gradients: the latent is frozen) or ``autoencoder`` (no diffusion: only
-                the auxiliary reconstruction; needs ``model.aux_synthesis``).
+                the auxiliary reconstruction; needs ``model.aux_synthesis``) or ``entropy`` (only
+                the entropy model runs with gradients, on the frozen latent: rate terms only).
             x_t: the denoiser's input itself, in [-1, 1] scale (B, 3, H, W), instead of
                 ``q_sample(x0, t, noise)``: e.g. the sampler's start state at t = T - 1, which trains
                 exactly what a one-step decode computes (needs ``t``; ``noise`` is unused and the
@@ -105,6 +108,7 @@ class CDCCodec(CompressionModel):
             ``likelihoods``: {"y", "z"}; ``x0``: the clean image in [-1, 1]; ``aux_loss``: the
             prior's quantile loss (returned here so DDP/DeepSpeed see every parameter used in
             forward); ``x_aux``: the auxiliary reconstruction in [-1, 1] (with aux synthesis).
+            The entropy phase returns only ``likelihoods``, ``x0`` and ``aux_loss``.
             Except in the autoencoder phase also ``output``/``target``: the network output and its
             regression target, ``t``, ``x0_pred``: the one-step x0 estimate in [-1, 1]. ``x_hat``:
             that estimate (or x_aux in the autoencoder phase) in [0, 1], unclamped.
@@ -114,10 +118,14 @@ class CDCCodec(CompressionModel):
         if phase not in self.PHASES:
             raise ValueError(f"phase must be one of {self.PHASES}, got {phase!r}")
         x0 = x * 2 - 1
-        with torch.set_grad_enabled(torch.is_grad_enabled() and phase != "decoder"):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and phase not in ("decoder", "entropy")):
             # NCHW into the entropy model even for a channels-last network: its noise proxy (compressai's
             # uniform_ over memory order) then draws the same noise for either layout. It is small.
             y = self.g_a(x0).contiguous()
+        if phase == "entropy":
+            _, likelihoods = self.entropy(y)
+            return {"likelihoods": likelihoods, "x0": x0, "aux_loss": self.aux_loss()}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and phase != "decoder"):
             # the autoencoder phase trains with the noise proxy (see cdc.models.entropy): no dead start
             y_hat, likelihoods = self.entropy(y, noise=phase == "autoencoder")
         out = {"likelihoods": likelihoods, "x0": x0, "aux_loss": self.aux_loss()}

@@ -12,9 +12,8 @@ al., "Checkerboard Context Model for Efficient Learned Image Compression", CVPR 
 
 TBlock = pre-norm neighbourhood self-attention (radius r, learned 2-D relative position bias per
 head, Entroformer's relative position encoding restricted to a window so cost stays linear in the
-number of latents) + MLP. Decoding is two parallel passes whatever the image size; each pass is
-one rANS string coded with compressai's ``GaussianConditional``, so a bitstream holds three strings
-(z, anchors, non-anchors).
+number of latents) + MLP. The two passes, their training forward and their three rANS strings (z,
+anchors, non-anchors) are ``cdc.models.checkerboard.CheckerboardModel``'s.
 """
 
 from __future__ import annotations
@@ -24,15 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.config import ModelConfig
-from cdc.models.entropy import HyperLatentModel, checked_decompress, decoder_values
+from cdc.models.checkerboard import CheckerboardModel, anchor_mask
 from cdc.models.layers import ChannelLayerNorm
-
-
-def anchor_mask(h: int, w: int, device: torch.device | None = None) -> Tensor:
-    """(1, 1, h, w) float mask of the checkerboard anchors ((i + j) even), decoded first."""
-    i = torch.arange(h, device=device).view(-1, 1)
-    j = torch.arange(w, device=device).view(1, -1)
-    return ((i + j) % 2 == 0).float().view(1, 1, h, w)
 
 
 class NeighbourhoodAttention(nn.Module):
@@ -96,11 +88,10 @@ class _Seq(nn.Module):
         return x
 
 
-class EntroformerEntropyModel(HyperLatentModel):
+class EntroformerEntropyModel(CheckerboardModel):
     """Transformer hyperprior with a two-pass bidirectional checkerboard context model."""
 
     name = "entroformer"
-    n_strings = 3
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -115,7 +106,6 @@ class EntroformerEntropyModel(HyperLatentModel):
         self.params = nn.Sequential(nn.Conv2d(4 * n, 3 * n, 1), nn.GELU(), nn.Conv2d(3 * n, 2 * n, 1))
         self._init_coders(cfg)
 
-    # -- the two passes -------------------------------------------------------------------------
     def _pass_params(self, hyper: Tensor, anchors_hat: Tensor | None) -> tuple[Tensor, Tensor]:
         """(mean, scale) everywhere: from the hyperprior alone (pass 1) or with the anchors' context."""
         if anchors_hat is None:
@@ -125,54 +115,3 @@ class EntroformerEntropyModel(HyperLatentModel):
             ctx = self.context(anchors_hat * mask, key_mask=mask.expand(anchors_hat.shape[0], -1, -1, -1))
         mean, scale = self.params(torch.cat([hyper, ctx], dim=1)).chunk(2, dim=1)
         return mean, scale
-
-    def forward(self, y: Tensor, noise: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        with torch.autocast(y.device.type, enabled=False):
-            y = y.float()
-            z_hat, z_likelihoods = self._z_forward(y, noise)
-            hyper = self.h_s(z_hat)
-            mask = anchor_mask(*y.shape[-2:], device=y.device)
-            mean1, scale1 = self._pass_params(hyper, None)
-            y_tilde = y + torch.empty_like(y).uniform_(-0.5, 0.5) if noise and self.training else None
-            anchors_hat = decoder_values(y, y_tilde, mean1, noise, self.training) * mask
-            mean2, scale2 = self._pass_params(hyper, anchors_hat)
-            mean = mean1 * mask + mean2 * (1 - mask)
-            scale = scale1 * mask + scale2 * (1 - mask)
-            _, y_likelihoods = self.gaussian_conditional(y, scale, means=mean)
-            y_hat = decoder_values(y, y_tilde, mean, noise, self.training)
-        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
-
-    # -- coding ---------------------------------------------------------------------------------
-    def _code(self, values: Tensor, mean: Tensor, scale: Tensor, sel: Tensor) -> bytes:
-        indexes = self.gaussian_conditional.build_indexes(scale[sel].view(1, -1))
-        return self.gaussian_conditional.compress(values[sel].view(1, -1), indexes, means=mean[sel].view(1, -1))[0]
-
-    def _decode(self, string: bytes, mean: Tensor, scale: Tensor, sel: Tensor, into: Tensor) -> None:
-        indexes = self.gaussian_conditional.build_indexes(scale[sel].view(1, -1))
-        values = checked_decompress(self.gaussian_conditional, string, indexes.numel(), indexes,
-                                    means=mean[sel].view(1, -1))
-        into[sel] = values.view(-1).to(into.dtype)
-
-    def _compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
-        z_string, z_hat = self._z_compress(y)
-        hyper = self.h_s(z_hat)
-        anchors = anchor_mask(*y.shape[-2:], device=y.device).expand_as(y).bool()
-        mean1, scale1 = self._pass_params(hyper, None)
-        y_hat = torch.zeros_like(y)
-        y_hat[anchors] = (torch.round(y - mean1) + mean1)[anchors]  # exactly what the decoder will rebuild
-        mean2, scale2 = self._pass_params(hyper, y_hat)
-        y_hat[~anchors] = (torch.round(y - mean2) + mean2)[~anchors]
-        strings = [z_string, self._code(y, mean1, scale1, anchors), self._code(y, mean2, scale2, ~anchors)]
-        return strings, y_hat
-
-    def _decompress(self, strings: list[bytes], latent_hw: tuple[int, int]) -> Tensor:
-        hyper = self.h_s(self._z_decompress(strings, latent_hw))
-        h, w = latent_hw
-        n = hyper.shape[1] // 2
-        anchors = anchor_mask(h, w, device=hyper.device).expand(1, n, h, w).bool()
-        y_hat = torch.zeros(1, n, h, w, device=hyper.device, dtype=hyper.dtype)
-        mean1, scale1 = self._pass_params(hyper, None)
-        self._decode(strings[1], mean1, scale1, anchors, y_hat)
-        mean2, scale2 = self._pass_params(hyper, y_hat)
-        self._decode(strings[2], mean2, scale2, ~anchors, y_hat)
-        return y_hat

@@ -206,6 +206,16 @@ def _deconv(c_in: int, c_out: int, k: int = 5) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=k // 2, output_padding=1)
 
 
+def hyper_transforms(cfg: ModelConfig) -> tuple[nn.Sequential, nn.Sequential]:
+    """The mean-scale hyperprior's convolutional ``h_a`` (y -> z, /4) and ``h_s`` (ẑ -> mean and scale
+    of y, 2N channels), as in Minnen, Ballé & Toderici 2018 with LeakyReLU activations."""
+    n, hc = cfg.latent_channels, cfg.hyper_channels
+    act = nn.LeakyReLU(0.2)
+    h_a = nn.Sequential(_conv(n, hc, 3), act, _conv(hc, hc, 5, 2), act, _conv(hc, hc, 5, 2))
+    h_s = nn.Sequential(_deconv(hc, hc), act, _deconv(hc, hc), act, _conv(hc, 2 * n, 3))
+    return h_a, h_s
+
+
 class HyperLatentModel(LatentEntropyModel):
     """What every model here shares: a hyper-latent z (1/4 of y's resolution) with compressai's
     factorized prior (``FactorizedPrior``), and y coded by a ``GaussianConditional`` (scales >= bound).
@@ -265,10 +275,7 @@ class MeanScaleHyperprior(HyperLatentModel):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        n, hc = cfg.latent_channels, cfg.hyper_channels
-        act = nn.LeakyReLU(0.2)
-        self.h_a = nn.Sequential(_conv(n, hc, 3), act, _conv(hc, hc, 5, 2), act, _conv(hc, hc, 5, 2))
-        self.h_s = nn.Sequential(_deconv(hc, hc), act, _deconv(hc, hc), act, _conv(hc, 2 * n, 3))
+        self.h_a, self.h_s = hyper_transforms(cfg)
         self._init_coders(cfg)
 
     def _params(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:

@@ -38,7 +38,8 @@ class RateDistortionPerceptionLoss(nn.Module):
 
     ``forward(out, x)`` takes the codec's ``forward`` output and returns a dict of scalars:
     ``loss`` (to minimise), ``bpp``, ``diffusion``, ``perceptual`` (0 when rho = 0), ``aux_mse``
-    (0 when unused). In the autoencoder phase (no ``output`` in ``out``) only rate and aux_mse count.
+    (0 when unused). In the autoencoder phase (no ``output`` in ``out``) only rate and aux_mse count, in
+    the entropy phase (no ``x_aux`` either) only the rate.
     """
 
     def __init__(self, cfg: LossConfig, diffusion: GaussianDiffusion,
@@ -55,7 +56,7 @@ class RateDistortionPerceptionLoss(nn.Module):
         zero = torch.zeros_like(bpp)
         total = self.cfg.lmbda * bpp
         aux = zero
-        if self.cfg.aux_mse > 0:
+        if self.cfg.aux_mse > 0 and "x_aux" in out:  # absent in the entropy phase
             aux = (out["x_aux"].float() - out["x0"]).square().flatten(1).mean(1)
             total = total + self.cfg.aux_mse * aux
         diff = perc = zero

@@ -4,7 +4,8 @@
   ``quantiles`` train in their own parameter group at 10x the learning rate (CompressAI trains
   them with a separate 1e-3 optimizer; an equal-LR group would leave the medians behind).
 * Training phases (the fast-start recipe, chosen by ``benchmarks/recipes.py``): an MSE
-  autoencoder phase for the latent, a decoder phase on the frozen latent, then joint training;
+  autoencoder phase for the latent, a decoder phase on the frozen latent, then joint training,
+  and optionally a final entropy-model refit on the frozen latent;
   optionally some steps at the one-step decode's own input (``one_step_inputs``).
 * Learning-rate schedule: linear warm-up, then ``decay ** (step // decay_every)`` with a floor.
   The official code's decay (``scheduler.step()`` every iteration after 100k steps, so the LR hits
@@ -38,8 +39,10 @@ def training_phase(step: int, tc: TrainConfig, fine_tune: bool = False) -> str:
     From scratch: ``autoencoder`` for ``autoencoder_fraction * max_steps`` steps, then ``decoder``
     (frozen latent) for ``freeze_latent_fraction * max_steps``, then ``joint``. A fine-tune
     (``--init-from``) starts from a trained model and is ``joint`` throughout, unless
-    ``tc.finetune_phases``.
+    ``tc.finetune_phases``. The last ``tc.entropy_steps()`` steps are ``entropy`` in either case.
     """
+    if step >= tc.max_steps - tc.entropy_steps():
+        return "entropy"
     autoencoder, frozen = tc.phase_steps()
     if (fine_tune and not tc.finetune_phases) or step >= autoencoder + frozen:
         return "joint"

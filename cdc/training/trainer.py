@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from cdc import __version__
-from cdc.config import Config, ConfigError
+from cdc.config import Config, ConfigError, with_updates
 from cdc.models.codec import CDCCodec
 from cdc.models.perceptual import MissingWeightsError
 from cdc.registry.resolve import ModelNotFoundError, resolve_model
@@ -71,9 +71,18 @@ def new_window() -> dict:
 
 
 def init_weights(codec: CDCCodec, ref: str) -> None:
-    """Load checkpoint ``ref`` (any ``cdc.registry.resolve`` form) into ``codec``; the architectures must agree."""
+    """Load checkpoint ``ref`` (any ``cdc.registry.resolve`` form) into ``codec``; the architectures must
+    agree, except that a ``hyperprior`` model may start a ``checkerboard`` one (which then codes as the
+    hyperprior did until its context is trained: ``cdc.models.checkerboard``)."""
     path = resolve_model(ref)
     source = load_codec(path)
+    upgrade = with_updates(source.config, model={"entropy_model": codec.config.model.entropy_model}).model
+    if (source.config.model.entropy_model, codec.config.model.entropy_model) == ("hyperprior", "checkerboard") \
+            and upgrade == codec.config.model:
+        missing, unexpected = codec.load_state_dict(source.state_dict(), strict=False)
+        if unexpected or not all(k.startswith(("entropy.context.", "entropy.params.")) for k in missing):
+            raise CheckpointError(f"{path}: weights do not fit a checkerboard model: {unexpected or missing}")
+        return
     if source.config.model != codec.config.model:
         diff = {k: (v, getattr(codec.config.model, k)) for k, v in vars(source.config.model).items()
                 if getattr(codec.config.model, k) != v}
@@ -131,10 +140,12 @@ def _train(spec: RunSpec) -> dict:
     fine_tune = bool(spec.init_from)
     phased = (not fine_tune or tc.finetune_phases) and any(tc.phase_steps())
     # the autoencoder and decoder phases leave parts of the model without gradients: DDP must look
-    # for them until the joint phase, where every parameter has one (see stop_unused_search)
+    # for them until the joint phase, where every parameter has one (see stop_unused_search); a final
+    # entropy phase leaves most of the model without gradients again, so DDP looks throughout
     path = step_path(tc)
-    accelerator = make_accelerator(path.mixed_precision, out, tc.batch_size, tc.grad_clip, find_unused=bool(phased))
-    searching_unused = bool(phased)
+    find_unused = bool(phased) or tc.entropy_steps() > 0
+    accelerator = make_accelerator(path.mixed_precision, out, tc.batch_size, tc.grad_clip, find_unused=find_unused)
+    searching_unused = bool(phased) and not tc.entropy_steps()
     check_world_size(accelerator.num_processes, spec.world_size)
     main = accelerator.is_main_process
     torch.manual_seed(tc.seed)
