@@ -16,7 +16,7 @@ decode (1 step, γ = 0); BD-rate is against the shipped curve. Photos: the held-
 of a shard build (``--shards``) and scikit-learn's two sample photos (a package none of the
 training photos comes from).
 
-    python benchmarks/context_model.py --shards runs/photos/shards [--steps 2000] [--limit 0]
+    python benchmarks/context_model.py --shards runs/photos/shards [--steps 3000] [--batches 128] [--limit 0]
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def measure(codec: CDCCodec, photos: list[np.ndarray]) -> dict:
         data = coder.encode(x, steps=1, gamma=0.0).data
         bpp.append(8 * len(data) / pixels)
         quality.append(psnr(img, to_uint8(coder.decode(data)[0])))
-        enc = codec.compress(x)
+        stream = coder.parse(data)
         start = time.perf_counter()
-        codec.entropy.decompress(enc["strings"], enc["shape"])
+        codec.entropy.decompress(stream.strings, stream.latent_hw)
         entropy_s.append((time.perf_counter() - start) * REFERENCE_PIXELS / pixels)
     return {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(quality)), "entropy_decode_s": float(np.mean(entropy_s))}
 
@@ -103,9 +103,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", required=True, help="a shard build: its train split feeds the fits, its val "
                         "split is held out (e.g. runs/photos/shards, the family's training corpus)")
-    parser.add_argument("--steps", type=number(int, 1, 10**6, "an integer"), default=2000, help="Adam steps per fit")
+    parser.add_argument("--steps", type=number(int, 1, 10**6, "an integer"), default=3000, help="Adam steps per fit")
     parser.add_argument("--lr", type=number(float, 1e-7, 1.0, "a number"), default=1e-4, help="peak learning rate")
-    parser.add_argument("--batches", type=number(int, 1, 10**4, "an integer"), default=64,
+    parser.add_argument("--batches", type=number(int, 1, 10**4, "an integer"), default=128,
                         help="training latent batches (4 x 256^2 crops each)")
     parser.add_argument("--limit", type=number(int, 0, 10**6, "an integer"), default=0, help="held-out photos (0: all)")
     parser.add_argument("--members", help="comma-separated shipped members (default: every ρ = 0 member)")
