@@ -52,19 +52,28 @@ def main() -> None:
 
 def choice_table(rows: list[dict]) -> str:
     """Which shipped model for a rate and an objective: each model's rate and quality on the family's
-    held-out photos at its default decode (``family.json``) beside that decode's CPU time (``rows``)."""
+    held-out photos at its default decode (``family.json``) beside that decode's CPU time (``rows``); a
+    variable-rate model's range, from its lowest rate level to its highest."""
     family = json.loads((RESULTS / "family.json").read_text())["members"]
     lines = []
     for row in rows:
         member = family.get(row["model"])
         if row["decode"] != "default" or member is None:
             continue
-        held_out = next(h for h in member["heldout"] if (h["steps"], h["gamma"]) == (row["steps"], row["gamma"]))
-        lines.append({"model": f"`{row['model']}`", "objective": "perception" if member["rho"] > 0 else "distortion",
-                      "bpp": held_out["bpp"], "psnr": held_out["psnr-rgb"], "stlpips": held_out["stlpips-alex"],
+        held_out = [h for h in member["heldout"] if (h["steps"], h["gamma"]) == (row["steps"], row["gamma"])]
+        low, high = held_out[0], held_out[-1]
+
+        def span(key: str, fmt: str, low=low, high=high) -> float | str:
+            return low[key] if low is high else f"{low[key]:{fmt}}-{high[key]:{fmt}}"
+
+        objective = "perception" if member["rho"] > 0 else "distortion"
+        lines.append({"model": f"`{row['model']}`",
+                      "objective": objective + (", any rate (--quality, --bpp)" if low is not high else ""),
+                      "bpp": span("bpp", ".3f"), "psnr": span("psnr-rgb", ".2f"),
+                      "stlpips": span("stlpips-alex", ".3f"),
                       "decode": f"{row['steps']} step{'s' * (row['steps'] != 1)}, γ {row['gamma']:g}",
                       "decode_s": row["decode_s"]})
-    lines.sort(key=lambda r: (r["objective"], -r["bpp"]))
+    lines.sort(key=lambda r: (r["objective"], -r["bpp"] if isinstance(r["bpp"], float) else 0))
     return print_table(lines, [("model", "model"), ("objective", "objective"), ("bpp", "bpp"),
                                   ("psnr", "PSNR dB"), ("stlpips", "ST-LPIPS-Alex"), ("decode", "default decode"),
                                   ("decode_s", "CPU s per 768x512")])

@@ -33,6 +33,8 @@ PIXELS = number(int, 1, 2**40, "an integer")
 BATCH = number(int, 1, 4096, "an integer")
 LAMBDA = number(float, 0.0, 1e6, "a number")
 RHO = number(float, 0.0, 1.0, "a number")
+QUALITY = number(float, 0.0, 100.0, "a number")  # a variable-rate model's quality (cdc.models.gain)
+BPP = number(float, 1e-4, 64.0, "a number")  # a target rate; 24 bpp is an uncompressed RGB image
 
 
 def _tile(text: str) -> str | int:

@@ -12,6 +12,7 @@ Naming follows the CDC paper (Yang & Mandt, NeurIPS 2023), not CompressAI: ``lmb
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import types
 import typing
@@ -101,6 +102,9 @@ class ModelConfig:
         attn_dim: width of the entroformer's attention blocks (0: ``hyper_channels``).
         attn_heads: attention heads of the entroformer (must divide ``attn_dim``).
         attn_radius: neighbourhood radius r of its attention ((2r+1)^2 keys per query).
+        rate_lambdas: a variable-rate model (gain units on the latent, ``cdc.models.gain``): the λ
+            each rate level is trained at, from the lowest rate (largest λ) to the highest; at least
+            2, strictly decreasing. Empty: a fixed-rate model (its λ is ``loss.lmbda``).
     """
 
     enc_dim: int = 64
@@ -118,6 +122,7 @@ class ModelConfig:
     attn_dim: int = 0
     attn_heads: int = 4
     attn_radius: int = 3
+    rate_lambdas: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _check(len(self.enc_mults) == 4, "model.enc_mults must have 4 entries (g_a downsamples by 16)")
@@ -132,6 +137,10 @@ class ModelConfig:
         _check(self.attn_radius >= 1, "model.attn_radius must be >= 1")
         _check(0 < self.scale_bound < 1, "model.scale_bound must be in (0, 1)")
         _check(16 <= self.scale_levels <= 1024, "model.scale_levels must be in [16, 1024]")
+        lambdas = self.rate_lambdas
+        _check(not lambdas or (len(lambdas) >= 2 and all(v > 0 for v in lambdas)
+                               and all(a > b for a, b in itertools.pairwise(lambdas))),
+               "model.rate_lambdas must be empty or at least 2 positive values, strictly decreasing")
 
 
 @dataclass(frozen=True)
@@ -425,6 +434,8 @@ class Config:
     def codec_dict(self) -> dict[str, Any]:
         """The sections a codec checkpoint needs to rebuild the model (no training settings)."""
         d = self.to_dict()
+        if not d["model"]["rate_lambdas"]:  # fixed-rate: keep the fingerprints from before the field existed
+            del d["model"]["rate_lambdas"]
         return {k: d[k] for k in ("preset", "model", "diffusion", "sampler")}
 
 

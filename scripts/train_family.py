@@ -60,6 +60,11 @@ class Member:
     history: str = ""  # how the shipped weights came about where that differs from one plain run
     shipped: bool = True  # False: a stage that another member starts from, not exported
     refit_steps: int = 0  # then refit the entropy model alone for this many steps (``refit``); 0: none
+    rate_lambdas: tuple[float, ...] = ()  # a variable-rate model's levels (``model.rate_lambdas``); (): fixed rate
+
+    def model_overrides(self) -> list[str]:
+        """The architecture's overrides of the preset, in every stage of the member."""
+        return [f"model.rate_lambdas=[{','.join(f'{v:g}' for v in self.rate_lambdas)}]"] if self.rate_lambdas else []
 
     def overrides(self) -> list[str]:
         lr = [] if self.finetune_lr is None else [f"train.finetune_lr={self.finetune_lr:g}"]
@@ -93,6 +98,9 @@ FAMILY = (
     Member("small-q0", 0.09, 0.0, "small-q1", 1500, 0.93, 0.02, refit_steps=REFIT_STEPS),
     Member("small-q1-perceptual", 0.045, 0.9, "small-q1", 200, 0.0, 0.0, batch_size=4, refit_steps=REFIT_STEPS),
     Member("small-q0-perceptual", 0.09, 0.9, "small-q0", 200, 0.0, 0.0, batch_size=4, refit_steps=REFIT_STEPS),
+    # one model for every rate: gain units over the ρ = 0 members' λ (``cdc.models.gain``), from the middle member
+    Member("small-vr", 0.02, 0.0, "small-q2", 10000, 0.9, 0.04, lr_decay_every=2500, refit_steps=REFIT_STEPS,
+           rate_lambdas=(0.09, 0.045, 0.02, 0.01, 0.005)),
 )
 DECODES = {0.0: ((1, 0.0),), 0.9: ((1, 0.0), (9, 0.8))}
 """(DDIM steps, γ) reported per ρ: the deterministic one-step decode for the distortion models; the
@@ -106,7 +114,7 @@ def run_stage(name: str, out: Path, init: str | Path, member: Member, steps: int
     cmd = [sys.executable, str(REPO / "cdc" / "train.py"), "--preset", "small", "--shards", SHARDS,
            "--output-dir", str(out), "--init-from", str(init), "--lmbda", f"{member.lmbda:g}",
            "--rho", f"{member.rho:g}", "--max-steps", str(steps), "--resume", "latest",
-           "--experiment", "cdc-family", "--run-name", name, *overrides]
+           "--experiment", "cdc-family", "--run-name", name, *member.model_overrides(), *overrides]
     print(f"[family] {name}: {' '.join(cmd[2:])}", flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -184,8 +192,8 @@ def at_rate(curve: list[dict], bpp: float, metric: str) -> float | None:
 
 
 def evaluate(model: Path, images, decodes, curves) -> list[dict]:
-    """Real bitstreams of every held-out photo at each (steps, γ): means, and the classical codecs
-    at the same bpp."""
+    """Real bitstreams of every held-out photo at each (steps, γ), and a variable-rate model's at each of
+    its trained rate levels: means, and the classical codecs at the same bpp."""
     from cdc.coding.coder import Coder
     from cdc.evaluation.metrics import MetricSuite
     from cdc.images import from_uint8, to_uint8
@@ -194,15 +202,23 @@ def evaluate(model: Path, images, decodes, curves) -> list[dict]:
     coder = Coder(load_codec(model))
     suite = MetricSuite(metrics=("psnr-rgb", "ms-ssim-rgb", "stlpips-alex"))
     rows = []
-    for steps, gamma in decodes:
+    levels = [{"level": float(level)} for level in range(coder.codec.rate_levels)] or [{}]
+    for (steps, gamma), rate in ((d, r) for d in decodes for r in levels):
         per_image = []
         for _, img in images:
-            encoded = coder.encode(from_uint8(img), steps=steps, gamma=gamma, seed=0)
+            encoded = coder.encode(from_uint8(img), steps=steps, gamma=gamma, seed=0, **rate)
             rec = to_uint8(coder.decode(encoded.data)[0])
             per_image.append({"bpp": encoded.bpp, **suite.pair(img, rec)})
-        row = {"steps": steps, "gamma": gamma, **{k: float(np.mean([r[k] for r in per_image])) for k in per_image[0]}}
+        row = {"steps": steps, "gamma": gamma, **rate,
+               **{k: float(np.mean([r[k] for r in per_image])) for k in per_image[0]}}
         rows.append(with_classical(row, curves))
     return rows
+
+
+def decode_label(row: dict) -> str:
+    """A result row's decode, and its rate level for a variable-rate model."""
+    level = f", level {row['level']:g}" if "level" in row else ""
+    return f"{row['steps']} step{'s' if row['steps'] > 1 else ''}, γ = {row['gamma']:g}{level}"
 
 
 def with_classical(row: dict, curves: dict[str, list[dict]]) -> dict:
@@ -236,6 +252,16 @@ def fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def objective(member: Member) -> str:
+    """The card's words for a member's objective."""
+    if not member.rate_lambdas:
+        return f"λ = {member.lmbda:g}, ρ = {member.rho:g}"
+    lambdas = ", ".join(f"{v:g}" for v in member.rate_lambdas)
+    return (f"one variable-rate model (gain units, `cdc.models.gain`), rate levels 0-{len(member.rate_lambdas) - 1} "
+            f"trained at λ = {lambdas}, ρ = {member.rho:g}; `cdc compress --quality Q` (0-100, default 75: level "
+            f"Q / 100 × {len(member.rate_lambdas) - 1}) or `--bpp B` chooses the rate")
+
+
 def card(member: Member, info: dict, rows: list[dict], minutes: float, provenance: dict,
          refit_minutes: float = 0.0) -> str:
     """The markdown model card (``minutes``: training wall clock; ``refit_minutes``: its entropy refit's)."""
@@ -247,7 +273,7 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
     lines = [
         f"# {member.name}", "",
         f"A `small` CDC codec ({info['parameters'] / 1e6:.2f} M parameters), member of the shipped family "
-        f"(`scripts/train_family.py`): λ = {member.lmbda:g}, ρ = {member.rho:g}.", "",
+        f"(`scripts/train_family.py`): {objective(member)}.", "",
         f"* **fingerprint**: `{info['fingerprint']}`",
         f"* **load**: `cdc compress photo.png -m {member.name} -o out/`, "
         f"`cdc/train.py --init-from {member.name} ...`",
@@ -276,8 +302,7 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
     ]
 
     for r in rows:
-        decode = f"{r['steps']} step{'s' if r['steps'] > 1 else ''}, γ = {r['gamma']:g}"
-        lines.append(f"| {decode} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | "
+        lines.append(f"| {decode_label(r)} | {r['bpp']:.4f} | {r['psnr-rgb']:.2f} | "
                      f"{fmt(r['jpeg_psnr'], '.2f')} | {r['ms-ssim-rgb']:.4f} | {r['stlpips-alex']:.4f} | "
                      f"{fmt(r['jpeg_stlpips_alex'], '.4f')} | {fmt(r['webp_stlpips_alex'], '.4f')} |")
     lines += ["", "Limitations: a CPU-sized model (a few M parameters) trained for minutes to hours on 2 CPU "
@@ -324,7 +349,9 @@ def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
         minutes = recorded["train_minutes"]
     refit_minutes = training_minutes(model) if member.refit_steps else 0.0
     target = REPO / "cdc" / "zoo" / "weights" / f"{member.name}.safetensors"
-    metadata = {**read_checkpoint_info(model)["metadata"], "name": member.name, "family": True, "heldout": rows}
+    # a variable-rate model is not one of the fixed-rate members that the grid and the λ lookup pick from
+    metadata = {**read_checkpoint_info(model)["metadata"], "name": member.name, "family": not member.rate_lambdas,
+                "heldout": rows}
     save_codec(load_codec(model), target, metadata=metadata)
     info = read_checkpoint_info(target)
     provenance = json.loads((Path(SHARDS).parent / "provenance.json").read_text())
@@ -332,7 +359,7 @@ def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     size_mb = target.stat().st_size / 2**20
     entry = {"name": member.name, "lmbda": member.lmbda, "rho": member.rho, "init_from": member.init_from,
              "steps": member.steps, "train_minutes": minutes, "refit_steps": member.refit_steps,
-             "refit_minutes": refit_minutes, "size_mb": size_mb,
+             "refit_minutes": refit_minutes, "size_mb": size_mb, "rate_lambdas": list(member.rate_lambdas),
              "fingerprint": info["fingerprint"], "heldout": rows, "regression": regression_reference(target)}
     results["members"][member.name] = entry
     print(f"[family] {member.name}: {target} ({size_mb:.1f} MB) " + "; ".join(
@@ -350,16 +377,22 @@ def family_table(results: dict) -> str:
 
     lines = ["| model | λ | ρ | decode | bpp | PSNR (dB) | JPEG at this bpp | Δ vs JPEG | WebP at this bpp "
              "| ST-LPIPS-Alex | JPEG | WebP | size | train min |", "|" + "---|" * 14]
-    for m in sorted(results["members"].values(), key=lambda m: (m["rho"], -m["heldout"][0]["bpp"])):
+    for m in sorted(results["members"].values(),
+                    key=lambda m: (m["rho"], bool(m.get("rate_lambdas")), -m["heldout"][0]["bpp"])):
         for r in m["heldout"]:
             delta = None if r["jpeg_psnr"] is None else r["psnr-rgb"] - r["jpeg_psnr"]
             lines.append(
-                f"| `{m['name']}` | {m['lmbda']:g} | {m['rho']:g} | {r['steps']} step{'s' if r['steps'] > 1 else ''}, "
-                f"γ = {r['gamma']:g} | {r['bpp']:.3f} | {r['psnr-rgb']:.2f} | {fmt(r['jpeg_psnr'], '.2f')} | "
+                f"| `{m['name']}` | {lmbda(m, r)} | {m['rho']:g} | {decode_label(r)} | {r['bpp']:.3f} | "
+                f"{r['psnr-rgb']:.2f} | {fmt(r['jpeg_psnr'], '.2f')} | "
                 f"{fmt(delta, '+.2f')} | {fmt(r.get('webp_psnr'), '.2f')} | {r['stlpips-alex']:.3f} | "
                 f"{fmt(r['jpeg_stlpips_alex'], '.3f')} | {fmt(r['webp_stlpips_alex'], '.3f')} | "
                 f"{m['size_mb']:.1f} MB | {m['train_minutes'] + m.get('refit_minutes', 0.0):.0f} |")
     return "\n".join(lines)
+
+
+def lmbda(member: dict, row: dict) -> str:
+    """The λ of a table row: the member's, or a variable-rate model's at the row's level."""
+    return f"{member['rate_lambdas'][int(row['level'])]:g}" if "level" in row else f"{member['lmbda']:g}"
 
 
 def save_results(results: dict) -> None:
@@ -381,9 +414,12 @@ def plot_family(results: dict, out: Path) -> Path:
     for ax, metric, label in panels:
         for name, curve in results["classical"].items():
             ax.plot([p["bpp"] for p in curve], [p[metric] for p in curve], "s--", label=name.upper(), alpha=0.7)
-        distortion = sorted((m["heldout"][0] for m in results["members"].values() if m["rho"] == 0),
-                            key=lambda r: r["bpp"])
+        distortion = sorted((m["heldout"][0] for m in results["members"].values()
+                             if m["rho"] == 0 and not m.get("rate_lambdas")), key=lambda r: r["bpp"])
         ax.plot([r["bpp"] for r in distortion], [r[metric] for r in distortion], "o-", label="CDC ρ = 0 (1 step)")
+        for m in (m for m in results["members"].values() if m.get("rate_lambdas")):
+            ax.plot([r["bpp"] for r in m["heldout"]], [r[metric] for r in m["heldout"]], "v:",
+                    label=f"{m['name']}, one model (1 step)")
         for m in results["members"].values():
             if m["rho"] > 0:
                 for r in m["heldout"]:
@@ -422,7 +458,7 @@ def gallery(results: dict, images, out: Path, target: float = 0.15, crop: int = 
         data = min(coded, key=lambda d: abs(8 * len(d) / pixels - target))
         panels.append((f"{codec_name.upper()} {8 * len(data) / pixels:.3f} bpp", codec.decode(data)))
     for rho, steps, gamma in ((0.0, 1, 0.0), (0.9, 9, 0.8)):
-        members = [m for m in results["members"].values() if m["rho"] == rho]
+        members = [m for m in results["members"].values() if m["rho"] == rho and not m.get("rate_lambdas")]
         if not members:
             continue
         member = min(members, key=lambda m: abs(m["heldout"][0]["bpp"] - target))

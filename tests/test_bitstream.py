@@ -32,16 +32,35 @@ def test_header_fields_survive(prediction, portable):
 
 
 def test_float64_flag_is_bit_5_and_unknown_flag_bits_are_refused():
-    """Bit 5 marks float64 entropy parameters; a file from a newer build (bits 6-7) is refused, not
+    """Bit 5 marks float64 entropy parameters; a file from a newer build (bit 7) is refused, not
     decoded with the wrong arithmetic."""
     flags_at = len(MAGIC) + 1 + 6
     assert stream(portable=True).to_bytes()[flags_at] == 0x20
     assert stream(portable=False).to_bytes()[flags_at] == 0x00
     data = bytearray(stream().to_bytes())
-    data[flags_at] |= 0x40
+    data[flags_at] |= 0x80
     data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])))
-    with pytest.raises(BitstreamError, match="invalid flags byte 0x60"):
+    with pytest.raises(BitstreamError, match="invalid flags byte 0xa0"):
         Bitstream.from_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("level", [0.0, 2.5, 3.137, 65.535])
+def test_rate_level_is_flag_bit_6_and_two_bytes(level):
+    """A variable-rate model's file carries its rate level (to 1e-3) after gamma; fixed-rate files
+    are byte for byte what they were."""
+    s = stream(level=level)
+    data = s.to_bytes()
+    assert data[len(MAGIC) + 1 + 6] == 0x60
+    assert len(data) == len(stream().to_bytes()) + 2
+    assert Bitstream.from_bytes(data) == s
+    assert s.header_dict()["rate_level"] == level
+    assert "rate_level" not in stream().header_dict()
+
+
+@pytest.mark.parametrize("level", [-0.001, 65.536])
+def test_rate_level_outside_the_field_is_refused(level):
+    with pytest.raises(ValueError, match="rate level"):
+        stream(level=level).to_bytes()
 
 
 def test_wrong_magic():

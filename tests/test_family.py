@@ -25,7 +25,8 @@ MEMBERS = sorted(RESULTS["members"])
 
 def test_every_shipped_member_has_its_card_its_results_and_fits_the_size_limit():
     assert MEMBERS, "no family member recorded"
-    assert set(family()) == set(MEMBERS)
+    # the fixed-rate members are the ones the grid and the λ lookup choose from; a variable-rate one is not
+    assert set(family()) == {name for name in MEMBERS if not RESULTS["members"][name].get("rate_lambdas")}
     for name in MEMBERS:
         path = available()[name]
         assert path.stat().st_size <= 10 * 2**20

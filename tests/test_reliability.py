@@ -134,6 +134,22 @@ def test_row4_resume_keeps_the_previous_export_until_the_new_one_and_warns_on_a_
     load_codec(out)
 
 
+def test_row4_a_run_killed_after_its_last_checkpoint_exports_on_resume(tmp_path):
+    """Killed between the last step's checkpoint and the export: ``--resume latest`` trains no step and
+    exports that checkpoint (it used to fail for want of a batch to log a sample of)."""
+    out = tmp_path / "run"
+    r = _train(out, "--max-steps", "2", "train.checkpoint_every=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("train_summary.json", "config.json", "model.safetensors"):
+        (out / name).unlink()
+    r = _train(out, "--max-steps", "2", "--resume", "latest")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "train_summary.json").read_text())["step"] == 2
+    from cdc.zoo.checkpoint import load_codec
+
+    load_codec(out)
+
+
 # ------------------------------------------------------------------ row 3: no clobbering at the rename
 def test_row3_no_write_replaces_a_file_that_appeared_during_it(tmp_path):
     from cdc.files import atomic_path

@@ -42,6 +42,8 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
      "--members: no distortion member small-q1-perceptual"),
     ("benchmarks/context_model.py", ["--shards", "tests/assets/nothing"], "tests/assets/nothing: no shard manifest"),
     ("benchmarks/context_model.py", ["--shards", "s", "--steps", "0"], "argument --steps: 0 is outside"),
+    ("benchmarks/variable_rate.py", ["--model", "small-q1"], "--model: small-q1 is a fixed-rate model"),
+    ("benchmarks/variable_rate.py", ["--model", "tests/assets/nothing"], "--model: "),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
     r = _run(script, *args)
@@ -50,7 +52,7 @@ def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
 
 @pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "scripts/train_family_gpu.py",
                                     "benchmarks/capacity.py", "benchmarks/perceptual_decoder.py",
-                                    "benchmarks/context_model.py"])
+                                    "benchmarks/context_model.py", "benchmarks/variable_rate.py"])
 def test_scripts_explain_their_arguments(script):
     r = _run(script, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cdc.argtypes import BATCH, GAMMA, PIXELS, SEED, STEPS, TILE
+from cdc.argtypes import BATCH, BPP, GAMMA, PIXELS, QUALITY, SEED, STEPS, TILE
 from cdc.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -84,12 +84,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
             tile_px = choose_tile(args.tile, h, w)
             encoded = coder.encode(x, steps=args.steps, gamma=args.gamma, seed=args.seed, tile=tile_px,
                                    margin=args.tile_margin, limits=DEFAULT_LIMITS.with_(max_pixels=args.max_pixels),
-                                   effort=args.effort)
+                                   effort=args.effort, quality=args.quality, bpp=args.bpp)
         except (InputError, DecodeError, TilingError) as exc:
             raise CLIError(str(exc) if isinstance(exc, InputError) else f"{image}: {exc}") from None
         atomic_write(outputs[i], encoded.data, overwrite=args.overwrite)
         tiled = f", {tile_px}-px tiles" if tile_px else ""
-        tqdm.write(f"{outputs[i]}: {w}x{h}{tiled}, {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp "
+        level = "" if encoded.level is None else f", rate level {encoded.level:g}"
+        tqdm.write(f"{outputs[i]}: {w}x{h}{tiled}{level}, {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp "
               f"(estimated {encoded.bpp_estimated:.4f})")
 
     return for_each(args.images, work, "compress")
@@ -233,6 +234,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--effort", type=int, choices=range(MAX_EFFORT + 1), default=0,
                    help="encoder effort: refine the latent for each image (fewer bits at equal quality, slower "
                         "encoding; same format and decode); 0 = off (default)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--quality", type=QUALITY, help="a variable-rate model's quality, 0 (its lowest rate) to 100 "
+                      "(its highest); default 75 (the model's default quality, linear in its rate level)")
+    rate.add_argument("--bpp", type=BPP, help="a variable-rate model's target rate: the highest quality whose file "
+                      "has at most this many bits per pixel (a few encodes per image)")
     p.add_argument("--max-pixels", type=PIXELS, default=MAX_PIXELS,
                    help=f"refuse larger images (default {MAX_PIXELS})")
     p.add_argument("--tile", type=TILE, default="auto",

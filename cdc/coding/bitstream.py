@@ -9,11 +9,13 @@ Format version 1, whole-image coding (integers are unsigned LEB128 varints unles
     11      flags         1 byte    bits 0-1 prediction (0 sample, 1 epsilon, 2 v),
                                     bits 2-4 entropy model id (0 hyperprior, 1 entroformer, 2 checkerboard),
                                     bit 5 entropy parameters computed in float64 (1; files written
-                                    before 2026-11-26: 0, float32), bits 6-7 zero
+                                    before 2026-11-26: 0, float32),
+                                    bit 6 a rate level follows gamma (variable-rate models), bit 7 zero
     12      height        varint    original image height, pixels (>= 1)
             width         varint    original image width, pixels (>= 1)
             steps         varint    DDIM decode steps S (>= 1)
             gamma         2 bytes   big-endian uint16: start-noise scale x 1000
+            [level]       2 bytes   big-endian uint16: rate level x 1000 (only with flag bit 6)
             seed          varint    start-noise seed
             latent_h      varint    height of y (padded height / 16)
             latent_w      varint    width of y
@@ -33,7 +35,8 @@ Flag bit 5 tells the decoder in which precision the entropy model computed the G
 of y (``cdc.models.entropy.LatentEntropyModel.coder``): float64 makes them, and with them the rANS
 decode, the same on every machine; float32 files decode as they were written, on the machines
 that round as the encoder's did. Readers from before the bit existed refuse float64 files
-("invalid flags byte") instead of decoding them wrongly.
+("invalid flags byte") instead of decoding them wrongly; likewise files of a variable-rate model
+(``cdc.models.gain``), whose rate level (flag bit 6) older readers do not know.
 
 A 2-string hyperprior file of a small image spends 31 bytes outside the entropy-coded payload.
 Bits per pixel are always ``8 * len(file) / (height * width)``.
@@ -76,6 +79,7 @@ class Bitstream:
         tile: core tile side in pixels (a multiple of 64), 0 for whole-image coding.
         margin: tile overlap on each side in pixels (a multiple of 16).
         portable: the entropy parameters are float64 (flag bit 5); ``False`` for float32 files.
+        level: a variable-rate model's rate level, kept to 1e-3 (0-65.535); None for a fixed-rate model.
     """
 
     fingerprint: bytes
@@ -91,6 +95,7 @@ class Bitstream:
     tile: int = 0
     margin: int = 0
     portable: bool = True
+    level: float | None = None
 
     @property
     def version(self) -> int:
@@ -110,12 +115,18 @@ class Bitstream:
             raise ValueError("height, width and steps must be >= 1")
         if self.tile % 64 or self.margin % 16 or (self.margin and not self.tile):
             raise ValueError(f"tile {self.tile} must be a multiple of 64 and margin {self.margin} of 16")
-        flags = PREDICTION_IDS[self.prediction] | (self.entropy_id << 2) | (int(self.portable) << 5)
+        level_milli = None if self.level is None else round(self.level * 1000)
+        if level_milli is not None and not 0 <= level_milli <= 0xFFFF:
+            raise ValueError(f"rate level {self.level} outside [0, 65.535]")
+        flags = (PREDICTION_IDS[self.prediction] | (self.entropy_id << 2) | (int(self.portable) << 5)
+                 | (int(level_milli is not None) << 6))
         out = bytearray(MAGIC)
         out += bytes([self.version]) + self.fingerprint + bytes([flags])
         for value in (self.height, self.width, self.steps):
             out += _varint(value)
         out += struct.pack(">H", gamma_milli)
+        if level_milli is not None:
+            out += struct.pack(">H", level_milli)
         tiling = (self.tile // 64, self.margin // 16) if self.tile else ()
         for value in (self.seed, *self.latent_hw, *tiling, len(self.strings)):
             out += _varint(value)
@@ -135,10 +146,11 @@ class Bitstream:
             raise BitstreamError(f"unsupported bitstream format version {version} (this build reads 1 to {VERSION})")
         fingerprint = reader.take(FINGERPRINT_BYTES)
         flags = reader.byte()
-        if flags >> 6 or (flags & 3) not in _PREDICTION_NAMES:
+        if flags >> 7 or (flags & 3) not in _PREDICTION_NAMES:
             raise BitstreamError(f"invalid flags byte 0x{flags:02x}")
         height, width, steps = reader.varint(), reader.varint(), reader.varint()
         (gamma_milli,) = struct.unpack(">H", reader.take(2))
+        level = struct.unpack(">H", reader.take(2))[0] / 1000 if flags >> 6 & 1 else None
         seed, latent_h, latent_w = (reader.varint() for _ in range(3))
         tile, margin = (64 * reader.varint(), 16 * reader.varint()) if version == 2 else (0, 0)
         if version == 2 and not tile:
@@ -171,6 +183,7 @@ class Bitstream:
             tile=tile,
             margin=margin,
             portable=bool(flags >> 5 & 1),
+            level=level,
         )
 
     def header_dict(self) -> dict:
@@ -190,6 +203,7 @@ class Bitstream:
             "tile": self.tile,
             "tile_margin": self.margin,
             "entropy_parameters": "float64" if self.portable else "float32",
+            **({} if self.level is None else {"rate_level": self.level}),
             "string_bytes": [len(s) for s in self.strings],
         }
 

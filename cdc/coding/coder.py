@@ -30,6 +30,7 @@ from cdc.coding.tiling import (
 from cdc.images import to_uint8
 from cdc.limits import DEFAULT_LIMITS, CodecLimits
 from cdc.models.codec import CDCCodec
+from cdc.models.gain import DEFAULT_QUALITY, quality_level
 from cdc.models.layers import pad_to_multiple, padded_size
 from cdc.models.sampler import SamplerError, ddim_timesteps
 from cdc.zoo.checkpoint import fingerprint
@@ -47,12 +48,18 @@ class Encoded:
         data: the complete ``.cdc`` file.
         bpp: real bits per pixel, ``8 * len(data) / (H * W)``.
         bpp_estimated: the entropy model's ``-log2`` likelihood of ŷ and ẑ per pixel.
+        level: the rate level a variable-rate model coded it at (None: a fixed-rate model).
     """
 
     data: bytes
     bpp: float
     bpp_estimated: float
+    level: float | None = None
 
+
+RATE_SEARCH_STEPS = 12
+"""Encodes of one rate-controlled compression beyond the two ends of the range (``Coder.encode``'s
+``bpp``): the level interval halves each time, to 1/4096 of the range."""
 
 BATCH_MAX_PIXELS = 2**22
 """Padded pixels per decoding batch (ten 768x512 images): a batch of large images must not multiply
@@ -99,15 +106,26 @@ class Coder:
         return bytes.fromhex(self.fingerprint)[:FINGERPRINT_BYTES]
 
     @torch.no_grad()
-    def estimate_bits(self, x: Tensor) -> float:
-        """The entropy model's estimate of the payload size in bits for a (1, 3, H, W) image in [0, 1]."""
-        return self.codec.entropy.bits(self.codec.g_a(pad_to_multiple(x.float() * 2 - 1,
-                                                                      self.codec.downsampling_factor)))
+    def estimate_bits(self, x: Tensor, quality: float | None = None) -> float:
+        """The entropy model's estimate of the payload size in bits for a (1, 3, H, W) image in [0, 1]
+        (a variable-rate model's at ``quality``, default ``DEFAULT_QUALITY``: what ``encode`` codes)."""
+        y = self.codec.g_a(pad_to_multiple(x.float() * 2 - 1, self.codec.downsampling_factor))
+        return self.codec.entropy.bits(self.codec.coded_latent(y, self._rate_level(quality, None)))
+
+    def _rate_level(self, quality: float | None, level: float | None) -> float | None:
+        """The rate level a variable-rate model codes at, to the header's 1e-3 (the decoder must use the
+        same gains); None for a fixed-rate model. Raises ``ValueError`` outside the ranges."""
+        if not self.codec.rate_levels:
+            return None
+        if level is None:
+            level = quality_level(DEFAULT_QUALITY if quality is None else quality, self.codec.rate_levels)
+        return round(self.codec.gain.check_level(level) * 1000) / 1000
 
     @torch.no_grad()
     def encode(self, x: Tensor, steps: int | None = None, gamma: float | None = None,
                seed: int | None = None, tile: int | str | None = None, margin: int | None = None,
-               limits: CodecLimits | None = None, effort: int = 0) -> Encoded:
+               limits: CodecLimits | None = None, effort: int = 0, quality: float | None = None,
+               bpp: float | None = None, level: float | None = None) -> Encoded:
         """Compress a (1, 3, H, W) image; unset decode parameters come from the config.
 
         Args:
@@ -127,10 +145,29 @@ class Coder:
             effort: encoder effort, 0 to ``cdc.limits.MAX_EFFORT``: refine the latent for this
                 image (fewer bits at the same quality, more encode time; ``cdc.coding.refine``). The
                 format and the decode are unchanged.
+            quality: a variable-rate model's quality, 0 (its lowest rate) to 100 (its highest), linear
+                in its rate level (``cdc.models.gain``); default ``DEFAULT_QUALITY``.
+            bpp: a variable-rate model's target rate: the highest quality whose file has at most this
+                many bits per pixel (bisection over the rate level on real files, ``RATE_SEARCH_STEPS``
+                encodes at most). Instead of ``quality``.
+            level: the rate level itself, in [0, L - 1] (instead of ``quality``).
 
         Raises:
             DecodeError: parameters the format cannot carry, or an image over the limits.
         """
+        chosen = [name for name, value in (("quality", quality), ("bpp", bpp), ("level", level)) if value is not None]
+        if chosen and not self.codec.rate_levels:
+            raise DecodeError(f"{chosen[0]} needs a variable-rate model; this one codes at one rate (λ "
+                              f"{self.codec.config.loss.lmbda:g}): choose another model for another rate")
+        if len(chosen) > 1:
+            raise DecodeError(f"give one of quality, bpp and level, not {' and '.join(chosen)}")
+        if bpp is not None:
+            return self._encode_at_bpp(bpp, lambda lv: self.encode(x, steps, gamma, seed, tile, margin, limits,
+                                                                   effort, level=lv))
+        try:
+            level = self._rate_level(quality, level)
+        except ValueError as exc:
+            raise DecodeError(str(exc)) from None
         default_steps, default_gamma = self.default_decode
         steps = default_steps if steps is None else steps
         gamma = default_gamma if gamma is None else gamma
@@ -160,7 +197,7 @@ class Coder:
         hp, wp = padded_size(height, width, self.codec.downsampling_factor)
         if tile is None:
             unit = x.float() / 255 if x.dtype == torch.uint8 else x
-            out = self.codec.compress(unit, refine)
+            out = self.codec.compress(unit, refine, level)
             strings, bits = out["strings"], self.codec.entropy.bits(out["y"])  # g_a once, not twice
         else:
             margin = min(DEFAULT_MARGIN, tile // 2) if margin is None else margin
@@ -168,7 +205,7 @@ class Coder:
                 grid = TileGrid(height, width, tile, margin, self.codec.downsampling_factor)
             except TilingError as exc:
                 raise DecodeError(str(exc)) from None
-            tiles, bits = encode_tiles(self.codec, x, grid, refine)
+            tiles, bits = encode_tiles(self.codec, x, grid, refine, level)
             strings = [s for t in tiles for s in t]
         stream = Bitstream(
             fingerprint=self.fingerprint_prefix,
@@ -183,10 +220,35 @@ class Coder:
             strings=strings,
             tile=tile or 0,
             margin=margin if tile else 0,
+            level=level,
         )
         data = stream.to_bytes()
         pixels = height * width
-        return Encoded(data, 8 * len(data) / pixels, bits / pixels)
+        return Encoded(data, 8 * len(data) / pixels, bits / pixels, level)
+
+    def _encode_at_bpp(self, target: float, encode: Callable[[float], Encoded]) -> Encoded:
+        """The file of the highest rate level whose real bpp is at most ``target``: bisection over the
+        level (the rate grows with it) to 1e-3, the header's precision, or to within 1 % below ``target``."""
+        if not (isinstance(target, (int, float)) and target > 0 and np.isfinite(target)):
+            raise DecodeError(f"target bpp must be a positive number, got {target!r}")
+        low, high = 0.0, float(self.codec.rate_levels - 1)
+        best = encode(high)
+        if best.bpp <= target:
+            return best
+        best = encode(low)
+        if best.bpp > target:
+            raise DecodeError(f"{target:g} bpp is below this model's lowest rate for this image ({best.bpp:.4f} bpp "
+                              "at quality 0)")
+        for _ in range(RATE_SEARCH_STEPS):
+            middle = round((low + high) / 2, 3)
+            if best.bpp >= 0.99 * target or middle in (low, high):
+                break
+            encoded = encode(middle)
+            if encoded.bpp <= target:
+                low, best = middle, encoded
+            else:
+                high = middle
+        return best
 
     def parse(self, data: bytes, steps: int | None = None, limits: CodecLimits | None = None) -> Bitstream:
         """Parse ``data`` and check it belongs to this model; raises ``DecodeError``.
@@ -223,6 +285,11 @@ class Coder:
             raise DecodeError(f"prediction type {stream.prediction} does not match the model")
         if stream.entropy_id != ENTROPY_MODEL_IDS[self.codec.entropy.name]:
             raise DecodeError(f"entropy model id {stream.entropy_id} does not match the model")
+        if (stream.level is None) != (not self.codec.rate_levels):
+            raise DecodeError("the file has a rate level and the model is fixed-rate" if stream.level is not None
+                              else "the model is variable-rate and the file has no rate level")
+        if stream.level is not None and stream.level > self.codec.rate_levels - 1:
+            raise DecodeError(f"rate level {stream.level} outside this model's [0, {self.codec.rate_levels - 1}]")
         ph, pw = padded_size(stream.height, stream.width, self.codec.downsampling_factor)
         if stream.latent_hw != (ph // 16, pw // 16):
             raise DecodeError(f"latent shape {stream.latent_hw} inconsistent with {stream.height}x{stream.width}")
@@ -335,8 +402,9 @@ class Coder:
         """The diffusion decoder on a batch of whole-image latents of one size and one (steps, gamma);
         returns each image cropped to its size, (3, H, W) in [0, 1] on the CPU."""
         first = streams[0]
+        levels = None if first.level is None else [s.level for s in streams]
         x = self.codec.reconstruct(y_hat, first.steps if steps is None else steps, first.gamma,
-                                   [s.seed for s in streams], precision, progress)
+                                   [s.seed for s in streams], precision, progress, level=levels)
         return [((x[k, :, : s.height, : s.width] + 1) / 2).clamp(0, 1).cpu() for k, s in enumerate(streams)]
 
     @torch.no_grad()
@@ -350,6 +418,6 @@ class Coder:
         try:
             decode_tiles(self.codec, tiles, self.grid(stream), sink, steps=stream.steps if steps is None else steps,
                          gamma=stream.gamma, seed=stream.seed, precision=precision, progress=progress,
-                         portable=stream.portable)
+                         portable=stream.portable, level=stream.level)
         except (ValueError, RuntimeError) as exc:  # the rANS decoder rejects damaged payloads
             raise DecodeError(f"entropy decoding failed ({exc})") from None

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from cdc.limits import MAX_EFFORT
 from cdc.models.codec import Refine
+from cdc.models.gain import level_lambdas
 
 EFFORTS = {0: 0, 1: 30, 2: 100, 3: 300}
 """Encoder effort level (0 to ``cdc.limits.MAX_EFFORT``) -> refinement iterations (0: the
@@ -88,16 +89,20 @@ class LatentRefiner:
         # meanwhile sees no change of mode or of requires_grad
         self.entropy = copy.deepcopy(codec.entropy).train().requires_grad_(False)
         self.g_s = copy.deepcopy(codec.g_s).eval().requires_grad_(False)
+        self.gain = None if codec.gain is None else copy.deepcopy(codec.gain).requires_grad_(False)
         self.lmbda = codec.config.loss.lmbda
+        self.rate_lambdas = codec.config.model.rate_lambdas
 
-    def refine(self, y: Tensor, x0: Tensor, size: tuple[int, int], settings: RefineSettings) -> Tensor:
+    def refine(self, y: Tensor, x0: Tensor, size: tuple[int, int], settings: RefineSettings,
+               level: float | None = None) -> Tensor:
         """The refined latent.
 
         Args:
-            y: the encoder's latent, (1, C, h, w).
+            y: the latent to code, (1, C, h, w) (a variable-rate model's: gain applied).
             x0: the padded image in [-1, 1], (1, 3, 16h, 16w).
             size: (height, width) of the image's own pixels in ``x0`` (the rest is padding).
             settings: iterations, step size and noise seed.
+            level: a variable-rate model's rate level: its λ and inverse gain enter the objective.
 
         Returns:
             y after ``settings.iterations`` Adam steps on ``lmbda * bpp + MSE(x_aux, x0)``, detached.
@@ -106,6 +111,10 @@ class LatentRefiner:
             return y
         height, width = size
         target = x0[..., :height, :width].float()
+        lmbda, levels = self.lmbda, None
+        if self.gain is not None:
+            levels = torch.tensor([float(level)], device=y.device)
+            lmbda = float(level_lambdas(self.rate_lambdas, levels))
         y = y.detach().float().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([y], lr=settings.lr)
         devices = [y.device] if y.device.type == "cuda" else []  # the caller's random state is left as it was
@@ -115,9 +124,11 @@ class LatentRefiner:
                 # annealed geometrically from 0.5 to 0.05: soft early (smooth objective), near rounding late
                 temperature = 0.5 * 0.1 ** (i / max(settings.iterations - 1, 1))
                 y_hat, likelihoods = self.entropy.relaxed(y, temperature)
+                if levels is not None:
+                    y_hat = self.gain.inverse(y_hat, levels)
                 x_aux = self.g_s(y_hat)[..., :height, :width]
                 bits = sum(-torch.log2(p).sum() for p in likelihoods.values())
-                loss = self.lmbda * bits / (height * width)
+                loss = lmbda * bits / (height * width)
                 loss = loss + settings.distortion * (x_aux - target).square().mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -126,4 +137,4 @@ class LatentRefiner:
 
     def for_settings(self, settings: RefineSettings) -> Refine:
         """The ``Refine`` function of ``settings``, as ``cdc.models.codec.CDCCodec.compress`` takes it."""
-        return lambda y, x0, size: self.refine(y, x0, size, settings)
+        return lambda y, x0, size, level=None: self.refine(y, x0, size, settings, level)

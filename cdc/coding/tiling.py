@@ -199,10 +199,12 @@ def block_noise(box: Box, seed: int, gamma: float) -> Tensor:
 
 
 @torch.no_grad()
-def encode_tiles(codec, x: Tensor, grid: TileGrid, refine: Refine | None = None) -> tuple[list[list[bytes]], float]:
+def encode_tiles(codec, x: Tensor, grid: TileGrid, refine: Refine | None = None,
+                 level: float | None = None) -> tuple[list[list[bytes]], float]:
     """Code every core of ``x`` (1, 3, H, W; float in [0, 1] or uint8) on its own.
 
-    ``refine`` (encoder effort, ``cdc.coding.refine``) refines each core's latent against the core's pixels.
+    ``refine`` (encoder effort, ``cdc.coding.refine``) refines each core's latent against the core's pixels;
+    ``level``: a variable-rate model's rate level (``cdc.models.gain``).
 
     Returns the strings of each tile in raster order and the entropy model's estimate of the
     payload in bits (``-log2`` likelihoods of every tile's ŷ and ẑ).
@@ -212,12 +214,12 @@ def encode_tiles(codec, x: Tensor, grid: TileGrid, refine: Refine | None = None)
     height, width = x.shape[-2:]
     for r, c in grid:
         win, core = grid.window(r, c), grid.core(r, c)
-        y = codec.g_a(crop_padded(x, win).to(device))
+        y = codec.coded_latent(codec.g_a(crop_padded(x, win).to(device)), level)
         lw, lc = win.latent(), core.latent()
         y = y[..., lc.r0 - lw.r0 : lc.r1 - lw.r0, lc.c0 - lw.c0 : lc.c1 - lw.c0]
         if refine is not None:
             own = (min(core.r1, height) - core.r0, min(core.c1, width) - core.c0)
-            y = refine(y, crop_padded(x, core).to(device), own)
+            y = refine(y, crop_padded(x, core).to(device), own, level)
         strings, _ = codec.entropy.compress(y)
         tiles.append(strings)
         bits += codec.entropy.bits(y)
@@ -263,9 +265,10 @@ class _LatentRows:
 @torch.no_grad()
 def decode_tiles(codec, tiles: list[list[bytes]], grid: TileGrid, sink: RowSink, *, steps: int, gamma: float,
                  seed: int, precision: str = "fp32", progress: Callable[[int], None] | None = None,
-                 portable: bool = True) -> None:
+                 portable: bool = True, level: float | None = None) -> None:
     """Decode a tiled file strip by strip, calling ``sink`` with finished rows (cropped to the image).
-    ``portable``: the file's entropy parameters are float64 (see ``cdc.coding.bitstream.Bitstream``).
+    ``portable``: the file's entropy parameters are float64 (see ``cdc.coding.bitstream.Bitstream``);
+    ``level``: the rate level of a variable-rate model's file.
 
     Each window runs the whole conditional diffusion decoder (context, x_aux, DDIM) on its own;
     its output is weighted by ``TileGrid.ramp`` in both axes and summed into a strip of
@@ -283,7 +286,7 @@ def decode_tiles(codec, tiles: list[list[bytes]], grid: TileGrid, sink: RowSink,
         for c in range(cols):
             win = grid.window(r, c)
             x = codec.reconstruct(latents.window(r, c), steps, gamma, seed, precision, progress,
-                                  x_start=block_noise(win, seed, gamma))
+                                  x_start=block_noise(win, seed, gamma), level=level)
             weight = grid.ramp(r, rows, win.r0, win.r1)[:, None] * grid.ramp(c, cols, win.c0, win.c1)[None, :]
             strip[:, :, win.c0 : win.c1] += x[0].float().cpu() * weight
         done = grid.core(r, 0).r1 - grid.margin if r < rows - 1 else first.r1

@@ -34,15 +34,16 @@ from cdc.models.checkerboard import CheckerboardHyperprior
 from cdc.models.diffusion import GaussianDiffusion
 from cdc.models.entroformer import EntroformerEntropyModel
 from cdc.models.entropy import LatentEntropyModel, MeanScaleHyperprior
+from cdc.models.gain import GainUnits, level_lambdas
 from cdc.models.layers import pad_to_multiple
 from cdc.models.sampler import DDIMSampler
 from cdc.models.transforms import AnalysisTransform, AuxSynthesis, ContextDecoder
 from cdc.models.unet import ConditionalUNet
 
-Refine = Callable[[Tensor, Tensor, tuple[int, int]], Tensor]
-"""Encoder effort (``cdc.coding.refine``): ``refine(y, x0, (height, width))`` is the latent to code for
-the encoder's ``y`` of the padded image ``x0`` (pixels in [-1, 1]) whose top-left ``height`` x ``width``
-pixels are the image's own."""
+Refine = Callable[[Tensor, Tensor, tuple[int, int], float | None], Tensor]
+"""Encoder effort (``cdc.coding.refine``): ``refine(y, x0, (height, width), level)`` is the latent to code
+for the encoder's ``y`` (gain applied at rate ``level`` in a variable-rate model, else level None) of the
+padded image ``x0`` (pixels in [-1, 1]) whose top-left ``height`` x ``width`` pixels are the image's own."""
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -69,6 +70,7 @@ class CDCCodec(CompressionModel):
         self.config = config
         self.g_a = AnalysisTransform(config.model)
         self.entropy = build_entropy_model(config.model)
+        self.gain = GainUnits(config.model) if config.model.rate_lambdas else None
         self.context = ContextDecoder(config.model)
         self.unet = ConditionalUNet(config.model)
         self.g_s = AuxSynthesis(config.model) if config.model.aux_synthesis else None
@@ -80,6 +82,33 @@ class CDCCodec(CompressionModel):
         self._decode_unets: dict[tuple, tuple] = {}  # (dtype, device, compiled) -> (U-Net, denoiser); not submodules
 
     @property
+    def rate_levels(self) -> int:
+        """Rate levels of a variable-rate model (``model.rate_lambdas``); 0 for a fixed-rate one."""
+        return 0 if self.gain is None else self.gain.levels
+
+    def coded_latent(self, y: Tensor, level: float | Tensor | None = None) -> Tensor:
+        """The latent the entropy model codes: ``y`` itself, or scaled by the gain at ``level`` (a
+        variable-rate model: a real number in [0, L - 1], or one per image; it needs one)."""
+        if self.gain is None:
+            if level is not None:
+                raise ValueError("a fixed-rate model takes no rate level")
+            return y
+        return self.gain(y, self._levels(level, y))
+
+    def decoder_latent(self, y_hat: Tensor, level: float | Sequence[float] | Tensor | None = None) -> Tensor:
+        """What the decoder is conditioned on: the decoded ``y_hat``, scaled back by the inverse gain
+        at ``level`` in a variable-rate model."""
+        return y_hat if self.gain is None else self.gain.inverse(y_hat, self._levels(level, y_hat))
+
+    def _levels(self, level: float | Sequence[float] | Tensor | None, like: Tensor) -> Tensor:
+        if level is None:
+            raise ValueError(f"a variable-rate model needs a rate level in [0, {self.rate_levels - 1}]")
+        if isinstance(level, Tensor):
+            return level
+        values = [level] if isinstance(level, (int, float)) else list(level)
+        return torch.tensor([self.gain.check_level(v) for v in values], device=like.device)
+
+    @property
     def downsampling_factor(self) -> int:
         """Padded input sizes are multiples of this (64: g_a /16 times the hyperprior's /4)."""
         return max(64, self.unet.multiple)
@@ -88,7 +117,7 @@ class CDCCodec(CompressionModel):
     PHASES = ("joint", "decoder", "autoencoder", "entropy")
 
     def forward(self, x: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                phase: str = "joint", x_t: Tensor | None = None) -> dict[str, Tensor]:
+                phase: str = "joint", x_t: Tensor | None = None, level: Tensor | None = None) -> dict[str, Tensor]:
         """One training/evaluation pass at a random timestep (no sampling chain).
 
         Args:
@@ -103,6 +132,8 @@ class CDCCodec(CompressionModel):
                 ``q_sample(x0, t, noise)``: e.g. the sampler's start state at t = T - 1, which trains
                 exactly what a one-step decode computes (needs ``t``; ``noise`` is unused and the
                 regression target is the output that x0 implies at ``x_t``).
+            level: a variable-rate model's rate level per image (B,), reals in [0, L - 1]; uniform
+                if omitted. Its λ is returned as ``lmbda`` (B,), the rate weight of each image.
 
         Returns:
             ``likelihoods``: {"y", "z"}; ``x0``: the clean image in [-1, 1]; ``aux_loss``: the
@@ -122,13 +153,21 @@ class CDCCodec(CompressionModel):
             # NCHW into the entropy model even for a channels-last network: its noise proxy (compressai's
             # uniform_ over memory order) then draws the same noise for either layout. It is small.
             y = self.g_a(x0).contiguous()
+            rate = {}
+            if self.gain is not None:  # the gains belong to the latent: frozen with it
+                if level is None:
+                    level = torch.rand(x.shape[0], device=x.device) * (self.gain.levels - 1)
+                y = self.gain(y, level)
+                rate = {"lmbda": level_lambdas(self.config.model.rate_lambdas, level)}
         if phase == "entropy":
             _, likelihoods = self.entropy(y)
-            return {"likelihoods": likelihoods, "x0": x0, "aux_loss": self.aux_loss()}
+            return {"likelihoods": likelihoods, "x0": x0, "aux_loss": self.aux_loss(), **rate}
         with torch.set_grad_enabled(torch.is_grad_enabled() and phase != "decoder"):
             # the autoencoder phase trains with the noise proxy (see cdc.models.entropy): no dead start
             y_hat, likelihoods = self.entropy(y, noise=phase == "autoencoder")
-        out = {"likelihoods": likelihoods, "x0": x0, "aux_loss": self.aux_loss()}
+        if self.gain is not None:
+            y_hat = self.gain.inverse(y_hat, level)
+        out = {"likelihoods": likelihoods, "x0": x0, "aux_loss": self.aux_loss(), **rate}
         x_aux = self.g_s(y_hat) if self.g_s is not None else None
         if x_aux is not None:
             out["x_aux"] = x_aux
@@ -173,20 +212,22 @@ class CDCCodec(CompressionModel):
 
     # ------------------------------------------------------------------ coding
     @torch.no_grad()
-    def compress(self, x: Tensor, refine: Refine | None = None) -> dict:
+    def compress(self, x: Tensor, refine: Refine | None = None, level: float | None = None) -> dict:
         """Entropy-code one image.
 
         Args:
             x: (1, 3, H, W) in [0, 1], any H, W >= 1.
             refine: encoder effort: maps the encoder's latent to the one coded (see ``cdc.coding.refine``).
+            level: a variable-rate model's rate level, a real number in [0, L - 1] (``cdc.models.gain``).
 
         Returns:
-            ``strings`` (list of bytes, decode order), ``shape`` (h, w of y), ``y`` and ``y_hat``.
+            ``strings`` (list of bytes, decode order), ``shape`` (h, w of y), ``y`` (the coded latent,
+            gain applied) and ``y_hat`` (as coded).
         """
         xp = pad_to_multiple(x.float() * 2 - 1, self.downsampling_factor)
-        y = self.g_a(xp)
+        y = self.coded_latent(self.g_a(xp), level)
         if refine is not None:
-            y = refine(y, xp, tuple(x.shape[-2:]))
+            y = refine(y, xp, tuple(x.shape[-2:]), level)
         strings, y_hat = self.entropy.compress(y)
         return {"strings": strings, "shape": tuple(y.shape[-2:]), "y": y, "y_hat": y_hat}
 
@@ -202,14 +243,16 @@ class CDCCodec(CompressionModel):
         precision: str = "fp32",
         progress: Callable[[int], None] | None = None,
         portable: bool = True,
+        level: float | None = None,
     ) -> dict[str, Tensor]:
         """Decode strings from ``compress``; unset decode parameters come from the config.
-        ``portable=False`` decodes strings coded with float32 entropy parameters (older files).
+        ``portable=False`` decodes strings coded with float32 entropy parameters (older files);
+        ``level``: the rate level they were coded at (variable-rate models).
 
-        Returns ``x_hat`` in [0, 1] cropped to ``image_size`` and the decoded ``y_hat``.
+        Returns ``x_hat`` in [0, 1] cropped to ``image_size`` and the decoded ``y_hat`` (as coded).
         """
         y_hat = self.entropy.decompress(strings, shape, portable)
-        x = self.reconstruct(y_hat, steps, gamma, seed, precision, progress)
+        x = self.reconstruct(y_hat, steps, gamma, seed, precision, progress, level=level)
         if image_size is not None:
             x = x[..., : image_size[0], : image_size[1]]
         return {"x_hat": (x + 1) / 2, "y_hat": y_hat}
@@ -224,12 +267,16 @@ class CDCCodec(CompressionModel):
         precision: str = "fp32",
         progress: Callable[[int], None] | None = None,
         x_start: Tensor | None = None,
+        level: float | Sequence[float] | None = None,
     ) -> Tensor:
-        """Run the diffusion decoder conditioned on ŷ (B, C, h, w); returns the padded images in [-1, 1].
+        """Run the diffusion decoder conditioned on ŷ (B, C, h, w, as entropy-decoded); returns the padded
+        images in [-1, 1].
 
         ``seed``: one for the batch, or one per image (each image then decodes as it would alone).
         ``x_start``: the start state (see ``cdc.models.sampler.DDIMSampler.sample``), else drawn from ``seed``.
+        ``level``: a variable-rate model's rate level, one for the batch or one per image.
         """
+        y_hat = self.decoder_latent(y_hat, level)
         cfg = self.config.sampler
         sampler = DDIMSampler(
             self.diffusion,

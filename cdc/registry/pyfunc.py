@@ -24,7 +24,8 @@ their keys; ``cdc serve`` keeps them. A bare value (``{"inputs": ["<base64>"]}``
 
 Every request is bounded by the limits of ``cdc.limits`` (the service's pixel limit, the DDIM
 steps a file or ``params.steps`` may ask for, whole-image pixels: large images are tiled as ``cdc
-compress --tile auto`` does, encoder effort ``params.effort`` up to ``cdc.limits.MAX_EFFORT``),
+compress --tile auto`` does, encoder effort ``params.effort`` up to ``cdc.limits.MAX_EFFORT``; a
+variable-rate model's ``params.quality`` or target ``params.bpp``, as ``cdc compress`` takes them),
 and by the server's request timeout: work on rows the client will not
 receive stops when it expires. The codec checkpoint travels as the artifact ``checkpoint``
 (safetensors + JSON), so consumers need ``cdc-pipeline`` installed but no training code. The model
@@ -53,7 +54,8 @@ SIGNATURE = ModelSignature(
     outputs=Schema([ColSpec("binary", "cdc"), ColSpec("double", "bpp"), ColSpec("binary", "reconstruction"),
                     ColSpec("long", "height"), ColSpec("long", "width"), ColSpec("string", "warnings"),
                     ColSpec("string", "error")]),
-    params=ParamSchema([ParamSpec("steps", "long", 0), ParamSpec("effort", "long", 0)]),
+    params=ParamSchema([ParamSpec("steps", "long", 0), ParamSpec("effort", "long", 0),
+                        ParamSpec("quality", "double", -1.0), ParamSpec("bpp", "double", 0.0)]),
 )
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 COLUMNS = ("cdc", "bpp", "reconstruction", "height", "width", "warnings", "error")
@@ -180,6 +182,7 @@ class CDCPyfunc(mlflow.pyfunc.PythonModel):
         deadline = time.monotonic() + timeout if timeout > 0 else None
         steps = (params or {}).get("steps") or 0
         effort = (params or {}).get("effort") or 0
+        rate = _rate(params or {})
         out = []
         for row in _records(model_input):
             if not (isinstance(steps, int | np.integer) and 0 <= steps <= MAX_DECODE_STEPS):
@@ -190,16 +193,19 @@ class CDCPyfunc(mlflow.pyfunc.PythonModel):
                 out.append({"error": f"params.effort must be an integer in [0, {MAX_EFFORT}] (0: off), "
                                      f"not {effort!r}"})
                 continue
+            if isinstance(rate, str):
+                out.append({"error": rate})
+                continue
             try:
                 if deadline is not None and time.monotonic() > deadline:
                     raise Expired(f"not started within the server's request timeout of {timeout:g} s")
-                out.append(self._one(*_request(row), int(steps) or None, int(effort), deadline, timeout))
+                out.append(self._one(*_request(row), int(steps) or None, int(effort), deadline, timeout, rate))
             except RowError as exc:
                 out.append({"error": str(exc)})
         return pd.DataFrame([[row.get(c) for c in COLUMNS] for row in out], columns=list(COLUMNS), dtype=object)
 
     def _one(self, key: str, data: bytes, steps: int | None, effort: int, deadline: float | None,
-             timeout: float) -> dict:
+             timeout: float, rate: dict[str, float]) -> dict:
         from cdc.coding.coder import DecodeError
         from cdc.images import InputError, encode_png, image_from_bytes
 
@@ -211,7 +217,7 @@ class CDCPyfunc(mlflow.pyfunc.PythonModel):
         try:
             if key == "image":
                 x, notes = image_from_bytes(data, "image", self.coder.limits.max_pixels, uint8=True)
-                data = self.coder.encode(x, steps=steps, tile="auto", effort=effort).data
+                data = self.coder.encode(x, steps=steps, tile="auto", effort=effort, **rate).data
                 del x
             rec, stream = self.coder.decode_uint8(data, steps=steps, progress=on_step)
         except (DecodeError, InputError) as exc:
@@ -222,6 +228,22 @@ class CDCPyfunc(mlflow.pyfunc.PythonModel):
         bpp = 8 * len(data) / (stream.height * stream.width)
         return {"cdc": data, "bpp": bpp, "reconstruction": encode_png(rec),
                 "height": stream.height, "width": stream.width, "warnings": "; ".join(notes) or None, "error": None}
+
+
+def _rate(params: dict) -> dict[str, float] | str:
+    """A variable-rate model's ``params.quality`` (0-100; < 0: its default) and ``params.bpp`` (a target
+    rate; <= 0: none) as ``Coder.encode`` keywords, or the error line of a value that is not a number."""
+    out = {}
+    for name, off in (("quality", lambda v: v < 0), ("bpp", lambda v: v <= 0)):
+        value = params.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
+                or not np.isfinite(value):
+            return f"params.{name} must be a number, not {value!r}"
+        if not off(value):
+            out[name] = float(value)
+    return out
 
 
 def stage_checkpoint(checkpoint: str | Path, folder: Path) -> Path:

@@ -36,6 +36,9 @@ class RateDistortionPerceptionLoss(nn.Module):
         diffusion: the codec's diffusion (for the parameterization and min-SNR weights).
         perceptual: a prebuilt distance (else built from ``cfg`` when ``rho > 0``).
 
+    A variable-rate model's ``forward`` gives each image its own λ (``out["lmbda"]``), which replaces
+    ``cfg.lmbda``.
+
     ``forward(out, x)`` takes the codec's ``forward`` output and returns a dict of scalars:
     ``loss`` (to minimise), ``bpp``, ``diffusion``, ``perceptual`` (0 when rho = 0), ``aux_mse``
     (0 when unused). In the autoencoder phase (no ``output`` in ``out``) only rate and aux_mse count, in
@@ -54,7 +57,7 @@ class RateDistortionPerceptionLoss(nn.Module):
     def forward(self, out: dict, num_pixels: int) -> dict[str, Tensor]:
         bpp = bits_per_pixel(out["likelihoods"], num_pixels)
         zero = torch.zeros_like(bpp)
-        total = self.cfg.lmbda * bpp
+        total = out.get("lmbda", self.cfg.lmbda) * bpp  # a variable-rate model: each image's level's λ
         aux = zero
         if self.cfg.aux_mse > 0 and "x_aux" in out:  # absent in the entropy phase
             aux = (out["x_aux"].float() - out["x0"]).square().flatten(1).mean(1)

@@ -73,22 +73,25 @@ def new_window() -> dict:
 def init_weights(codec: CDCCodec, ref: str) -> None:
     """Load checkpoint ``ref`` (any ``cdc.registry.resolve`` form) into ``codec``; the architectures must
     agree, except that a ``hyperprior`` model may start a ``checkerboard`` one (which then codes as the
-    hyperprior did until its context is trained: ``cdc.models.checkerboard``)."""
+    hyperprior did until its context is trained: ``cdc.models.checkerboard``) and a fixed-rate model a
+    variable-rate one (its gain units keep their initial values: ``cdc.models.gain``)."""
     path = resolve_model(ref)
     source = load_codec(path)
-    upgrade = with_updates(source.config, model={"entropy_model": codec.config.model.entropy_model}).model
-    if (source.config.model.entropy_model, codec.config.model.entropy_model) == ("hyperprior", "checkerboard") \
-            and upgrade == codec.config.model:
-        missing, unexpected = codec.load_state_dict(source.state_dict(), strict=False)
-        if unexpected or not all(k.startswith(("entropy.context.", "entropy.params.")) for k in missing):
-            raise CheckpointError(f"{path}: weights do not fit a checkerboard model: {unexpected or missing}")
-        return
-    if source.config.model != codec.config.model:
-        diff = {k: (v, getattr(codec.config.model, k)) for k, v in vars(source.config.model).items()
-                if getattr(codec.config.model, k) != v}
+    model = codec.config.model
+    upgrades = {}  # what the run's model may add to the checkpoint's, and the weights that brings
+    if (source.config.model.entropy_model, model.entropy_model) == ("hyperprior", "checkerboard"):
+        upgrades["entropy_model"] = ("entropy.context.", "entropy.params.")
+    if not source.config.model.rate_lambdas and model.rate_lambdas:
+        upgrades["rate_lambdas"] = ("gain.",)
+    upgraded = with_updates(source.config, model={k: getattr(model, k) for k in upgrades}).model
+    if upgraded != model:
+        diff = {k: (v, getattr(model, k)) for k, v in vars(source.config.model).items() if getattr(model, k) != v}
         raise CheckpointError(f"{path}: architecture differs from this run's preset "
                               + ", ".join(f"model.{k}: checkpoint {a} vs run {b}" for k, (a, b) in diff.items()))
-    codec.load_state_dict(source.state_dict())
+    missing, unexpected = codec.load_state_dict(source.state_dict(), strict=not upgrades)
+    new = tuple(prefix for prefixes in upgrades.values() for prefix in prefixes)
+    if unexpected or not all(k.startswith(new) for k in missing):
+        raise CheckpointError(f"{path}: weights do not fit this run's model: {unexpected or missing}")
 
 
 def check_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
@@ -207,6 +210,7 @@ def _train(spec: RunSpec) -> dict:
     data_iter = iter(loader)
     window = new_window()
     last: dict = {}
+    batch = None  # a run resumed from its last step's checkpoint takes none: it only exports
     bar = tqdm(total=tc.max_steps, initial=step, disable=not main, desc="train", unit="step")
     codec.train()
     try:  # an error ends the progress bar's line first: its one-line message stands alone
@@ -276,7 +280,8 @@ def _train(spec: RunSpec) -> dict:
                "replica_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1,
                "mlflow_run_id": tracker.run_id}
     if main:
-        log_samples(ema.shadow, batch[:1], tracker, step)
+        if batch is not None:
+            log_samples(ema.shadow, batch[:1], tracker, step)
         fingerprint = save_export(ema.shadow, out, cfg, spec, tracker.run_id, loss_fn)
         summary.update({"model": str(out), "fingerprint": fingerprint,
                         "peak_memory_mb": peak_memory_mb(accelerator.device)})
