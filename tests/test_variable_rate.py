@@ -248,3 +248,27 @@ def test_the_service_takes_quality_and_bpp(tmp_path, variable):
     target = wrapped.predict(None, request, {"bpp": float(high["bpp"][0]) * 0.9, "steps": 1})
     assert target["error"][0] is None and target["bpp"][0] <= high["bpp"][0] * 0.9
     assert "must be a number" in wrapped.predict(None, request, {"quality": "high"})["error"][0]
+
+
+def test_the_rate_search_is_bounded_and_lands_just_under_the_target():
+    """On a rate that grows with the level (here exponentially, as the members' do), the search takes
+    at most 14 encodes and returns the highest level under the target."""
+    from cdc.coding.rate import RATE_SEARCH_STEPS, RateError, encode_at_bpp
+
+    calls = []
+
+    def encode(level):
+        calls.append(level)
+        return SimpleNamespace(bpp=0.1 * math.exp(0.4 * level), level=level)
+
+    for target in (0.12, 0.2, 0.33, 0.45):
+        calls.clear()
+        best = encode_at_bpp(encode, target, 4.0)
+        assert best.bpp <= target and (best.bpp >= 0.99 * target or encode(best.level + 0.002).bpp > target)
+        assert len(calls) <= RATE_SEARCH_STEPS + 3
+    assert encode_at_bpp(encode, 1.0, 4.0).level == 4.0
+    with pytest.raises(RateError, match=r"0\.05 bpp is below this model's lowest rate"):
+        encode_at_bpp(encode, 0.05, 4.0)
+    for bad in (0, -1, float("nan"), float("inf"), True):
+        with pytest.raises(RateError, match="positive number"):
+            encode_at_bpp(encode, bad, 4.0)

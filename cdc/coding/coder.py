@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from cdc.coding.bitstream import ENTROPY_MODEL_IDS, FINGERPRINT_BYTES, Bitstream, BitstreamError
+from cdc.coding.rate import RateError, encode_at_bpp
 from cdc.coding.refine import LatentRefiner, Refine, RefineError, RefineSettings
 from cdc.coding.tiling import (
     DEFAULT_MARGIN,
@@ -56,10 +57,6 @@ class Encoded:
     bpp_estimated: float
     level: float | None = None
 
-
-RATE_SEARCH_STEPS = 12
-"""Encodes of one rate-controlled compression beyond the two ends of the range (``Coder.encode``'s
-``bpp``): the level interval halves each time, to 1/4096 of the range."""
 
 BATCH_MAX_PIXELS = 2**22
 """Padded pixels per decoding batch (ten 768x512 images): a batch of large images must not multiply
@@ -148,8 +145,8 @@ class Coder:
             quality: a variable-rate model's quality, 0 (its lowest rate) to 100 (its highest), linear
                 in its rate level (``cdc.models.gain``); default ``DEFAULT_QUALITY``.
             bpp: a variable-rate model's target rate: the highest quality whose file has at most this
-                many bits per pixel (bisection over the rate level on real files, ``RATE_SEARCH_STEPS``
-                encodes at most). Instead of ``quality``.
+                many bits per pixel (bisection over the rate level on real files: ``cdc.coding.rate``).
+                Instead of ``quality``.
             level: the rate level itself, in [0, L - 1] (instead of ``quality``).
 
         Raises:
@@ -162,8 +159,11 @@ class Coder:
         if len(chosen) > 1:
             raise DecodeError(f"give one of quality, bpp and level, not {' and '.join(chosen)}")
         if bpp is not None:
-            return self._encode_at_bpp(bpp, lambda lv: self.encode(x, steps, gamma, seed, tile, margin, limits,
-                                                                   effort, level=lv))
+            try:
+                return encode_at_bpp(lambda lv: self.encode(x, steps, gamma, seed, tile, margin, limits, effort,
+                                                            level=lv), bpp, self.codec.rate_levels - 1)
+            except RateError as exc:
+                raise DecodeError(str(exc)) from None
         try:
             level = self._rate_level(quality, level)
         except ValueError as exc:
@@ -225,30 +225,6 @@ class Coder:
         data = stream.to_bytes()
         pixels = height * width
         return Encoded(data, 8 * len(data) / pixels, bits / pixels, level)
-
-    def _encode_at_bpp(self, target: float, encode: Callable[[float], Encoded]) -> Encoded:
-        """The file of the highest rate level whose real bpp is at most ``target``: bisection over the
-        level (the rate grows with it) to 1e-3, the header's precision, or to within 1 % below ``target``."""
-        if not (isinstance(target, (int, float)) and target > 0 and np.isfinite(target)):
-            raise DecodeError(f"target bpp must be a positive number, got {target!r}")
-        low, high = 0.0, float(self.codec.rate_levels - 1)
-        best = encode(high)
-        if best.bpp <= target:
-            return best
-        best = encode(low)
-        if best.bpp > target:
-            raise DecodeError(f"{target:g} bpp is below this model's lowest rate for this image ({best.bpp:.4f} bpp "
-                              "at quality 0)")
-        for _ in range(RATE_SEARCH_STEPS):
-            middle = round((low + high) / 2, 3)
-            if best.bpp >= 0.99 * target or middle in (low, high):
-                break
-            encoded = encode(middle)
-            if encoded.bpp <= target:
-                low, best = middle, encoded
-            else:
-                high = middle
-        return best
 
     def parse(self, data: bytes, steps: int | None = None, limits: CodecLimits | None = None) -> Bitstream:
         """Parse ``data`` and check it belongs to this model; raises ``DecodeError``.
