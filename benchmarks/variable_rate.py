@@ -31,6 +31,7 @@ from cdc.coding.coder import Coder, DecodeError
 from cdc.evaluation.metrics import psnr
 from cdc.evaluation.rd import bd_rate
 from cdc.images import from_uint8, to_uint8
+from cdc.models.gain import level_lambdas
 from cdc.registry.resolve import resolve_model
 from cdc.zoo.checkpoint import load_codec
 from cdc.zoo.pretrained import available, family
@@ -117,7 +118,7 @@ def main() -> None:
             print(separate[-1], flush=True)
         variable = []
         for level in levels:
-            lmbda = float(np.exp(np.interp(level, range(len(lambdas)), np.log(lambdas))))
+            lmbda = float(level_lambdas(lambdas, torch.tensor([level]))[0])
             variable.append({"set": label, "model": f"variable, level {level:g}", "level": level, "lmbda": lmbda,
                              **code(coder, photos, level=level)})
             print(variable[-1], flush=True)
