@@ -8,13 +8,24 @@ Runs (all from the same seed on the same shards):
 * ``as-published``: the preset as the official recipe writes it: lr 5e-5, no warm-up, and an EMA
   of 0.999 every 10 steps whose average has no warm-up (what every earlier ``paper`` run exported);
 * ``lr5e-5``, ``lr2e-4``, ``lr5e-4``: the preset with the EMA warm-up (``train.ema_warmup``) and a
-  linear learning-rate warm-up of ``--warmup`` steps, at that rate.
+  linear learning-rate warm-up of ``--warmup`` steps, at that rate;
+* ``staged``: the same phases as two runs, so that each gets its own rate: the autoencoder phase alone
+  (``--autoencoder-fraction`` of the steps, at ``--autoencoder-lr``; its U-Net never runs, and its
+  zero-initialised residual makes the decode exactly the autoencoder's), then ``--init-from`` it the
+  decoder phase on the frozen latent (``--frozen-share`` of the rest) and the joint phase, at
+  ``--diffusion-lr``. Both stages are rows;
+* ``autoencoder-lr1e-4``, ``autoencoder-lr2e-4``, ``autoencoder-lr5e-4``: the autoencoder phase alone
+  (the staged run's first stage) at that rate, to find the fastest rate the full-size autoencoder
+  takes.
 
     python benchmarks/paper_recipe.py --shards runs/photos/shards/manifest.json --steps 1000 --crop 128
     python benchmarks/paper_recipe.py --runs lr5e-4 --steps 4000      # one rate, longer
+    python benchmarks/paper_recipe.py --runs staged --steps 11900 --autoencoder-fraction 0.92437
+    python benchmarks/paper_recipe.py --runs autoencoder-lr1e-4,autoencoder-lr2e-4,autoencoder-lr5e-4 --steps 2000
 
-Resumable: each finished run (``--work``/<run>) is evaluated again but not retrained. Writes
-``benchmarks/results/paper-recipe-cpu.json`` (rows and loss curves) and prints the table.
+Resumable: each finished run (``--work``/<run>-<steps>) is evaluated again but not retrained. Writes
+``benchmarks/results/paper-recipe-cpu.json`` (rows and loss curves; rows of other runs or step counts
+already there are kept) and ``paper-recipe-curves.png``, and prints the table.
 """
 
 from __future__ import annotations
@@ -25,16 +36,29 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import print_table, write_json
+from common import RESULTS, print_table, write_json
 from recipes import held_out_images
 from train import TrainingFailed, _late_mean, run_training
+
+from cdc.argtypes import BATCH, COUNT, TRAIN_STEPS, number
+
+RESULT = RESULTS / "paper-recipe-cpu.json"
+FRACTION = number(float, 0.0, 1.0, "a number")
+RATE = number(float, 1e-8, 1.0, "a number")
+MIN_STEPS = 20
+"""Fewest steps of a stage: throughput skips the first logged window (every 10 steps) as warm-up."""
 
 RUNS = {
     "as-published": ("train.ema_warmup=false",),
     "lr5e-5": ("train.lr=5e-5",),
     "lr2e-4": ("train.lr=2e-4",),
     "lr5e-4": ("train.lr=5e-4",),
+    "staged": (),
+    **{f"autoencoder-lr{lr}": ("train.autoencoder_fraction=1", "train.freeze_latent_fraction=0", f"train.lr={lr}")
+       for lr in ("1e-4", "2e-4", "5e-4")},
 }
+SWEEP = ("as-published", "lr5e-5", "lr2e-4", "lr5e-4")
+"""The learning-rate sweep at equal steps (the default ``--runs``)."""
 
 
 def held_out_quality(model: Path, images: list[tuple[str, np.ndarray]]) -> dict:
@@ -59,61 +83,119 @@ def held_out_quality(model: Path, images: list[tuple[str, np.ndarray]]) -> dict:
             "held_out_psnr_min": float(np.min(quality)), "code_s_per_image": float(np.mean(seconds))}
 
 
+def plot_curves(curves: dict[str, dict], path: Path, smooth: int = 20) -> None:
+    """Training loss against step (a moving median over ``smooth`` logged windows: single-batch losses are
+    noisy; log scales), a line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, curve in curves.items():
+        steps = sorted(curve, key=int)
+        values = np.array([curve[s] for s in steps])
+        if len(values) > smooth:
+            values = np.median(np.lib.stride_tricks.sliding_window_view(values, smooth), axis=1)
+            steps = steps[smooth - 1:]
+        ax.plot([int(s) for s in steps], values, label=name, lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"training loss (median of {smooth} logged steps)")
+    ax.set_title("paper preset on 2 CPU cores, 128 px crops, batch 4")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", default="runs/photos/shards/manifest.json",
                    help="training shards with a val split (python -m shards.photocorpus -o runs/photos)")
     p.add_argument("--work", type=Path, default=Path("runs/paper-recipe"))
-    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--crop", type=int, default=128, help="training crop side, pixels (multiple of 64)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps of the swept runs")
-    p.add_argument("--autoencoder-fraction", type=float, default=0.8,
+    p.add_argument("--runs", default=",".join(SWEEP),
+                   help=f"comma-separated, of: {', '.join(RUNS)} (default: the 1,000-step sweep)")
+    p.add_argument("--steps", type=TRAIN_STEPS, default=1000)
+    p.add_argument("--crop", type=number(int, 64, 4096, "an integer"), default=128,
+                   help="training crop side, pixels (multiple of 64)")
+    p.add_argument("--batch", type=BATCH, default=4)
+    p.add_argument("--warmup", type=COUNT, default=100, help="learning-rate warm-up steps of the swept runs")
+    p.add_argument("--autoencoder-fraction", type=FRACTION, default=0.8,
                    help="share of the steps in the autoencoder phase (on a CPU a joint step costs ~14 of them)")
-    p.add_argument("--images", type=int, default=4, help="held-out photos evaluated (whole, ~768x512)")
+    p.add_argument("--autoencoder-lr", type=RATE, default=2e-4, help="staged: the autoencoder stage's rate")
+    p.add_argument("--diffusion-lr", type=RATE, default=5e-5, help="staged: the decoder and joint phases' rate")
+    p.add_argument("--frozen-share", type=FRACTION, default=0.7,
+                   help="staged: share of the second stage in the decoder phase (frozen latent); the rest is joint")
+    p.add_argument("--images", type=COUNT, default=4, help="held-out photos evaluated (whole, ~768x512)")
     args = p.parse_args(argv)
     names = [r for r in args.runs.split(",") if r]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
         p.error(f"unknown runs {unknown}; choose from {list(RUNS)}")
+    first = round(args.autoencoder_fraction * args.steps)
+    if "staged" in names and min(first, args.steps - first) < MIN_STEPS:
+        p.error(f"staged: each stage needs at least {MIN_STEPS} steps (--steps {args.steps} x "
+                f"--autoencoder-fraction {args.autoencoder_fraction} gives {first} and {args.steps - first})")
     shards = Path(args.shards)
     if not shards.is_file():
         print(f"paper_recipe: error: {shards}: no shard manifest (python -m shards.photocorpus -o runs/photos)",
               file=sys.stderr)
         return 2
     images = held_out_images(str(shards), args.images)
-    common = [f"train.crop={args.crop}", f"train.batch_size={args.batch}", "loss.rho=0",
-              f"train.autoencoder_fraction={args.autoencoder_fraction}"]
-    rows, curves = [], {}
+    common = [f"train.crop={args.crop}", f"train.batch_size={args.batch}", "loss.rho=0"]
+    previous = RESULT.is_file() and json.loads(RESULT.read_text())
+    rows = [r for r in (previous or {}).get("rows", []) if (r["run"], r["steps"]) not in
+            {(n, args.steps) for n in names} | {(f"{n} (autoencoder stage)", args.steps) for n in names}]
+    curves = (previous or {}).get("loss_curves", {})
     for i, name in enumerate(names):
-        out = args.work / name
+        out = args.work / f"{name}-{args.steps}"
         warmup = [] if name == "as-published" else [f"train.warmup_steps={args.warmup}"]
-        timing = out / "bench_run.json"
-        if not timing.is_file():
-            try:
-                done = run_training("paper", 1, shards, out, args.steps, 29900 + i, [*common, *warmup, *RUNS[name]])
-                timing.write_text(json.dumps(done))
-            except TrainingFailed as err:
-                rows.append({"run": name, "error": str(err)[-2000:]})
-                print(f"{name}: FAILED\n{err}", flush=True)
-                continue
-        windows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[name] = {w["step"]: w["loss"] for w in windows}
-        rows.append({"run": name, "overrides": " ".join([*warmup, *RUNS[name]]), "steps": args.steps,
-                     "train_s": json.loads(timing.read_text())["wall_s"],
-                     "last_tenth_loss": _late_mean(curves[name], 0.1),
-                     **held_out_quality(out, images)})
-        print(f"{name}: {rows[-1]['held_out_psnr']:.2f} dB at {rows[-1]['held_out_bpp']:.3f} bpp", flush=True)
-        write_json("paper-recipe-cpu", {"partial": True, "rows": rows})
+        if name == "staged":
+            stages = [(out.with_name(f"{out.name}-autoencoder"), first, [
+                "train.autoencoder_fraction=1", "train.freeze_latent_fraction=0", f"train.lr={args.autoencoder_lr}"],
+                [], f"{name} (autoencoder stage)")]
+            stages.append((out, args.steps - first, [
+                "train.finetune_phases=true", "train.autoencoder_fraction=0",
+                f"train.freeze_latent_fraction={args.frozen_share}", f"train.finetune_lr={args.diffusion_lr}"],
+                ["--init-from", str(stages[0][0])], name))
+        else:
+            own = name.startswith("autoencoder-")  # these set their own phases
+            fraction = [] if own else [f"train.autoencoder_fraction={args.autoencoder_fraction}"]
+            stages = [(out, args.steps, [*fraction, *RUNS[name]], [], name)]
+        offset = 0
+        for j, (where, steps, overrides, flags, label) in enumerate(stages):
+            settings = [*overrides, *warmup]
+            timing = where / "bench_run.json"
+            if not timing.is_file():
+                try:
+                    done = run_training("paper", 1, shards, where, steps, 29900 + 10 * i + j, [*common, *settings],
+                                        flags=flags)
+                    timing.write_text(json.dumps(done))
+                except TrainingFailed as err:
+                    rows.append({"run": label, "steps": args.steps, "error": str(err)[-2000:]})
+                    print(f"{label}: FAILED\n{err}", flush=True)
+                    break
+            windows = [json.loads(line) for line in (where / "metrics.jsonl").read_text().splitlines()]
+            curve = {w["step"] + offset: w["loss"] for w in windows}
+            curves[f"{label}@{args.steps}"] = curve
+            rows.append({"run": label, "overrides": " ".join(settings), "steps": args.steps,
+                         "stage_steps": steps, "train_s": json.loads(timing.read_text())["wall_s"],
+                         "last_tenth_loss": _late_mean(curve, 0.1), **held_out_quality(where, images)})
+            print(f"{label}: {rows[-1]['held_out_psnr']:.2f} dB at {rows[-1]['held_out_bpp']:.3f} bpp", flush=True)
+            write_json("paper-recipe-cpu", {"partial": True, "rows": rows, "loss_curves": curves})
+            offset += steps
     table = print_table(rows, [("run", "run"), ("overrides", "settings"), ("steps", "steps"),
+                               ("stage_steps", "stage steps"), ("train_s", "train s"),
                                ("last_tenth_loss", "loss (last tenth)"), ("held_out_bpp", "bpp"),
                                ("held_out_psnr", "PSNR dB"), ("held_out_psnr_min", "worst PSNR dB")])
-    write_json("paper-recipe-cpu", {"preset": "paper", "crop": args.crop, "batch": args.batch, "steps": args.steps,
-                                    "warmup": args.warmup, "autoencoder_fraction": args.autoencoder_fraction,
-                                    "held_out_images": [n for n, _ in images],
+    write_json("paper-recipe-cpu", {"preset": "paper", "crop": args.crop, "batch": args.batch,
+                                    "warmup": args.warmup, "held_out_images": [n for n, _ in images],
                                     "decode": "1 step, gamma 0, real bitstreams", "rows": rows,
                                     "loss_curves": curves, "table": table})
+    plot_curves(curves, RESULTS / "paper-recipe-curves.png")
     return 0
 
 

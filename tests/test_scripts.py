@@ -44,6 +44,11 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     ("benchmarks/context_model.py", ["--shards", "s", "--steps", "0"], "argument --steps: 0 is outside"),
     ("benchmarks/variable_rate.py", ["--model", "small-q1"], "--model: small-q1 is a fixed-rate model"),
     ("benchmarks/variable_rate.py", ["--model", "tests/assets/nothing"], "--model: "),
+    ("benchmarks/paper_recipe.py", ["--runs", "lr1"], "unknown runs ['lr1']"),
+    ("benchmarks/paper_recipe.py", ["--frozen-share", "1.5"], "argument --frozen-share: 1.5 is outside"),
+    ("benchmarks/paper_recipe.py", ["--runs", "staged", "--steps", "100", "--autoencoder-fraction", "0.9"],
+     "each stage needs at least 20 steps"),
+    ("benchmarks/paper_recipe.py", ["--shards", "tests/assets/nothing"], "tests/assets/nothing: no shard manifest"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
     r = _run(script, *args)
@@ -52,7 +57,8 @@ def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
 
 @pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "scripts/train_family_gpu.py",
                                     "benchmarks/capacity.py", "benchmarks/perceptual_decoder.py",
-                                    "benchmarks/context_model.py", "benchmarks/variable_rate.py"])
+                                    "benchmarks/context_model.py", "benchmarks/variable_rate.py",
+                                    "benchmarks/paper_recipe.py"])
 def test_scripts_explain_their_arguments(script):
     r = _run(script, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
