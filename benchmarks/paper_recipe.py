@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     images = held_out_images(str(shards), args.images)
     common = [f"train.crop={args.crop}", f"train.batch_size={args.batch}", "loss.rho=0"]
     previous = RESULT.is_file() and json.loads(RESULT.read_text())
-    rows = [r for r in (previous or {}).get("rows", []) if (r["run"], r["steps"]) not in
+    rows = [r for r in (previous or {}).get("rows", []) if (r["run"], r.get("steps")) not in
             {(n, args.steps) for n in names} | {(f"{n} (autoencoder stage)", args.steps) for n in names}]
     curves = (previous or {}).get("loss_curves", {})
     for i, name in enumerate(names):
