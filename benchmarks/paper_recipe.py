@@ -10,20 +10,24 @@ Runs (all from the same seed on the same shards):
 * ``lr5e-5``, ``lr2e-4``, ``lr5e-4``: the preset with the EMA warm-up (``train.ema_warmup``) and a
   linear learning-rate warm-up of ``--warmup`` steps, at that rate;
 * ``staged``: the same phases as two runs, so that each gets its own rate: the autoencoder phase alone
-  (``--autoencoder-fraction`` of the steps, at ``--autoencoder-lr``; its U-Net never runs, and its
-  zero-initialised residual makes the decode exactly the autoencoder's), then ``--init-from`` it the
-  decoder phase on the frozen latent (``--frozen-share`` of the rest) and the joint phase, at
-  ``--diffusion-lr``. Both stages are rows;
+  (``--autoencoder-steps``, or ``--autoencoder-fraction`` of the steps, at ``--autoencoder-lr``; its
+  U-Net never runs, and its zero-initialised residual makes the decode exactly the autoencoder's),
+  then ``--init-from`` it the decoder phase on the frozen latent (``--frozen-share`` of the rest)
+  and the joint phase, at ``--diffusion-lr``. Both stages are rows; the first stage is the
+  ``autoencoder-lr*`` run of its rate and length, so stagings that differ only in the second stage
+  share it;
 * ``autoencoder-lr1e-4``, ``autoencoder-lr2e-4``, ``autoencoder-lr5e-4``: the autoencoder phase alone
   (the staged run's first stage) at that rate, to find the fastest rate the full-size autoencoder
   takes.
 
     python benchmarks/paper_recipe.py --shards runs/photos/shards/manifest.json --steps 1000 --crop 128
     python benchmarks/paper_recipe.py --runs lr5e-4 --steps 4000      # one rate, longer
-    python benchmarks/paper_recipe.py --runs staged --steps 11900 --autoencoder-fraction 0.92437
+    python benchmarks/paper_recipe.py --runs staged --steps 11900 --autoencoder-steps 11000
+    python benchmarks/paper_recipe.py --runs staged --steps 12900 --autoencoder-steps 11000  # same first stage
     python benchmarks/paper_recipe.py --runs autoencoder-lr1e-4,autoencoder-lr2e-4,autoencoder-lr5e-4 --steps 2000
 
-Resumable: each finished run (``--work``/<run>-<steps>) is evaluated again but not retrained. Writes
+Resumable: each finished run (``--work``/<run>-<steps>; a first stage is
+``--work``/autoencoder-lr<rate>-<its steps>) is evaluated again but not retrained. Writes
 ``benchmarks/results/paper-recipe-cpu.json`` (rows and loss curves; rows of other runs or step counts
 already there are kept) and ``paper-recipe-curves.png``, and prints the table.
 """
@@ -59,6 +63,12 @@ RUNS = {
 }
 SWEEP = ("as-published", "lr5e-5", "lr2e-4", "lr5e-4")
 """The learning-rate sweep at equal steps (the default ``--runs``)."""
+
+
+def rate_name(lr: float) -> str:
+    """A learning rate as the run names write it: ``0.0002`` -> ``"2e-4"``."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def held_out_quality(model: Path, images: list[tuple[str, np.ndarray]]) -> dict:
@@ -125,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=COUNT, default=100, help="learning-rate warm-up steps of the swept runs")
     p.add_argument("--autoencoder-fraction", type=FRACTION, default=0.8,
                    help="share of the steps in the autoencoder phase (on a CPU a joint step costs ~14 of them)")
+    p.add_argument("--autoencoder-steps", type=COUNT,
+                   help="staged: steps of the first stage (default: --autoencoder-fraction of --steps)")
     p.add_argument("--autoencoder-lr", type=RATE, default=2e-4, help="staged: the autoencoder stage's rate")
     p.add_argument("--diffusion-lr", type=RATE, default=5e-5, help="staged: the decoder and joint phases' rate")
     p.add_argument("--frozen-share", type=FRACTION, default=0.7,
@@ -135,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
         p.error(f"unknown runs {unknown}; choose from {list(RUNS)}")
-    first = round(args.autoencoder_fraction * args.steps)
+    first = args.autoencoder_steps or round(args.autoencoder_fraction * args.steps)
     if "staged" in names and min(first, args.steps - first) < MIN_STEPS:
-        p.error(f"staged: each stage needs at least {MIN_STEPS} steps (--steps {args.steps} x "
-                f"--autoencoder-fraction {args.autoencoder_fraction} gives {first} and {args.steps - first})")
+        p.error(f"staged: each stage needs at least {MIN_STEPS} steps (--steps {args.steps} with a first "
+                f"stage of {first} leaves {args.steps - first})")
     shards = Path(args.shards)
     if not shards.is_file():
         print(f"paper_recipe: error: {shards}: no shard manifest (python -m shards.photocorpus -o runs/photos)",
@@ -154,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.work / f"{name}-{args.steps}"
         warmup = [] if name == "as-published" else [f"train.warmup_steps={args.warmup}"]
         if name == "staged":
-            stages = [(out.with_name(f"{out.name}-autoencoder"), first, [
-                "train.autoencoder_fraction=1", "train.freeze_latent_fraction=0", f"train.lr={args.autoencoder_lr}"],
+            rate = rate_name(args.autoencoder_lr)
+            stages = [(args.work / f"autoencoder-lr{rate}-{first}", first, [
+                "train.autoencoder_fraction=1", "train.freeze_latent_fraction=0", f"train.lr={rate}"],
                 [], f"{name} (autoencoder stage)")]
             stages.append((out, args.steps - first, [
                 "train.finetune_phases=true", "train.autoencoder_fraction=0",

@@ -48,6 +48,8 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     ("benchmarks/paper_recipe.py", ["--frozen-share", "1.5"], "argument --frozen-share: 1.5 is outside"),
     ("benchmarks/paper_recipe.py", ["--runs", "staged", "--steps", "100", "--autoencoder-fraction", "0.9"],
      "each stage needs at least 20 steps"),
+    ("benchmarks/paper_recipe.py", ["--runs", "staged", "--steps", "100", "--autoencoder-steps", "90"],
+     "a first stage of 90 leaves 10"),
     ("benchmarks/paper_recipe.py", ["--shards", "tests/assets/nothing"], "tests/assets/nothing: no shard manifest"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
