@@ -15,6 +15,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 RESULTS = Path(__file__).with_name("results")
+HELDOUT_PACKAGES = "held-out packages (scikit-learn, pyiqa)"
+"""The name of the photo set of a different character from training (``photo_sets``)."""
 
 
 def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
@@ -78,12 +80,12 @@ def photo(width: int = 768, height: int = 512, name: str = "china") -> torch.Ten
 
 
 def photo_sets(shards: str | None, limit: int) -> dict[str, list[np.ndarray]]:
-    """Named lists of H x W x 3 uint8 photos: scikit-learn's two sample photos (a package none of the
-    photo corpus's training photos comes from) and, with ``shards``, the first ``limit`` photos of that
-    shard build's held-out (``val``) split (all of them at 0)."""
-    from sklearn.datasets import load_sample_image
+    """Named lists of H x W x 3 uint8 photos: the held-out packages (``shards.heldout``: scikit-learn's and
+    pyiqa's photos, packages none of the photo corpus's training photos comes from) and, with ``shards``,
+    the first ``limit`` photos of that shard build's held-out (``val``) split (all of them at 0)."""
+    from shards.heldout import heldout_photos
 
-    sets = {"scikit-learn's photos (china, flower)": [load_sample_image(f"{n}.jpg") for n in ("china", "flower")]}
+    sets = {HELDOUT_PACKAGES: [np.asarray(image) for _, image in heldout_photos()]}
     if shards:
         from cdc.evaluation.datasets import load_eval_image, shard_split_images
 

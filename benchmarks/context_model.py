@@ -13,8 +13,8 @@ three variants coded and decoded side by side in one process:
 Fits are rate-only on the frozen latents of 256² training crops (``entropy.py``'s ``fit``). Per
 variant, the members' mean (bpp, PSNR) points form one curve, decoded with the members' default
 decode (1 step, γ = 0); BD-rate is against the shipped curve. Photos: the held-out (``val``) split
-of a shard build (``--shards``) and scikit-learn's two sample photos (a package none of the
-training photos comes from).
+of a shard build (``--shards``) and the held-out packages (``shards.heldout``: scikit-learn's and
+pyiqa's photos, packages none of the training photos comes from).
 
     python benchmarks/context_model.py --shards runs/photos/shards [--steps 3000] [--batches 128] [--limit 0]
 """

@@ -4,8 +4,8 @@
 Every shipped ρ = 0 family member codes every photo at every level through real bitstreams and is
 decoded with its default decode; per level, the family's mean (bpp, PSNR) points form one curve,
 and its BD-rate (PSNR) against the level-0 curve is the rate saved at equal quality. Photos: the
-held-out (``val``) split of a shard build (``--shards``, e.g. the photo corpus's), and scikit-learn's
-two sample photos (a package none of the family's training photos comes from).
+held-out (``val``) split of a shard build (``--shards``, e.g. the photo corpus's), and the held-out
+packages (``shards.heldout``: packages none of the family's training photos comes from).
 
     python benchmarks/effort.py --shards DIR [--limit 8] [--threads 2]
 """

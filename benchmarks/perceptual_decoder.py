@@ -13,7 +13,7 @@ Every model codes the held-out photos through real bitstreams: the parent at 1 s
 γ 0.8, the shipped perceptual member at both, each new decoder at 1 step γ 0 (the decode it is
 trained for). Judged by PSNR, ST-LPIPS-VGG and ST-LPIPS-Alex (the shipped members trained with
 Alex: a decoder is judged by the network it did not train with), on the held-out split of the
-shards and on scikit-learn's two sample photos (a package no training photo comes from); a gallery
+shards and on the held-out packages (``shards.heldout``: packages no training photo comes from); a gallery
 of centre crops of the smoothest and the most textured held-out photo is written for the eye
 (``docs/family/perceptual-decoder.png``).
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         results[label] = {"photos": len(photos), "rows": rows}
         print(f"\n{label} ({len(photos)} photos)")
         print_table(rows, COLUMNS[1:])
-        if label.startswith("held-out"):
+        if label.startswith("held-out split"):
             order = [int(np.argmin(textures)), int(np.argmax(textures))]
             gallery = sheet(photos, kept, order, REPO / "docs" / "family" / "perceptual-decoder.png")
     write_json("perceptual-decoder", {"table": markdown(results), "args": {**vars(args), "work": str(args.work)},

@@ -10,8 +10,8 @@ mean real bpp over the target and the worst photo's (over the photos whose range
 how many photos the model cannot bring that low or that high, and the encode seconds per 768 x 512
 photo that the bisection costs.
 
-Photos: the held-out (``val``) split of a shard build (``--shards``) and scikit-learn's two sample
-photos (a package none of the training photos comes from).
+Photos: the held-out (``val``) split of a shard build (``--shards``) and the held-out packages
+(``shards.heldout``: scikit-learn's and pyiqa's photos, packages none of the training photos comes from).
 
     python benchmarks/variable_rate.py --model runs/family/small-vr-refit --shards runs/photos/shards
 """

@@ -179,7 +179,7 @@ def extract_member(blob: bytes, member: str, sha1: str | None = None) -> bytes:
 
 
 def _suffix(row: PhotoRow) -> str:
-    return {"JPEG": ".jpg", "WEBP": ".webp", "PNG": ".png", "JPEG2000": ".jp2"}.get(row.format, ".img")
+    return {"JPEG": ".jpg", "WEBP": ".webp", "PNG": ".png", "JPEG2000": ".jp2", "BMP": ".bmp"}.get(row.format, ".img")
 
 
 def fetch_photos(rows: list[PhotoRow], cache: Path, warn=lambda msg: print(msg, file=sys.stderr)

@@ -74,3 +74,34 @@ def test_each_shipped_model_carries_its_card_decode_and_every_entry_point_uses_i
     assert main(["models", "list"]) == 0
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert all(f"{decodes[name]['steps']} step" in listed[name] for name in available())
+
+
+def test_the_targets_compare_perceptual_members_at_equal_rate_with_the_best_rho0_decode():
+    """``benchmarks/family_heldout.py``'s checks on made-up rows: interpolation in log-rate over the
+    ρ = 0 members' best decode per network, WebP only where it was judged, the rate span."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import family_heldout as bench
+
+    def row(model, steps, bpp, dB, alex, vgg):
+        return {"model": model, "steps": steps, "gamma": 0.0 if steps == 1 else 0.8, "bpp": bpp,
+                "psnr-rgb": dB, "stlpips-alex": alex, "stlpips-vgg": vgg}
+
+    rows = [row("lo", 1, 0.1, 28.0, 0.30, 0.40), row("lo", 9, 0.1, 28.1, 0.26, 0.42),
+            row("hi", 1, 0.4, 31.0, 0.10, 0.20), row("hi", 9, 0.4, 30.9, 0.08, 0.21),
+            row("p", 1, 0.2, 27.0, 0.15, 0.30)]
+    curves = {"jpeg": [{"bpp": 0.2, "psnr-rgb": 25.0}, {"bpp": 0.8, "psnr-rgb": 33.0}],
+              "webp": [{"bpp": 0.05, "psnr-rgb": 27.0}, {"bpp": 0.15, "psnr-rgb": 29.0, "stlpips-alex": 0.2,
+                        "stlpips-vgg": 0.3}, {"bpp": 0.3, "psnr-rgb": 31.0, "stlpips-alex": 0.1, "stlpips-vgg": 0.2}],
+              "avif": [{"bpp": 0.05, "psnr-rgb": 29.0}, {"bpp": 0.5, "psnr-rgb": 34.0}]}
+    checks = bench.annotate(rows, curves, {"lo": (0.09, 0.0), "hi": (0.005, 0.0), "p": (0.045, 0.9)})
+    # at 0.2 bpp, halfway in log-rate from 0.1 to 0.4: the best decodes' alex 0.26 -> 0.08, vgg 0.40 -> 0.20
+    assert rows[-1]["alex_vs_rho0_pct"] == pytest.approx(100 * (0.15 / 0.17 - 1))
+    assert rows[-1]["vgg_vs_rho0_pct"] == pytest.approx(100 * (0.30 / 0.30 - 1), abs=1e-9)
+    # WebP at 0.2 bpp: alex 0.2 - 0.1 * log(0.2 / 0.15) / log(2) = 0.158, vgg 0.258
+    assert checks["perceptual_below_webp"] == {"p 1": {"alex": True, "vgg": False}}
+    assert "webp_alex" not in rows[0]  # WebP is judged at the perceptual members' rates only
+    assert checks["rate_span"] == pytest.approx(4.0)
+    assert checks["jpeg_plus_0.3dB"] == {"hi": pytest.approx(31.0 - 29.0), "lo": None}
+    assert checks["gap_to_webp_db"]["lo"] == pytest.approx(27.0 + 2.0 * np.log(2) / np.log(3) - 28.1)
