@@ -21,7 +21,9 @@ from pathlib import Path
 from PIL import Image
 
 from shards.devcorpus import CorpusError
+from shards.images import decode_image
 from shards.photocorpus import DEFAULT_CACHE, DEFAULT_LIST, PhotoRow, fetch_photos, read_list
+from shards.process import resized
 
 HELDOUT_LIST = Path(__file__).with_name("heldout.tsv")
 
@@ -59,12 +61,9 @@ def heldout_photos(cache: Path = DEFAULT_CACHE, listing: Path = HELDOUT_LIST, tr
         raise CorpusError(f"{listing}: {len(skipped)} of {len(rows)} photos unavailable, e.g. {row.source} {why}")
     photos = []
     for row in rows:
-        with Image.open(found[row]) as opened:
-            image = opened.convert("RGB")
-        scale = max_shorter / min(image.size)
-        if scale < 1:
-            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-        photos.append((f"{row.package}/{Path(row.member).name}", image))
+        image = decode_image(found[row].read_bytes()).image  # as the shard builder decodes and resizes
+        photos.append((f"{row.package}/{Path(row.member).name}",
+                       resized(image, max_shorter if min(image.size) > max_shorter else None)))
     return photos
 
 

@@ -144,7 +144,8 @@ def _target_shorter(image: Image.Image, cfg: BuildConfig) -> int | None:
     return cfg.resize_shorter
 
 
-def _resized(image: Image.Image, shorter: int | None) -> Image.Image:
+def resized(image: Image.Image, shorter: int | None) -> Image.Image:
+    """``image`` resized (Lanczos) to a shorter side of ``shorter`` pixels; unchanged when None or equal."""
     if not shorter or shorter == min(image.size):
         return image
     scale = shorter / min(image.size)
@@ -162,8 +163,8 @@ def _patches(image: Image.Image, p: int | None) -> list[tuple[tuple[int, int] | 
 def _pieces(image: Image.Image, cfg: BuildConfig, split: str) -> list[tuple[tuple[int, int] | None, Image.Image]]:
     if split == "train" and cfg.train_scales:
         sides = sorted({min(side, min(image.size)) for side in cfg.train_scales})
-        return [piece for side in sides for piece in _patches(_resized(image, side), cfg.patch_size)]
-    image = _resized(image, _target_shorter(image, cfg))
+        return [piece for side in sides for piece in _patches(resized(image, side), cfg.patch_size)]
+    image = resized(image, _target_shorter(image, cfg))
     return _patches(image, None if cfg.train_scales else cfg.patch_size)
 
 
