@@ -71,8 +71,13 @@ class FactorizedPrior(EntropyBottleneck):
 
 
 def scale_table(bound: float, levels: int, maximum: float = 256.0) -> Tensor:
-    """``levels`` log-spaced Gaussian scales from ``bound`` to ``maximum`` (the coder's CDF grid)."""
-    return torch.exp(torch.linspace(math.log(bound), math.log(maximum), levels))
+    """``levels`` log-spaced Gaussian scales from ``bound`` to ``maximum`` (the coder's CDF grid).
+
+    Computed in Python's float64 and rounded to float32, so that a model built on any machine has
+    the same grid: torch's vectorised float32 ``exp`` rounds differently under AVX2 and AVX-512."""
+    lo, hi = math.log(bound), math.log(maximum)
+    step = (hi - lo) / max(levels - 1, 1)
+    return torch.tensor([math.exp(lo + step * i) for i in range(levels)], dtype=torch.float32)
 
 
 class LatentEntropyModel(nn.Module, ABC):
