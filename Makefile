@@ -37,9 +37,12 @@ stop:
 lint: setup
 	$(BIN)/ruff check .
 
-# The fast tests spread over the cores, a test file to a worker (module fixtures are built once);
-# the slow ones stay serial: they time real processes and servers and bound their waits.
+# The fast tests spread over the cores, a test file to a worker (module fixtures are built once).
 XDIST := -n auto --dist loadfile
+# The slow ones run two test files at a time whatever the cores: much of their time is spent waiting
+# on real servers, Slurm jobs and subprocesses, and every wait is bounded for two files at once on
+# 2 cores.
+XDIST_SLOW := -n 2 --dist loadfile
 
 test-fast: setup
 	$(BIN)/pytest -q $(XDIST)
@@ -51,7 +54,7 @@ docs: setup
 # The whole suite: fast tests, then the slow end-to-end ones (real processes and servers).
 test: lint docs
 	$(BIN)/pytest -q $(XDIST)
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -m slow $(XDIST_SLOW)
 
 # Re-resolve requirements.in into the lock (needs the package index).
 lock:

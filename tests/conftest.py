@@ -23,6 +23,17 @@ os.environ["CDC_EVAL_CACHE"] = tempfile.mkdtemp(prefix="cdc-eval-cache-")
 atexit.register(shutil.rmtree, os.environ["CDC_EVAL_CACHE"], ignore_errors=True)
 
 
+def prefect_harness():
+    """Prefect's test server and database (``prefect_test_harness``), given 180 s to start.
+
+    Prefect's own bound is 30 s, which a 2-core machine running another test file beside this one
+    (``pytest -n 2``) can exceed while the server imports and migrates its database.
+    """
+    from prefect.testing.utilities import prefect_test_harness
+
+    return prefect_test_harness(server_startup_timeout=180)
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface now (for servers the tests start)."""
     with socket.socket() as s:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_codec
+from conftest import REPO, prefect_harness, run_cli, tiny_codec
 from test_adversarial import one_line
 
 TINY_SHARD = REPO / "tests" / "assets" / "tiny-shard"
@@ -138,11 +138,10 @@ def test_flat_keywords_that_no_group_has_are_refused():
 @pytest.mark.slow
 def test_a_grid_flow_with_a_bad_parameter_fails_before_it_creates_anything(tmp_path):
     from prefect.exceptions import ParameterTypeError
-    from prefect.testing.utilities import prefect_test_harness
 
     from pipelines.train_grid import train_grid
 
-    with prefect_test_harness(), pytest.raises(ParameterTypeError, match=r"grid\.lmbdas\.0: Input should be a finite"):
+    with prefect_harness(), pytest.raises(ParameterTypeError, match=r"grid\.lmbdas\.0: Input should be a finite"):
         train_grid(grid={"lmbdas": [float("nan")], "rhos": [0.0]}, data={"corpus": [str(tmp_path)]},
                    execution={"output_dir": str(tmp_path / "grid")})
     assert not (tmp_path / "grid").exists()

@@ -1,14 +1,13 @@
 """The Prefect flow ``shard-corpus`` against a real (temporary) Prefect server."""
 
 import pytest
+from conftest import prefect_harness
 from test_shards import photo_corpus
 
 pytestmark = pytest.mark.slow
 
 
 def test_flow_matches_the_cli_and_retries_transient_errors(tmp_path, monkeypatch):
-    from prefect.testing.utilities import prefect_test_harness
-
     import shards.build
     from pipelines.shard_corpus import shard_corpus
     from shards.build import build
@@ -28,7 +27,7 @@ def test_flow_matches_the_cli_and_retries_transient_errors(tmp_path, monkeypatch
         return real_write_tar(path, members)
 
     monkeypatch.setattr(shards.build, "write_tar", flaky_write_tar)
-    with prefect_test_harness():
+    with prefect_harness():
         result = shard_corpus([str(corpus)], str(tmp_path / "out"), max_count=4, split_val=0.2, chunk_size=3)
     assert calls["n"] > 2  # the failed task ran again
     manifest = Manifest.load(tmp_path / "out" / "manifest.json")
@@ -47,13 +46,11 @@ def _reference(tmp_path):
 
 
 def test_flow_on_a_dask_cluster_of_worker_processes_writes_the_same_shards(tmp_path):
-    from prefect.testing.utilities import prefect_test_harness
-
     from pipelines.shard_corpus import shard_corpus
     from shards.manifest import Manifest
 
     corpus, reference = _reference(tmp_path)
-    with prefect_test_harness():
+    with prefect_harness():
         result = shard_corpus([str(corpus)], str(tmp_path / "out"), max_count=4, split_val=0.2, chunk_size=3,
                               runner="dask", workers=2)
     assert result["fingerprint"] == reference.fingerprint

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, photo, tiny_codec
+from conftest import REPO, free_port, photo, prefect_harness, tiny_codec
 from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -272,13 +272,12 @@ def test_grid_on_slurm_retries_reports_and_keeps_what_finished(slurm_cluster, tm
 def test_shard_flow_with_dask_workers_as_slurm_jobs(slurm_cluster, tmp_path):
     """``shard-corpus`` with ``runner="slurm"``: its tasks run on Dask workers that are Slurm jobs
     (dask-jobqueue), and the shards are the single-process build's, byte for byte."""
-    from prefect.testing.utilities import prefect_test_harness
     from test_shard_flow import _reference
 
     from pipelines.shard_corpus import shard_corpus
 
     corpus, reference = _reference(tmp_path)
-    with prefect_test_harness():
+    with prefect_harness():
         result = shard_corpus([str(corpus)], str(tmp_path / "out"), max_count=4, split_val=0.2, chunk_size=3,
                               runner="slurm", workers=2,
                               slurm_options={"memory": "1GB", "walltime": "00:10:00",
