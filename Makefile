@@ -41,8 +41,8 @@ lint: setup
 XDIST := -n auto --dist loadfile
 # The slow ones run two test files at a time whatever the cores: much of their time is spent waiting
 # on real servers, Slurm jobs and subprocesses, and every wait is bounded for two files at once on
-# 2 cores.
-XDIST_SLOW := -n 2 --dist loadfile
+# 2 cores. The longest files start first (tests/conftest.py: LONGEST_FIRST), none runs alone at the end.
+XDIST_SLOW := -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
 	$(BIN)/pytest -q $(XDIST)
