@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,8 @@ def texture(img: np.ndarray) -> float:
 
 def measure(models: dict[str, tuple[str | Path, tuple]], photos: list[np.ndarray], keep: set[int]
             ) -> tuple[list[dict], dict[tuple[str, int, float], dict[int, np.ndarray]]]:
-    """Mean bpp and ``METRICS`` of every (model, decode) over ``photos`` through real bitstreams; the
-    reconstructions of the photos whose indices are in ``keep``."""
+    """Mean bpp, ``METRICS`` and decode seconds of every (model, decode) over ``photos`` through real
+    bitstreams; the reconstructions of the photos whose indices are in ``keep``."""
     from cdc.coding.coder import Coder
     from cdc.evaluation.metrics import MetricSuite
     from cdc.images import from_uint8, to_uint8
@@ -83,8 +84,9 @@ def measure(models: dict[str, tuple[str | Path, tuple]], photos: list[np.ndarray
             per_image = []
             for i, img in enumerate(photos):  # the file names its decode: γ is not a decoder option
                 enc = coder.encode(from_uint8(img), steps=steps, gamma=gamma, seed=0)
+                start = time.perf_counter()
                 rec = to_uint8(coder.decode(enc.data)[0])
-                per_image.append({"bpp": enc.bpp, **suite.pair(img, rec)})
+                per_image.append({"bpp": enc.bpp, "decode_s": time.perf_counter() - start, **suite.pair(img, rec)})
                 if i in keep:
                     kept.setdefault((label, steps, gamma), {})[i] = rec
             rows.append({"model": label, "decode": f"{steps} step{'s' if steps > 1 else ''}, γ {gamma:g}",

@@ -1,0 +1,118 @@
+"""A perceptual member's multi-step decode distilled into one step: does the student keep the teacher's gain?
+
+The teacher (a shipped ρ > 0 member) beats the ρ = 0 members' best decode in ST-LPIPS at equal bpp only at
+its 9-step decode (about six times the one-step decode's time). Its student (``python -m
+cdc.training.distill``: the teacher's encoder and bitstream, its decoder fine-tuned so that one
+deterministic step gives the teacher's 9-step output) decodes in one step. Every model codes the photos
+through real bitstreams in this one process, decode times side by side: the teacher at 1 step γ 0 and at
+its multi-step decode, the student at 1 step γ 0, and the two ρ = 0 members whose rates bracket the
+teacher's at 1 step γ 0 and 9 steps γ 0.8. Each ρ > 0 row's ST-LPIPS (both networks; the teacher and the
+student trained with ST-LPIPS-Alex, so VGG is the judge they did not train with) is compared with the ρ = 0
+members' best decode, interpolated in log-rate at its bpp. Sets: the held-out packages (``shards.heldout``)
+and, with ``--shards``, the first ``--limit`` photos of that build's held-out split. A gallery of centre
+crops of the smoothest and the most textured photo of the held-out packages is written for the eye.
+
+    python -m cdc.training.distill --teacher small-q1-perceptual --shards runs/photos/shards \\
+        --output runs/distil/small-q1-perceptual --steps 600 --crops 512
+    python benchmarks/distilled_decoder.py --student runs/distil/small-q1-perceptual
+
+Writes ``benchmarks/results/distilled-decoder.json`` and ``docs/family/distilled-decoder.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import HELDOUT_PACKAGES, photo_sets, print_table, write_json
+from family_heldout import log_interp
+from perceptual_decoder import measure, sheet, texture
+
+from cdc.argtypes import number
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCES = {"small-q1-perceptual": ("small-q1", "small-q2"), "small-q0-perceptual": ("small-q0", "small-q1")}
+"""Teacher -> the ρ = 0 members whose rates bracket its rate on the held-out photos."""
+NETS = ("vgg", "alex")
+COLUMNS = [("photos", "photos"), ("model", "model"), ("decode", "decode"), ("bpp", "bpp"), ("psnr-rgb", "PSNR dB"),
+           ("stlpips-vgg", "ST-LPIPS-VGG"), ("vgg_vs_rho0_pct", "vs ρ = 0 %"), ("stlpips-alex", "ST-LPIPS-Alex"),
+           ("alex_vs_rho0_pct", "vs ρ = 0 % "), ("decode_s", "decode s")]
+
+
+def compare(rows: list[dict], references: tuple[str, ...]) -> None:
+    """Add to every row that is not a reference its ST-LPIPS against the references' best decode at its bpp (%)."""
+    for net in NETS:
+        floor = [(min(r["bpp"] for r in rows if r["model"] == m), min(r[f"stlpips-{net}"] for r in rows
+                                                                         if r["model"] == m)) for m in references]
+        for r in rows:
+            ref = None if r["model"] in references else log_interp(floor, r["bpp"])
+            r[f"{net}_vs_rho0_pct"] = None if ref is None else 100 * (r[f"stlpips-{net}"] / ref - 1)
+
+
+def cell(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    if key.endswith("_pct"):
+        return f"{value:+.1f}"
+    return f"{value:.2f}" if key in ("psnr-rgb", "decode_s") else f"{value:.3f}"
+
+
+def markdown(results: dict) -> str:
+    """One Markdown table of every set's rows."""
+    lines = ["| " + " | ".join(h.strip() for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for label, entry in results.items():
+        for r in entry["rows"]:
+            r = {**r, "photos": f"{label.split(' (')[0]} ({entry['photos']})"}
+            lines.append("| " + " | ".join(cell(k, r.get(k)) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--student", type=Path, required=True, help="a checkpoint from python -m cdc.training.distill")
+    p.add_argument("--shards", help="a shard build whose held-out split is the second set (default: packages only)")
+    p.add_argument("--limit", type=number(int, 0, 10**6, "an integer"), default=12, help="held-out photos (0: all)")
+    p.add_argument("--threads", type=number(int, 1, 1024, "an integer"), default=2)
+    args = p.parse_args(argv)
+    info = args.student / "distill.json"
+    if not info.is_file():
+        p.error(f"--student {args.student}: no distill.json (not written by python -m cdc.training.distill)")
+    record = json.loads(info.read_text())
+    teacher, distill = record["distilled_from"], record["distill"]
+    if teacher not in REFERENCES:
+        p.error(f"--student {args.student}: its teacher {teacher} is not one of {', '.join(REFERENCES)}")
+    torch.set_num_threads(args.threads)
+    from cdc.zoo.pretrained import available
+
+    shipped = available()
+    multi = (distill["teacher_steps"], distill["teacher_gamma"])
+    models = {**{m: (shipped[m], ((1, 0.0), (9, 0.8))) for m in REFERENCES[teacher]},
+              teacher: (shipped[teacher], ((1, 0.0), multi)),
+              "student": (args.student, ((1, 0.0),))}
+    results = {}
+    for label, photos in photo_sets(args.shards, args.limit).items():
+        textures = [texture(img) for img in photos]
+        order = [int(np.argmin(textures)), int(np.argmax(textures))]
+        rows, kept = measure(models, photos, set(order))
+        compare(rows, REFERENCES[teacher])
+        results[label] = {"photos": len(photos), "rows": rows}
+        print(f"\n{label} ({len(photos)} photos)")
+        print_table(rows, COLUMNS[1:])
+        if label == HELDOUT_PACKAGES:
+            best = REFERENCES[teacher][0]
+            shown = {k: v for k, v in kept.items() if k[0] != REFERENCES[teacher][1] and (k[0] != best or k[1] > 1)}
+            sheet(photos, shown, order, REPO / "docs" / "family" / "distilled-decoder.png")
+    write_json("distilled-decoder", {"table": markdown(results), "teacher": teacher, "distill": distill,
+                                     "curve": record.get("curve"), "target_seconds": record.get("target_seconds"),
+                                     "args": {**vars(args), "student": str(args.student)}, "sets": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

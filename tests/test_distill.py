@@ -1,0 +1,70 @@
+"""One-step distillation (cdc.training.distill): the differentiable decode, the targets, the student."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import photo_tensor, tiny_codec
+
+from cdc.models.perceptual import build_perceptual
+from cdc.training.distill import DistillConfig, distil, main, one_step_decode, teacher_targets
+
+
+def teacher():
+    codec = tiny_codec(seed=1)
+    with torch.no_grad():  # the residual decoder's head starts at zero: give the U-Net a say
+        codec.unet.head[-1].weight.normal_(std=1e-2)
+    return codec
+
+
+def crops() -> torch.Tensor:
+    image = photo_tensor(size=(256, 256))[0]
+    return torch.stack([image[:, i:i + 64, j:j + 64] for i in (0, 96, 192) for j in (0, 128)])
+
+
+def test_one_step_decode_is_the_samplers_one_step_decode():
+    codec = teacher()
+    y_hat = codec.compress(photo_tensor(size=(64, 128)))["y_hat"]
+    with torch.no_grad():
+        assert torch.allclose(one_step_decode(codec, y_hat), codec.reconstruct(y_hat, steps=1, gamma=0.0), atol=1e-6)
+
+
+def test_targets_are_the_teachers_multi_step_decodes():
+    codec, images = teacher(), crops()
+    cfg = DistillConfig(teacher_steps=3, teacher_gamma=0.8, crops=len(images), crop=64, batch=4, seed=5)
+    y_hat, targets = teacher_targets(codec, images, cfg)
+    assert torch.equal(y_hat[2:3], codec.compress(images[2:3])["y_hat"])
+    assert torch.allclose(targets[5:6], codec.reconstruct(y_hat[5:6], steps=3, gamma=0.8, seed=10), atol=1e-6)
+
+
+def test_the_student_learns_its_teachers_decode_and_keeps_its_bitstream():
+    codec, images = teacher(), crops()
+    cfg = DistillConfig(teacher_steps=3, crops=len(images), crop=64, batch=3, steps=15, lr=1e-3)
+    y_hat, targets = teacher_targets(codec, images, cfg)
+    distance = build_perceptual(cfg.perceptual)
+
+    def gap(model):
+        with torch.no_grad():
+            out = one_step_decode(model, y_hat)
+            return float(torch.nn.functional.mse_loss(out, targets) + distance(out, targets).mean())
+
+    student, curve = distil(codec, y_hat, targets, cfg, log_every=5)
+    assert [c["step"] for c in curve] == [5, 10, 15]
+    assert gap(student) < 0.9 * gap(codec)
+    assert (student.config.sampler.steps, student.config.sampler.gamma) == (1, 0.0)
+    before, after = codec.state_dict(), student.state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and {name.split(".")[0] for name in moved} <= {"g_s", "context", "unet"}
+    photo = photo_tensor(size=(64, 128))  # the same bits (file headers name the model: they differ)
+    assert student.compress(photo)["strings"] == codec.compress(photo)["strings"]
+
+
+@pytest.mark.parametrize(("flag", "message"), [("--crop=100", "multiple of 64"), ("--teacher-steps=1", ">= 2 steps"),
+                                               ("--teacher=nowhere", "no such model checkpoint")])
+def test_bad_arguments_are_refused_in_one_line(flag, message, capsys, tmp_path):
+    args = ["--teacher", "small-q1-perceptual", "--shards", str(tmp_path), "--output", str(tmp_path / "s"), flag]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
