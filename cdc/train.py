@@ -41,8 +41,10 @@ from pathlib import Path
 
 from cdc.allocator import keep_freed_memory
 from cdc.argtypes import COUNT, LAMBDA, RHO, TRAIN_STEPS
-from cdc.config import RECIPES
+from cdc.config import RECIPES, ConfigError
+from cdc.training.outputs import check_output_dir
 from cdc.training.run_spec import RunSpec, SpecError
+from cdc.zoo.layout import CheckpointError
 
 OVERRIDE = re.compile(r"^(model|diffusion|sampler|loss|train)\.\w+=")
 """A config override (``train.lr=1e-4``) among the arguments."""
@@ -103,10 +105,24 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
                    tags=dict(t.split("=", 1) for t in args.tag), world_size=args.world_size)
 
 
+def _refuse(exc: Exception) -> int:
+    """Print ``exc`` as the one error line a user can act on; returns the exit code 2."""
+    # a DataLoader worker's error arrives wrapped with its traceback: keep its last line
+    line = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+    print(f"cdc train: error: {line.removeprefix('shards.reader.ShardError: ')}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, train, print the exported model; 2 with one error line for anything the user can fix.
     A preempted run (SIGTERM/SIGINT) ends the process itself with 0 once its checkpoint is saved."""
     args = parse_args(argv)
+    try:  # the mistakes a user makes most, refused before PyTorch loads (seconds on a small machine)
+        spec = spec_from_args(args)
+        spec.config()
+        check_output_dir(Path(spec.output_dir), spec.resume, spec.overwrite)
+    except (SpecError, ConfigError, CheckpointError) as exc:
+        return _refuse(exc)
     from cdc.training.distributed import prepare_environment  # torch: only after the file-mode re-exec below
 
     prepare_environment()  # before accelerate, deepspeed and compressai are imported
@@ -114,12 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     from cdc.training.trainer import TRAINING_ERRORS, train
 
     try:
-        summary = train(spec_from_args(args))
+        summary = train(spec)
     except (SpecError, *TRAINING_ERRORS) as exc:
-        # a DataLoader worker's error arrives wrapped with its traceback: keep its last line
-        line = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
-        print(f"cdc train: error: {line.removeprefix('shards.reader.ShardError: ')}", file=sys.stderr)
-        return 2
+        return _refuse(exc)
     if summary.get("preempted"):
         # The checkpoint and the tracker's last words are written: leave before torch's C++ static
         # destructors, which take seconds that a scheduler's grace period (SIGTERM, then SIGKILL) may not give.

@@ -323,6 +323,15 @@ def test_rows17_18_tracking_problems_fail_in_seconds(tmp_path, png, uri, fragmen
         assert "make serve" in line or "unsupported" in line
 
 
+def test_row17_a_registry_that_is_down_is_reported_before_pytorch_loads(tmp_path, png):
+    code = "import sys; from cdc.cli import main; rc = main(sys.argv[1:]); print(rc, 'torch' in sys.modules)"
+    for args in (["models", "list"], ["compress", png, "-m", "models:/cdc-x-rho0@q1", "-o", tmp_path / "x.cdc"]):
+        r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                           timeout=180, env={**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+        assert r.stdout.split()[-2:] == ["1", "False"], r.stdout + r.stderr  # exit 1, no torch imported
+        one_line(r, "cdc: error:", "unreachable")
+
+
 def test_row17_training_goes_on_when_the_tracking_server_is_down(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "cdc" / "train.py"), "--shards", str(TINY_SHARD), "--output-dir",
                         str(tmp_path / "out"), "--max-steps", "2", "train.crop=64", "train.batch_size=2",

@@ -104,6 +104,19 @@ def test_an_exported_model_is_never_clobbered(env, tmp_path):
     assert json.loads((model / "config.json").read_text())["config"]["preset"] == "tiny"
 
 
+def test_a_wrong_output_dir_or_config_is_refused_before_pytorch_loads(tmp_path):
+    """The launcher's own checks run first: a refused run costs a second, not PyTorch's import."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    for extra, fragment in (([], "holds an exported model"), (["train.bogus=1"], "unknown config key")):
+        code = ("import sys; from cdc.train import main; "
+                f"rc = main(['--shards', 'x', '--output-dir', {str(tmp_path / 'model')!r}, *{extra!r}]); "
+                "print(rc, 'torch' in sys.modules, 'compressai' in sys.modules)")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.stdout.split() == ["2", "False", "False"], r.stdout + r.stderr
+        assert r.stderr.startswith("cdc train: error:") and fragment in r.stderr
+
+
 def test_train_export_and_compress(env, tmp_path):
     """One process: trains, logs to MLflow (SQLite default), exports a codec `cdc compress` takes."""
     out = tmp_path / "run"

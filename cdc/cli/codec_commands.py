@@ -63,6 +63,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     """Compress images to ``.cdc`` files (one line of output per file)."""
+    outputs = output_paths(args.images, args.output, ".cdc")
+    coder = load_coder(args.model)  # a wrong output or model reference is refused before PyTorch loads
     from tqdm import tqdm
 
     from cdc.coding.coder import DecodeError
@@ -71,8 +73,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from cdc.images import InputError, load_image
     from cdc.limits import DEFAULT_LIMITS
 
-    coder = load_coder(args.model)
-    outputs = output_paths(args.images, args.output, ".cdc")
 
     def work(i: int, image: str) -> None:
         refuse_existing(outputs[i], args.overwrite)
@@ -98,6 +98,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     """Decode ``.cdc`` files to 8-bit PNGs; files of equal latent size share U-Net batches (``--batch``)."""
+    outputs = output_paths(args.files, args.output, ".png")
+    coder = load_coder(args.model, args.device, compile=args.compile)  # refusals before PyTorch loads
     from tqdm import tqdm
 
     from cdc.coding.coder import DecodeError
@@ -106,8 +108,6 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from cdc.limits import DEFAULT_LIMITS
     from shards.sources import read_local_file
 
-    coder = load_coder(args.model, args.device, compile=args.compile)
-    outputs = output_paths(args.files, args.output, ".png")
     limits = DEFAULT_LIMITS.with_(max_pixels=args.max_pixels, max_steps=args.max_steps)
     failed, datas, index = 0, [], []
     for i, file in enumerate(args.files):  # refuse what cannot be written or read before any decoding

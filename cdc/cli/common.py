@@ -23,6 +23,7 @@ def say(kind: str, message: str) -> None:
 def load_coder(ref: str, device: str = "cpu", compile: bool = False):
     """A ``Coder`` for a model reference on ``device`` (``auto``: CUDA when available), its U-Net
     compiled for decoding when asked; failures become a one-line ``CLIError``."""
+    path = resolve(ref)  # a registry that is down or a wrong name fails here, before PyTorch loads
     import torch
 
     from cdc.coding.coder import Coder
@@ -39,7 +40,7 @@ def load_coder(ref: str, device: str = "cpu", compile: bool = False):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {device}: no CUDA device on this machine")
     try:
-        return Coder(load_codec(resolve(ref), device).compile_decoder(compile))
+        return Coder(load_codec(path, device).compile_decoder(compile))
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
 

@@ -20,17 +20,7 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINTS = "checkpoints"
-META = "meta.json"
-
-
-def checkpoint_dirs(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, newest first."""
-    root = output_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    dirs = [d for d in root.glob("step-*") if d.is_dir() and (d / META).is_file() and not d.name.endswith(".tmp")]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]), reverse=True)
+from cdc.training.outputs import CHECKPOINTS, META, checkpoint_dirs
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, meta: dict, keep: int) -> Path:

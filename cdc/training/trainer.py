@@ -39,10 +39,11 @@ from cdc.training.distributed import (
 )
 from cdc.training.ema import EMA
 from cdc.training.losses import RateDistortionPerceptionLoss
+from cdc.training.outputs import check_output_dir
 from cdc.training.phases import build_optimizer, log_samples, one_step_inputs, shards_fingerprint, training_phase
 from cdc.training.run_spec import RunSpec
-from cdc.training.state import DataWatchdog, Preemption, checkpoint_dirs, resume, save_checkpoint
-from cdc.zoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_codec, save_codec
+from cdc.training.state import DataWatchdog, Preemption, resume, save_checkpoint
+from cdc.zoo.checkpoint import CheckpointError, load_codec, save_codec
 from shards.locks import DirectoryBusyError, exclusive_dir
 from shards.reader import ShardError, resolve_shards, train_loader, unit_range
 
@@ -92,15 +93,6 @@ def init_weights(codec: CDCCodec, ref: str) -> None:
     new = tuple(prefix for prefixes in upgrades.values() for prefix in prefixes)
     if unexpected or not all(k.startswith(new) for k in missing):
         raise CheckpointError(f"{path}: weights do not fit this run's model: {unexpected or missing}")
-
-
-def check_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse an output directory that holds an exported model, unless this run resumes the run that
-    made it (``--resume`` with its checkpoints there) or ``--overwrite`` is given."""
-    exported = (out / CONFIG_NAME).is_file() or (out / WEIGHTS_NAME).is_file()
-    if exported and not overwrite and not (resume and checkpoint_dirs(out)):
-        raise CheckpointError(f"{out}: holds an exported model; pass --overwrite to replace it "
-                              "(or --resume latest to continue the run that made it)")
 
 
 def warn_objective_change(out: Path, cfg: Config) -> None:

@@ -24,20 +24,15 @@ from safetensors.torch import save_file
 from cdc.config import Config, ConfigError, config_from_dict
 from cdc.files import atomic_path, atomic_write
 from cdc.models.codec import CDCCodec
+from cdc.zoo.layout import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME, CheckpointError, read_checkpoint_info
 from cdc.zoo.pretrained import default_decode
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+# re-exported from cdc.zoo.layout, where they are light
+__all__ = ["CONFIG_NAME", "MAX_CONFIG_BYTES", "WEIGHTS_NAME", "CheckpointError", "read_checkpoint_info"]
 FORMAT = "cdc-checkpoint/1"
-MAX_CONFIG_BYTES = 16 * 2**20
-"""Largest checkpoint config read (a real one is a few KB)."""
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
                        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
                        torch.uint8: "U8", torch.bool: "BOOL"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or does not match its config."""
 
 
 def fingerprint(codec: CDCCodec) -> str:
@@ -84,42 +79,6 @@ def _save_file(state: dict, path: str, metadata: dict[str, str] | None = None) -
         raise
     except Exception as exc:  # SafetensorError
         raise OSError(errno.EIO, f"cannot write weights ({str(exc).splitlines()[0]})", path) from None
-
-
-def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """The JSON info of a checkpoint (config, fingerprint, metadata) without loading weights."""
-    path = Path(path)
-    if path.is_dir():
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise CheckpointError(f"{path}: not a codec checkpoint (needs {WEIGHTS_NAME} and {CONFIG_NAME})")
-        if cfg_file.stat().st_size > MAX_CONFIG_BYTES:
-            raise CheckpointError(f"{cfg_file}: broken checkpoint config (larger than {MAX_CONFIG_BYTES} bytes)")
-        return _json_info(cfg_file, cfg_file.read_bytes())
-    if not path.is_file():
-        raise CheckpointError(f"{path}: {'not a regular file' if path.exists() else 'no such checkpoint'}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: not a safetensors file ({exc})") from exc
-    if "cdc_config" not in meta:
-        raise CheckpointError(f"{path}: safetensors file without a cdc_config entry")
-    if len(meta["cdc_config"]) > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path}: broken checkpoint config (larger than {MAX_CONFIG_BYTES} bytes)")
-    return _json_info(path, meta["cdc_config"])
-
-
-def _json_info(path: Path, text: str | bytes) -> dict[str, Any]:
-    try:
-        info = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: broken checkpoint config ({exc})") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: broken checkpoint config (nested too deeply)") from None
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise CheckpointError(f"{path}: broken checkpoint config (no 'config' object)")
-    return info
 
 
 def _check_shapes(path: Path, config: Config, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str]) -> None:

@@ -68,7 +68,7 @@ def decode_line(name: str) -> str:
 def shipped_table() -> str:
     """What ``cdc models list`` prints of the shipped models: objective, default decode and its
     CPU time per 768x512 photo (``benchmarks/shipped_decode.py``)."""
-    from cdc.zoo.checkpoint import read_checkpoint_info
+    from cdc.zoo.layout import read_checkpoint_info
 
     decodes = json.loads(DECODES.read_text()) if DECODES.is_file() else {}
     header = ["shipped", "lmbda", "rho", "default decode", "CPU s / 768x512"]
@@ -86,7 +86,7 @@ def shipped_table() -> str:
 
 def family() -> dict[str, tuple[float, float]]:
     """The shipped rate-quality family (``scripts/train_family.py``): name -> (λ, ρ) of each member."""
-    from cdc.zoo.checkpoint import read_checkpoint_info
+    from cdc.zoo.layout import read_checkpoint_info
 
     members = {}
     for name, path in available().items():
