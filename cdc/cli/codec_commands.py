@@ -99,7 +99,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_decompress(args: argparse.Namespace) -> int:
     """Decode ``.cdc`` files to 8-bit PNGs; files of equal latent size share U-Net batches (``--batch``)."""
     outputs = output_paths(args.files, args.output, ".png")
-    coder = load_coder(args.model, args.device, compile=args.compile)  # refusals before PyTorch loads
+    coder = load_coder(args.model, args.device, compile=args.compile)  # refused before PyTorch loads, as above
     from tqdm import tqdm
 
     from cdc.coding.coder import DecodeError

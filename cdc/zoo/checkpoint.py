@@ -24,11 +24,9 @@ from safetensors.torch import save_file
 from cdc.config import Config, ConfigError, config_from_dict
 from cdc.files import atomic_path, atomic_write
 from cdc.models.codec import CDCCodec
-from cdc.zoo.layout import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME, CheckpointError, read_checkpoint_info
+from cdc.zoo.layout import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_checkpoint_info
 from cdc.zoo.pretrained import default_decode
 
-# re-exported from cdc.zoo.layout, where they are light
-__all__ = ["CONFIG_NAME", "MAX_CONFIG_BYTES", "WEIGHTS_NAME", "CheckpointError", "read_checkpoint_info"]
 FORMAT = "cdc-checkpoint/1"
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
                        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
