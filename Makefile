@@ -16,12 +16,18 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(STAMP)
 
-# One pip resolver run over the exact lock (pip sees this machine's local torch wheels; uv/poetry
-# do not), then the project itself without dependencies.
+# uv installs the exact lock in under a minute where pip took 4-8 on 2 cores (measured from a
+# clean clone). uv reads no pip configuration, so it is handed the sources pip is configured with
+# (scripts/pip-sources.sh: local wheel folders, mirrors) and, like pip, takes each pinned version
+# from whichever of them has it (unsafe-best-match: safe here, every version in the lock is exact).
+UV_VERSION := 0.13.9
+UV_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode --index-strategy unsafe-best-match \
+	$$(scripts/pip-sources.sh $(BIN)/python)
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK) $(QUIET_PIP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION) $(QUIET_PIP)
+	$(UV_INSTALL) -r $(LOCK)
+	$(UV_INSTALL) --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup

@@ -11,11 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib.metadata import version as version_of
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, free_port
+
+import cdc
 
 BIN = Path(sys.executable).parent
 SHELL_SCRIPTS = [*REPO.glob("infra/**/*.sh"), *REPO.glob("infra/slurm/*.sbatch"), REPO / "scripts" / "serve.sh",
@@ -164,14 +167,17 @@ save_codec(codec, {str(tmp_path / 'model')!r})
 mlflow.set_experiment("pg")
 with mlflow.start_run():
     v = register({str(tmp_path / 'model')!r}, {{"kodak": {{"bpp": 0.3, "psnr-rgb": 25.0}}}}, "kodak", "key1", 3)
-loaded = load_codec(resolve("models:/cdc-x-rho0@q1"))
+checkpoint = resolve("models:/cdc-x-rho0@q1")
+loaded = load_codec(checkpoint)
 print(json.dumps([v.name, v.version, sorted(v.aliases), fingerprint(loaded) == fingerprint(codec),
-                  len(list_versions())]))
+                  len(list_versions()), (checkpoint.parents[1] / "requirements.txt").read_text().split()]))
 """
     env = {**os.environ, "MLFLOW_TRACKING_URI": postgres, "CDC_MODEL_CACHE": str(tmp_path / "cache"),
            "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"), "PYTHONPATH": str(REPO / "tests")}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    name, version, aliases, same, count = json.loads(r.stdout.strip().splitlines()[-1])
+    name, version, aliases, same, count, requirements = json.loads(r.stdout.strip().splitlines()[-1])
     assert (name, version, aliases, same, count) == ("cdc-x-rho0", "1", ["champion", "q1"], True, 1)
+    # the model's environment: the release that wrote it (given, not inferred by loading the model)
+    assert requirements == [f"mlflow=={version_of('mlflow')}", f"cdc-pipeline=={cdc.__version__}"]

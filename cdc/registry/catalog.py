@@ -243,7 +243,7 @@ def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_
     """
     import mlflow
 
-    from cdc.registry.pyfunc import MODEL_CODE, SIGNATURE, input_example, stage_checkpoint
+    from cdc.registry.pyfunc import MODEL_CODE, SIGNATURE, input_example, requirements, stage_checkpoint
     from cdc.zoo.checkpoint import read_checkpoint_info
 
     info = read_checkpoint_info(checkpoint)
@@ -253,7 +253,8 @@ def register(checkpoint: str | Path, metrics: dict[str, dict[str, float]], eval_
         staged = stage_checkpoint(checkpoint, Path(tmp))
         model_info = mlflow.pyfunc.log_model(name="codec", python_model=str(MODEL_CODE),
                                              artifacts={"checkpoint": str(staged)}, signature=SIGNATURE,
-                                             input_example=input_example(), registered_model_name=family)
+                                             input_example=input_example(), pip_requirements=requirements(),
+                                             registered_model_name=family)
     version = str(model_info.registered_model_version)
     all_tags = {
         "lmbda": cfg["loss"]["lmbda"], "rho": cfg["loss"]["rho"], "prediction": cfg["diffusion"]["prediction"],

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Prints the package sources pip is configured with (pip.conf, PIP_* variables) as uv options, one
+# per line: uv reads none of pip's configuration, and a machine with a local wheel mirror or a
+# company index configures it for pip. Usage: scripts/pip-sources.sh [PYTHON]
+set -euo pipefail
+"${1:-python3}" -m pip config list 2>/dev/null | while IFS='=' read -r key value; do
+  value=${value#\'} && value=${value%\'}
+  case ${key##*.} in
+    index-url) echo "--default-index=$value" ;;
+    extra-index-url) for url in $value; do echo "--index=$url"; done ;;
+    find-links) for link in $value; do echo "--find-links=$link"; done ;;
+  esac
+done | awk '!seen[$0]++'  # a source set in pip.conf and in the environment once
