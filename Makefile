@@ -16,8 +16,8 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(STAMP)
 
-# uv installs the exact lock in under a minute where pip took 4-8 on 2 cores (measured from a
-# clean clone). uv reads no pip configuration, so it is handed the sources pip is configured with
+# uv installs the exact lock in 1-2 minutes where pip took 4-8 on 2 cores (measured from a clean
+# clone). uv reads no pip configuration, so it is handed the sources pip is configured with
 # (scripts/pip-sources.sh: local wheel folders, mirrors) and, like pip, takes each pinned version
 # from whichever of them has it (unsafe-best-match: safe here, every version in the lock is exact).
 UV_VERSION := 0.13.9

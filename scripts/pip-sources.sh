@@ -10,4 +10,6 @@ set -euo pipefail
     extra-index-url) for url in $value; do echo "--index=$url"; done ;;
     find-links) for link in $value; do echo "--find-links=$link"; done ;;
   esac
-done | awk '!seen[$0]++'  # a source set in pip.conf and in the environment once
+done |
+  # each source once; of several index URLs the first (the environment's) wins, as it does for pip
+  awk '/^--default-index=/ && index_seen++ { next } !seen[$0]++'

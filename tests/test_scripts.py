@@ -81,18 +81,25 @@ def demo(tmp_path, monkeypatch):
 
 def test_pip_sources_hands_uv_what_pip_is_configured_with(tmp_path):
     """``make setup``'s uv reads no pip configuration: the script turns pip's into uv options, in
-    pip's order, each source once (set in pip.conf and the environment alike)."""
+    pip's order, each source once (set in pip.conf and the environment alike), one index URL."""
     conf = tmp_path / "pip.conf"
     conf.write_text("[global]\nindex-url = https://mirror.example/simple\n"
                     "extra-index-url = file:///srv/a/simple file:///srv/b/simple\nfind-links = /srv/wheels\n")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")},
            "PIP_CONFIG_FILE": str(conf), "PIP_FIND_LINKS": "/srv/wheels /srv/more"}
-    out = subprocess.run([str(REPO / "scripts" / "pip-sources.sh"), sys.executable], capture_output=True,
-                         text=True, env=env, timeout=60, check=True).stdout.split()
+
+    def sources(**extra: str) -> list[str]:
+        return subprocess.run([str(REPO / "scripts" / "pip-sources.sh"), sys.executable], capture_output=True,
+                              text=True, env={**env, **extra}, timeout=60, check=True).stdout.split()
+
+    out = sources()
     assert sorted(out) == sorted(["--default-index=https://mirror.example/simple", "--index=file:///srv/a/simple",
                                   "--index=file:///srv/b/simple", "--find-links=/srv/wheels",
                                   "--find-links=/srv/more"])
     assert out.index("--index=file:///srv/a/simple") < out.index("--index=file:///srv/b/simple")
+    # one index URL, the environment's over the file's, as for pip
+    assert [s for s in sources(PIP_INDEX_URL="https://env.example/simple") if s.startswith("--default-index")] == [
+        "--default-index=https://env.example/simple"]
 
 
 def test_fresh_refuses_a_demo_folder_holding_a_users_file(demo):
