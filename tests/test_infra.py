@@ -18,8 +18,6 @@ import pytest
 import yaml
 from conftest import REPO, free_port
 
-import cdc
-
 BIN = Path(sys.executable).parent
 SHELL_SCRIPTS = [*REPO.glob("infra/**/*.sh"), *REPO.glob("infra/slurm/*.sbatch"), REPO / "scripts" / "serve.sh",
                  REPO / ".ci" / "run"]
@@ -180,4 +178,4 @@ print(json.dumps([v.name, v.version, sorted(v.aliases), fingerprint(loaded) == f
     name, version, aliases, same, count, requirements = json.loads(r.stdout.strip().splitlines()[-1])
     assert (name, version, aliases, same, count) == ("cdc-x-rho0", "1", ["champion", "q1"], True, 1)
     # the model's environment: the release that wrote it (given, not inferred by loading the model)
-    assert requirements == [f"mlflow=={version_of('mlflow')}", f"cdc-pipeline=={cdc.__version__}"]
+    assert requirements == [f"mlflow=={version_of('mlflow')}", f"cdc-pipeline=={version_of('cdc-pipeline')}"]
