@@ -11,9 +11,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# pytest-xdist runs several workers, each running PyTorch itself and in the subprocesses it starts. At
+# PyTorch's default every one of them starts a thread per core, and OpenMP threads that wait at each op's
+# barrier for a descheduled sibling are slow: two tiled 6000x4000 decodes side by side on 2 cores took
+# 271 s at the default and 99 s at one thread each. So the cores are shared out before torch loads;
+# subprocesses inherit the share, and an OMP_NUM_THREADS the caller set wins.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).with_name("golden")
