@@ -33,7 +33,8 @@ atexit.register(shutil.rmtree, os.environ["CDC_EVAL_CACHE"], ignore_errors=True)
 
 
 # The slow end-to-end files, longest first (measured wall times on a 2-core host, two files at a time:
-# science 840 s, pipeline 610 s, slurm 500 s, train 400 s, then 190-260 s each). ``make test`` runs them with
+# science 700 s, pipeline 530 s, slurm 440 s, train 440 s (760 s when its compiled step misses the inductor
+# cache), then 90-270 s each). ``make test`` runs them with
 # ``--dist loadfile --no-loadscope-reorder``, so xdist hands files out in this order: the longest start first
 # and no long file runs alone at the end (by default xdist starts the files with the most tests first).
 LONGEST_FIRST = ("test_science.py", "test_pipeline.py", "test_slurm.py", "test_train.py", "test_serve.py",

@@ -74,7 +74,7 @@ def test_files_decode_bit_exactly_with_another_convolution_implementation():
     z_hat = entropy._z_decompress(strings, tuple(y.shape[-2:]))
     scales, threads = {}, torch.get_num_threads()
     for other in (False, True):
-        torch.set_num_threads(1 if other else max(2, threads))  # whatever share of the cores the test was given
+        torch.set_num_threads(1 if other else max(2, threads))  # two, also where a test worker is given one
         try:
             with torch.backends.mkldnn.flags(enabled=not other):
                 scales[other] = entropy._params(z_hat)[1]

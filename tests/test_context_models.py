@@ -46,7 +46,7 @@ def test_float64_files_decode_bit_exactly_with_another_convolution_implementatio
     PyTorch's own convolutions and one thread, a file gives the encoder's ŷ to the bit."""
     x = photo_tensor(size=(128, 192))
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(2, threads))  # whatever share of the cores the test was given
+    torch.set_num_threads(max(2, threads))  # two, also where a test worker is given one
     try:
         enc = codec.compress(x)
         torch.set_num_threads(1)
