@@ -4,8 +4,9 @@ The teacher (a shipped ρ > 0 member) beats the ρ = 0 members' best decode in S
 its 9-step decode (about six times the one-step decode's time). Its student (``python -m
 cdc.training.distill``: the teacher's encoder and bitstream, its decoder fine-tuned so that one
 deterministic step gives the teacher's 9-step output) decodes in one step. Every model codes the photos
-through real bitstreams in this one process, decode times side by side: the teacher at 1 step γ 0 and at
-its multi-step decode, the student at 1 step γ 0, and the two ρ = 0 members whose rates bracket the
+through real bitstreams in this one process, decode times side by side: the teacher at its multi-step
+decode and at each student's one-step decode, each student at its one-step decode (γ 0 from x_T = 0, or
+γ ``--student-gamma`` from the teacher's start noise), and the two ρ = 0 members whose rates bracket the
 teacher's at 1 step γ 0 and 9 steps γ 0.8. Each ρ > 0 row's ST-LPIPS (both networks; the teacher and the
 student trained with ST-LPIPS-Alex, so VGG is the judge they did not train with) is compared with the ρ = 0
 members' best decode, interpolated in log-rate at its bpp. Sets: the held-out packages (``shards.heldout``)
@@ -13,8 +14,11 @@ and, with ``--shards``, the first ``--limit`` photos of that build's held-out sp
 crops of the smoothest and the most textured photo of the held-out packages is written for the eye.
 
     python -m cdc.training.distill --teacher small-q1-perceptual --shards runs/photos/shards \\
-        --output runs/distil/small-q1-perceptual --steps 600 --crops 512
+        --output runs/distil/small-q1-perceptual --student-gamma 0.8
     python benchmarks/distilled_decoder.py --student runs/distil/small-q1-perceptual
+
+``--student`` repeats: students of one teacher (say, one that starts its step from x_T = 0 and one from the
+teacher's start noise, ``--student-gamma``) are measured side by side, each at its own one-step decode.
 
 Writes ``benchmarks/results/distilled-decoder.json`` and ``docs/family/distilled-decoder.png``.
 """
@@ -73,28 +77,46 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def students(paths: list[Path], p: argparse.ArgumentParser) -> tuple[str, dict[str, tuple[Path, dict]]]:
+    """The students' common teacher and, per student, its label, checkpoint and distillation record."""
+    found, teachers = {}, set()
+    for path in paths:
+        info = path / "distill.json"
+        if not info.is_file():
+            p.error(f"--student {path}: no distill.json (not written by python -m cdc.training.distill)")
+        record = json.loads(info.read_text())
+        teachers.add(record["distilled_from"])
+        if record["distilled_from"] not in REFERENCES:
+            p.error(f"--student {path}: its teacher {record['distilled_from']} is not one of {', '.join(REFERENCES)}")
+        gamma = record["distill"].get("student_gamma", 0.0)
+        label = f"student, x_T = {'γ ε' if gamma else '0'}"
+        if label in found:
+            p.error(f"--student {path}: two students start from the same state; compare them one at a time")
+        found[label] = (path, record)
+    if len(teachers) > 1:
+        p.error(f"--student: the students have different teachers ({', '.join(sorted(teachers))})")
+    return teachers.pop(), found
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--student", type=Path, required=True, help="a checkpoint from python -m cdc.training.distill")
+    p.add_argument("--student", type=Path, required=True, action="append",
+                   help="a checkpoint from python -m cdc.training.distill (repeat to compare students)")
     p.add_argument("--shards", help="a shard build whose held-out split is the second set (default: packages only)")
     p.add_argument("--limit", type=number(int, 0, 10**6, "an integer"), default=12, help="held-out photos (0: all)")
     p.add_argument("--threads", type=number(int, 1, 1024, "an integer"), default=2)
     args = p.parse_args(argv)
-    info = args.student / "distill.json"
-    if not info.is_file():
-        p.error(f"--student {args.student}: no distill.json (not written by python -m cdc.training.distill)")
-    record = json.loads(info.read_text())
-    teacher, distill = record["distilled_from"], record["distill"]
-    if teacher not in REFERENCES:
-        p.error(f"--student {args.student}: its teacher {teacher} is not one of {', '.join(REFERENCES)}")
+    teacher, found = students(args.student, p)
     torch.set_num_threads(args.threads)
     from cdc.zoo.pretrained import available
 
     shipped = available()
-    multi = (distill["teacher_steps"], distill["teacher_gamma"])
+    one_step = {label: (1, r["distill"].get("student_gamma", 0.0)) for label, (_, r) in found.items()}
+    multi = {(r["distill"]["teacher_steps"], r["distill"]["teacher_gamma"]) for _, r in found.values()}
+    # The teacher also decodes at each student's one-step decode: what one step gives before distillation.
     models = {**{m: (shipped[m], ((1, 0.0), (9, 0.8))) for m in REFERENCES[teacher]},
-              teacher: (shipped[teacher], ((1, 0.0), multi)),
-              "student": (args.student, ((1, 0.0),))}
+              teacher: (shipped[teacher], tuple(sorted({(1, 0.0), *one_step.values(), *multi}))),
+              **{label: (path, (one_step[label],)) for label, (path, _) in found.items()}}
     results = {}
     for label, photos in photo_sets(args.shards, args.limit).items():
         textures = [texture(img) for img in photos]
@@ -108,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             best = REFERENCES[teacher][0]
             shown = {k: v for k, v in kept.items() if k[0] != REFERENCES[teacher][1] and (k[0] != best or k[1] > 1)}
             sheet(photos, shown, order, REPO / "docs" / "family" / "distilled-decoder.png")
-    write_json("distilled-decoder", {"table": markdown(results), "teacher": teacher, "distill": distill,
-                                     "curve": record.get("curve"), "target_seconds": record.get("target_seconds"),
-                                     "args": {**vars(args), "student": str(args.student)}, "sets": results})
+    write_json("distilled-decoder", {"table": markdown(results), "teacher": teacher,
+                                     "students": {label: {"checkpoint": str(path), "distill": r["distill"],
+                                                          "curve": r.get("curve"),
+                                                          "target_seconds": r.get("target_seconds")}
+                                                  for label, (path, r) in found.items()},
+                                     "args": {**vars(args), "student": [str(s) for s in args.student]},
+                                     "sets": results})
     return 0
 
 

@@ -7,7 +7,7 @@ import torch
 from conftest import photo_tensor, tiny_codec
 
 from cdc.models.perceptual import build_perceptual
-from cdc.training.distill import DistillConfig, distil, main, one_step_decode, teacher_targets
+from cdc.training.distill import DistillConfig, distil, main, one_step_decode, student_noise, teacher_targets
 
 
 def teacher():
@@ -68,3 +68,16 @@ def test_bad_arguments_are_refused_in_one_line(flag, message, capsys, tmp_path):
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_noise_conditioned_student_decodes_from_its_teachers_start_noise():
+    codec, images = teacher(), crops()[:2]
+    cfg = DistillConfig(teacher_steps=3, student_gamma=0.8, crops=2, crop=64, batch=2, steps=2, seed=7)
+    y_hat, targets = teacher_targets(codec, images, cfg)
+    noise = student_noise(codec, y_hat, cfg)
+    with torch.no_grad():  # crop i's student decode starts where the teacher's did, scaled by the student's γ
+        assert torch.allclose(one_step_decode(codec, y_hat[1:], noise[1:]),
+                              codec.reconstruct(y_hat[1:], steps=1, gamma=0.8, seed=8), atol=1e-6)
+    student, _ = distil(codec, y_hat, targets, cfg, log_every=1)
+    assert (student.config.sampler.steps, student.config.sampler.gamma) == (1, 0.8)
+    assert student_noise(codec, y_hat, DistillConfig(crops=2, batch=2)) is None

@@ -45,6 +45,7 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     ("benchmarks/family_heldout.py", ["--models", "small-q1,small-q9"], "--models: small-q9 not in the shipped family"),
     ("benchmarks/family_heldout.py", ["--shards", "tests/assets/nothing"], "tests/assets/nothing: no shard manifest"),
     ("benchmarks/family_heldout.py", ["--limit", "-1"], "argument --limit: -1 is outside"),
+    ("benchmarks/distilled_decoder.py", ["--student", "tests/assets"], "--student tests/assets: no distill.json"),
     ("benchmarks/variable_rate.py", ["--model", "small-q1"], "--model: small-q1 is a fixed-rate model"),
     ("benchmarks/variable_rate.py", ["--model", "tests/assets/nothing"], "--model: "),
     ("benchmarks/paper_recipe.py", ["--runs", "lr1"], "unknown runs ['lr1']"),
@@ -60,9 +61,22 @@ def test_scripts_refuse_bad_arguments_before_any_work(script, args, message):
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_the_distillation_benchmark_compares_students_of_one_teacher_only(tmp_path):
+    for name, teacher, gamma in (("a", "small-q1-perceptual", 0.8), ("b", "small-q1-perceptual", 0.8),
+                                 ("c", "small-q0-perceptual", 0.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "distill.json").write_text(json.dumps({"distilled_from": teacher,
+                                                                 "distill": {"student_gamma": gamma}}))
+    same = _run("benchmarks/distilled_decoder.py", "--student", str(tmp_path / "a"), "--student", str(tmp_path / "b"))
+    assert same.returncode == 2 and "two students start from the same state" in same.stderr, same.stderr
+    mixed = _run("benchmarks/distilled_decoder.py", "--student", str(tmp_path / "a"), "--student", str(tmp_path / "c"))
+    assert mixed.returncode == 2 and "the students have different teachers" in mixed.stderr, mixed.stderr
+
+
 @pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "scripts/train_family_gpu.py",
                                     "benchmarks/capacity.py", "benchmarks/perceptual_decoder.py",
                                     "benchmarks/context_model.py", "benchmarks/variable_rate.py",
+                                    "benchmarks/distilled_decoder.py",
                                     "benchmarks/paper_recipe.py"])
 def test_scripts_explain_their_arguments(script):
     r = _run(script, "--help")

@@ -3,8 +3,11 @@
 A perceptual member's multi-step decode (9 DDIM steps, γ 0.8) is what earns its bits in ST-LPIPS, and it
 costs about six one-step decodes. The student is a copy of the teacher: the same analysis transform,
 entropy model and bitstream (its files are the teacher's, byte for byte), whose decoder (auxiliary
-synthesis, context decoder, U-Net) is fine-tuned so that its deterministic one-step decode (t = T - 1,
-x_T = 0) gives what the teacher's multi-step decode gives for the same ŷ. The loss is
+synthesis, context decoder, U-Net) is fine-tuned so that its one-step decode (t = T - 1) gives what the
+teacher's multi-step decode gives for the same ŷ. With ``student_gamma`` = ``teacher_gamma`` the student
+starts from the teacher's own start noise (γ ε, the same seed), so it learns a deterministic map from
+(ŷ, ε) to the teacher's sample, as DDIM distillation does; with ``student_gamma`` = 0 it starts from
+x_T = 0 and can only learn the mean of the teacher's samples for each ŷ. The loss is
 ``MSE(student, teacher) + perceptual_weight * d(student, teacher)`` with a frozen perceptual distance ``d``;
 judge the student with a network it did not distil with. This is the one-stage form of distilling a
 sampler into fewer steps (Salimans & Ho 2022, "Progressive distillation for fast sampling of diffusion
@@ -35,6 +38,7 @@ from cdc.argtypes import number
 from cdc.config import with_updates
 from cdc.models.codec import CDCCodec
 from cdc.models.perceptual import build_perceptual
+from cdc.models.sampler import DDIMSampler
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class DistillConfig:
     Args:
         teacher_steps: DDIM steps of the teacher's decode (>= 2).
         teacher_gamma: its start-noise scale γ (>= 0; 0.8 is the multi-step default).
+        student_gamma: the student's start-noise scale (>= 0), its decode's γ: the teacher's γ to start
+            from the teacher's noise, 0 to start from x_T = 0.
         crops: training crops whose teacher decodes are the targets (>= batch).
         crop: their side, pixels (a multiple of 64).
         batch: crops per optimizer step.
@@ -56,6 +62,7 @@ class DistillConfig:
 
     teacher_steps: int = 9
     teacher_gamma: float = 0.8
+    student_gamma: float = 0.0
     crops: int = 1024
     crop: int = 128
     batch: int = 8
@@ -66,9 +73,9 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.teacher_steps < 2 or self.teacher_gamma < 0:
-            raise ValueError(f"the teacher's decode needs >= 2 steps and γ >= 0, got {self.teacher_steps}, "
-                             f"{self.teacher_gamma}")
+        if self.teacher_steps < 2 or min(self.teacher_gamma, self.student_gamma) < 0:
+            raise ValueError(f"the teacher's decode needs >= 2 steps and both γ >= 0, got {self.teacher_steps}, "
+                             f"{self.teacher_gamma}, {self.student_gamma}")
         if self.crop % 64 or self.crop <= 0 or not 1 <= self.batch <= self.crops:
             raise ValueError(f"crop must be a positive multiple of 64 and 1 <= batch <= crops, got crop "
                              f"{self.crop}, batch {self.batch}, crops {self.crops}")
@@ -77,14 +84,16 @@ class DistillConfig:
                              f"{self.perceptual_weight}")
 
 
-def one_step_decode(codec: CDCCodec, y_hat: Tensor) -> Tensor:
-    """The deterministic one-step decode of ŷ (t = T - 1, x_T = 0), differentiable in the decoder.
+def one_step_decode(codec: CDCCodec, y_hat: Tensor, x_start: Tensor | None = None) -> Tensor:
+    """The one-step decode of ŷ (t = T - 1) from ``x_start``, differentiable in the decoder.
 
-    Computes what ``codec.reconstruct(y_hat, steps=1, gamma=0)`` returns, in fp32 and with gradients.
+    Computes what ``codec.reconstruct(y_hat, steps=1, gamma=γ, seed=s)`` returns, in fp32 and with
+    gradients, when ``x_start`` is that decode's start noise (γ ε from seed s).
 
     Args:
         codec: a fixed-rate codec.
         y_hat: (B, C, h, w) decoded latents.
+        x_start: (B, 3, 16 h, 16 w) start state; None for x_T = 0 (γ 0).
 
     Returns:
         (B, 3, 16 h, 16 w) images in [-1, 1].
@@ -92,7 +101,7 @@ def one_step_decode(codec: CDCCodec, y_hat: Tensor) -> Tensor:
     x_aux = codec.g_s(y_hat) if codec.config.diffusion.residual else None
     pyramid = codec.context(y_hat)
     b, _, h, w = y_hat.shape
-    x_t = torch.zeros(b, 3, h * 16, w * 16, device=y_hat.device)
+    x_t = torch.zeros(b, 3, h * 16, w * 16, device=y_hat.device) if x_start is None else x_start
     t = torch.full((b,), codec.diffusion.timesteps - 1, dtype=torch.long, device=y_hat.device)
     x0, _ = codec.diffusion.to_x0_eps(codec._predict(codec.unet, x_t, t, pyramid, x_aux), x_t, t)
     return x0.clamp(-1, 1) if codec.config.sampler.clip_x0 else x0
@@ -119,6 +128,16 @@ def teacher_targets(teacher: CDCCodec, crops: Tensor, cfg: DistillConfig) -> tup
     return y_hat, torch.cat(targets)
 
 
+def student_noise(codec: CDCCodec, y_hat: Tensor, cfg: DistillConfig) -> Tensor | None:
+    """The student's start state for each crop: ``student_gamma`` times the teacher's ε of that crop (the
+    same seed, ``seed + i``), or None for x_T = 0. (N, 3, 16 h, 16 w)."""
+    if cfg.student_gamma == 0:
+        return None
+    n, _, h, w = y_hat.shape
+    sampler = DDIMSampler(codec.diffusion, steps=1, gamma=cfg.student_gamma)
+    return sampler.start_noise((n, 3, h * 16, w * 16), [cfg.seed + i for i in range(n)])
+
+
 def training_crops(shards: str, cfg: DistillConfig) -> Tensor:
     """``cfg.crops`` random crops of the training split of ``shards`` (a manifest), (N, 3, crop, crop) in [0, 1]."""
     from shards.reader import train_loader, unit_range
@@ -140,8 +159,8 @@ def distil(teacher: CDCCodec, y_hat: Tensor, targets: Tensor, cfg: DistillConfig
     stay the teacher's, so the student reads and writes the teacher's bitstreams.
 
     Returns:
-        The student (eval mode; its config's default decode is 1 step, γ 0) and the loss curve: one
-        dict per ``log_every`` steps (``step``, ``loss``, ``mse``, ``perceptual``, ``seconds``).
+        The student (eval mode; its config's default decode is 1 step, γ ``student_gamma``) and the loss
+        curve: one dict per ``log_every`` steps (``step``, ``loss``, ``mse``, ``perceptual``, ``seconds``).
     """
     student = copy.deepcopy(teacher).train()
     student.requires_grad_(False)
@@ -152,6 +171,7 @@ def distil(teacher: CDCCodec, y_hat: Tensor, targets: Tensor, cfg: DistillConfig
     optimizer = torch.optim.Adam(decoder, lr=cfg.lr)
     warmup = max(1, cfg.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    noise = student_noise(student, y_hat, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(y_hat), generator=generator)
     position, curve, sums, start = 0, [], {"loss": 0.0, "mse": 0.0, "perceptual": 0.0}, time.perf_counter()
@@ -160,7 +180,7 @@ def distil(teacher: CDCCodec, y_hat: Tensor, targets: Tensor, cfg: DistillConfig
             order, position = torch.randperm(len(y_hat), generator=generator), 0
         index = order[position:position + cfg.batch]
         position += cfg.batch
-        out = one_step_decode(student, y_hat[index])
+        out = one_step_decode(student, y_hat[index], None if noise is None else noise[index])
         mse = F.mse_loss(out, targets[index])
         perceptual = distance(out, targets[index]).mean()
         loss = mse + cfg.perceptual_weight * perceptual
@@ -177,7 +197,7 @@ def distil(teacher: CDCCodec, y_hat: Tensor, targets: Tensor, cfg: DistillConfig
             sums = dict.fromkeys(sums, 0.0)
             print(f"[distil] step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f} mse {curve[-1]['mse']:.5f} "
                   f"{cfg.perceptual} {curve[-1]['perceptual']:.4f} ({curve[-1]['seconds']:.0f} s)", flush=True)
-    student.config = with_updates(student.config, sampler={"steps": 1, "gamma": 0.0})
+    student.config = with_updates(student.config, sampler={"steps": 1, "gamma": cfg.student_gamma})
     return student.eval(), curve
 
 
@@ -191,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", required=True, help="a shard manifest; its training split gives the crops")
     p.add_argument("--output", type=Path, required=True, help="the student's checkpoint directory")
     defaults = DistillConfig()
-    for name, kind in (("teacher_steps", int), ("teacher_gamma", float), ("crops", int), ("crop", int),
-                       ("batch", int), ("steps", int), ("lr", float), ("perceptual", str),
+    for name, kind in (("teacher_steps", int), ("teacher_gamma", float), ("student_gamma", float), ("crops", int),
+                       ("crop", int), ("batch", int), ("steps", int), ("lr", float), ("perceptual", str),
                        ("perceptual_weight", float), ("seed", int)):
         what = "an integer" if kind is int else "a number"
         p.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name),
