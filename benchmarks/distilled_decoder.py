@@ -77,6 +77,16 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def distil_rounds(record: dict) -> int:
+    """How many rounds of distillation made a student: its own, and those of the student it continued."""
+    rounds, init = 1, record.get("init")
+    while init:
+        rounds += 1
+        previous = Path(init) / "distill.json"
+        init = json.loads(previous.read_text()).get("init") if previous.is_file() else None
+    return rounds
+
+
 def students(paths: list[Path], p: argparse.ArgumentParser) -> tuple[str, dict[str, tuple[Path, dict]]]:
     """The students' common teacher and, per student, its label, checkpoint and distillation record."""
     found, teachers = {}, set()
@@ -89,9 +99,11 @@ def students(paths: list[Path], p: argparse.ArgumentParser) -> tuple[str, dict[s
         if record["distilled_from"] not in REFERENCES:
             p.error(f"--student {path}: its teacher {record['distilled_from']} is not one of {', '.join(REFERENCES)}")
         gamma = record["distill"].get("student_gamma", 0.0)
-        label = f"student, x_T = {'γ ε' if gamma else '0'}"
+        rounds = distil_rounds(record)
+        label = f"student, x_T = {'γ ε' if gamma else '0'}" + (f", {rounds} rounds" if rounds > 1 else "")
         if label in found:
-            p.error(f"--student {path}: two students start from the same state; compare them one at a time")
+            p.error(f"--student {path}: two students start from the same state after as many rounds; compare "
+                    "them one at a time")
         found[label] = (path, record)
     if len(teachers) > 1:
         p.error(f"--student: the students have different teachers ({', '.join(sorted(teachers))})")

@@ -14,7 +14,9 @@ Each member is a ``cdc/train.py`` run on the photo corpus (``python -m shards.ph
    rates): most steps refit the latent as an autoencoder (``train.finetune_phases``: a joint CPU step
    costs ~10 autoencoder steps), then the U-Net adapts on the frozen latent, then everything jointly;
 3. the perceptual member (ρ > 0) fine-tunes the lowest-rate member jointly with ST-LPIPS;
-4. every shipped member's entropy model is then refitted alone at larger crops (``REFIT_STEPS``).
+4. every shipped member's entropy model is then refitted alone at larger crops (``REFIT_STEPS``);
+5. a one-step student distils a perceptual member's 9-step decode (``python -m cdc.training.distill``, in
+   rounds on new crops): the teacher's bitstreams, decoded in one step.
 
 Every run is resumable (checkpoints under ``--work``, outside git). A finished member is evaluated on
 the held-out photos through real bitstreams, next to JPEG and WebP at the same bpp on the same
@@ -61,6 +63,15 @@ class Member:
     shipped: bool = True  # False: a stage that another member starts from, not exported
     refit_steps: int = 0  # then refit the entropy model alone for this many steps (``refit``); 0: none
     rate_lambdas: tuple[float, ...] = ()  # a variable-rate model's levels (``model.rate_lambdas``); (): fixed rate
+    distil_rounds: tuple[tuple[int, float, int], ...] = ()
+    """A one-step student of ``init_from`` (its teacher): (optimizer steps, learning rate, seed of the crops) of each
+    round of ``python -m cdc.training.distill``, each round from the last; (): a trained member."""
+    student_gamma: float = 0.8  # a student's start-noise scale: its one-step decode's γ (the teacher's 9-step γ)
+
+    @property
+    def decodes(self) -> tuple[tuple[int, float], ...]:
+        """(DDIM steps, γ) its card reports, the default decode first."""
+        return ((1, self.student_gamma),) if self.distil_rounds else DECODES[self.rho]
 
     def model_overrides(self) -> list[str]:
         """The architecture's overrides of the preset, in every stage of the member."""
@@ -98,6 +109,9 @@ FAMILY = (
     Member("small-q0", 0.09, 0.0, "small-q1", 1500, 0.93, 0.02, refit_steps=REFIT_STEPS),
     Member("small-q1-perceptual", 0.045, 0.9, "small-q1", 200, 0.0, 0.0, batch_size=4, refit_steps=REFIT_STEPS),
     Member("small-q0-perceptual", 0.09, 0.9, "small-q0", 200, 0.0, 0.0, batch_size=4, refit_steps=REFIT_STEPS),
+    # the perceptual member's 9-step decode in one step: 1,024 crops per round, batch 8 (the distillation's defaults)
+    Member("small-q1-perceptual-1step", 0.045, 0.9, "small-q1-perceptual", 3300, 0.0, 0.0,
+           distil_rounds=((1500, 1e-4, 0), (1000, 5e-5, 1), (800, 5e-5, 2))),
     # one model for every rate: gain units over the ρ = 0 members' λ (``cdc.models.gain``), from the middle member
     Member("small-vr", 0.02, 0.0, "small-q2", 10000, 0.9, 0.04, lr_decay_every=2500, refit_steps=REFIT_STEPS,
            rate_lambdas=(0.09, 0.045, 0.02, 0.01, 0.005)),
@@ -123,12 +137,34 @@ def run_stage(name: str, out: Path, init: str | Path, member: Member, steps: int
     ledger.write_text(json.dumps([*spent, time.perf_counter() - start]))
 
 
+def distil_dirs(member: Member, work: Path) -> list[Path]:
+    """Where a student's distillation rounds run; the last is the student."""
+    rounds = len(member.distil_rounds)
+    return [work / (member.name if i == rounds else f"{member.name}-round{i}") for i in range(1, rounds + 1)]
+
+
+def distil(member: Member, work: Path) -> None:
+    """Run (or skip when finished) each distillation round of a student ``member`` (a round is not resumable).
+    The teacher is the shipped ``init_from`` (shipped before its student), whose files the student reads."""
+    previous = None
+    for out, (steps, lr, seed) in zip(distil_dirs(member, work), member.distil_rounds, strict=True):
+        if not (out / "distill.json").is_file():
+            cmd = [sys.executable, "-m", "cdc.training.distill", "--teacher", member.init_from, "--shards", SHARDS,
+                   "--output", str(out), "--student-gamma", f"{member.student_gamma:g}", "--steps", str(steps),
+                   "--lr", f"{lr:g}", "--seed", str(seed), *(["--init", str(previous)] if previous else [])]
+            print(f"[family] {out.name}: {' '.join(cmd[1:])}", flush=True)
+            subprocess.run(cmd, check=True)
+        previous = out
+
+
 def train(member: Member, work: Path, refit_shipped: bool = False) -> None:
     """Train ``member`` into ``work/NAME``, then its entropy refit into ``work/NAME-refit``.
 
     ``refit_shipped``: when that training run is not in ``work``, the refit starts from the shipped
     weights of ``member`` (the run's export) instead of training it again (and a stage that is not
     shipped does not run)."""
+    if member.distil_rounds:
+        return distil(member, work)
     out = work / member.name
     from_shipped = refit_shipped and not out.is_dir()
     if not from_shipped:
@@ -230,7 +266,8 @@ def with_classical(row: dict, curves: dict[str, list[dict]]) -> dict:
 
 
 def regression_reference(model: Path) -> dict[str, dict[str, float]]:
-    """Bytes and PSNR of each committed crop through ``model`` (1 DDIM step, γ = 0), for the regression test."""
+    """Bytes and PSNR of each committed crop through shipped ``model`` at its default decode (start-noise seed
+    0), for the regression test."""
     from cdc.coding.coder import Coder
     from cdc.evaluation.metrics import psnr
     from cdc.images import from_uint8, to_uint8
@@ -242,7 +279,7 @@ def regression_reference(model: Path) -> dict[str, dict[str, float]]:
         from PIL import Image
 
         img = np.asarray(Image.open(crop).convert("RGB"))
-        encoded = coder.encode(from_uint8(img), steps=1, gamma=0.0, seed=0)
+        encoded = coder.encode(from_uint8(img), seed=0)
         out[crop.name] = {"bytes": len(encoded.data), "psnr": psnr(img, to_uint8(coder.decode(encoded.data)[0]))}
     return out
 
@@ -270,10 +307,13 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
 
     meta, preset = info["metadata"], load_config("small").train  # the exported config is the last stage's
     sources = ", ".join(f"{s['photos']} from {s['source'].split('=')[0]}" for s in provenance["summary"])
+    role = (f"the one-step student of `{member.init_from}`: its encoder, entropy model and bitstreams, its decoder "
+            f"distilled so that one DDIM step (γ = {member.student_gamma:g}) gives what the teacher's 9-step decode "
+            "gives" if member.distil_rounds else "member of the shipped family")
     lines = [
         f"# {member.name}", "",
-        f"A `small` CDC codec ({info['parameters'] / 1e6:.2f} M parameters), member of the shipped family "
-        f"(`scripts/train_family.py`): {objective(member)}.", "",
+        f"A `small` CDC codec ({info['parameters'] / 1e6:.2f} M parameters), {role} (`scripts/train_family.py`): "
+        f"{objective(member)}.", "",
         f"* **fingerprint**: `{info['fingerprint']}`",
         f"* **load**: `cdc compress photo.png -m {member.name} -o out/`, "
         f"`cdc/train.py --init-from {member.name} ...`",
@@ -284,6 +324,7 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
         "upscaled); 15 % of the photos held out by content hash. `mate-backgrounds` and "
         f"`plasma-workspace-wallpapers` are reserved for independent evaluation and unused. Shards fingerprint "
         f"`{meta.get('shards_fingerprint')}`.",
+        distil_recipe(member, minutes) if member.distil_rounds else
         f"* **recipe**: fine-tuned from `{member.init_from}` for {member.steps} steps, "
         f"batch {member.batch_size} × {preset.crop}² crops, Adam {member.finetune_lr or preset.finetune_lr:g}"
         + (f": {member.autoencoder_fraction:.0%} of the steps refit the latent as an MSE autoencoder, "
@@ -311,12 +352,33 @@ def card(member: Member, info: dict, rows: list[dict], minutes: float, provenanc
     return "\n".join(lines)
 
 
+PERCEPTUAL_NAMES = {"stlpips-alex": "ST-LPIPS-Alex", "stlpips-vgg": "ST-LPIPS-VGG", "lpips-alex": "LPIPS-Alex",
+                    "lpips-vgg": "LPIPS-VGG"}
+
+
+def distil_recipe(member: Member, minutes: float) -> str:
+    """The card's recipe line of a student."""
+    from cdc.training.distill import DistillConfig
+
+    cfg = DistillConfig(student_gamma=member.student_gamma)
+    rounds = "; ".join(f"{steps} steps at Adam {lr:g} on {cfg.crops:,} crops of {cfg.crop}² (seed {seed})"
+                       for steps, lr, seed in member.distil_rounds)
+    return (f"* **recipe**: `python -m cdc.training.distill --teacher {member.init_from} --student-gamma "
+            f"{member.student_gamma:g}` in {len(member.distil_rounds)} rounds, each from the last: {rounds}; the "
+            f"targets are the teacher's {cfg.teacher_steps}-step, γ = {cfg.teacher_gamma:g} decodes of the crops, the "
+            f"loss MSE + {cfg.perceptual_weight:g} × {PERCEPTUAL_NAMES[cfg.perceptual]} to them, "
+            f"batch {cfg.batch}; only the decoder trains. Distillation wall clock: {minutes:.0f} min on 2 CPU cores.")
+
+
 def training_minutes(model: Path) -> float:
-    """Wall-clock minutes of a run: its invocations' ledger, else the sum of its logged windows
-    (``metrics.jsonl``: images over images/s; a run started by hand has no ledger)."""
-    ledger = model / "wall_seconds.json"
+    """Wall-clock minutes of a run: its invocations' ledger, else a distillation's record, else the sum of its
+    logged windows (``metrics.jsonl``: images over images/s; a run started by hand has no ledger)."""
+    ledger, distilled = model / "wall_seconds.json", model / "distill.json"
     if ledger.is_file():
         return sum(json.loads(ledger.read_text())) / 60
+    if distilled.is_file():  # the teacher's decodes of the crops, then the student's steps
+        record = json.loads(distilled.read_text())
+        return (record["target_seconds"] + record["curve"][-1]["seconds"]) / 60
     rows = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
     batch = json.loads((model / "train_config.json").read_text())["train"]["batch_size"]
     seconds, last = 0.0, 0
@@ -341,18 +403,26 @@ def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     from cdc.zoo.checkpoint import load_codec, read_checkpoint_info, save_codec
 
     model = shipped_run(member, work)
-    rows = evaluate(model, images, DECODES[member.rho], curves)
+    rows = evaluate(model, images, member.decodes, curves)
     recorded = results["members"].get(member.name, {})
-    if (work / member.name).is_dir():
+    if member.distil_rounds:
+        minutes = sum(training_minutes(out) for out in distil_dirs(member, work))
+    elif (work / member.name).is_dir():
         minutes = sum(training_minutes(work / stage.name) for stage in lineage(member))
     else:  # refitted from the shipped weights: their training run is recorded, not in ``work``
         minutes = recorded["train_minutes"]
     refit_minutes = training_minutes(model) if member.refit_steps else 0.0
     target = REPO / "cdc" / "zoo" / "weights" / f"{member.name}.safetensors"
-    # a variable-rate model is not one of the fixed-rate members that the grid and the λ lookup pick from
-    metadata = {**read_checkpoint_info(model)["metadata"], "name": member.name, "family": not member.rate_lambdas,
-                "heldout": rows}
+    inherited = {}
+    if member.distil_rounds:  # a student's objective and data are its teacher's
+        teacher = read_checkpoint_info(target.with_name(f"{member.init_from}.safetensors"))["metadata"]
+        inherited = {k: teacher.get(k) for k in ("lmbda", "rho", "shards_fingerprint")}
+    # neither a variable-rate model nor a student (its teacher's encoder) is one of the fixed-rate members that
+    # the grid and the λ lookup pick from
+    metadata = {**read_checkpoint_info(model)["metadata"], **inherited, "name": member.name,
+                "family": not (member.rate_lambdas or member.distil_rounds), "heldout": rows}
     save_codec(load_codec(model), target, metadata=metadata)
+    record_decode(member.name, *member.decodes[0])
     info = read_checkpoint_info(target)
     provenance = json.loads((Path(SHARDS).parent / "provenance.json").read_text())
     target.with_suffix(".md").write_text(card(member, info, rows, minutes, provenance, refit_minutes))
@@ -360,7 +430,8 @@ def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     entry = {"name": member.name, "lmbda": member.lmbda, "rho": member.rho, "init_from": member.init_from,
              "steps": member.steps, "train_minutes": minutes, "refit_steps": member.refit_steps,
              "refit_minutes": refit_minutes, "size_mb": size_mb, "rate_lambdas": list(member.rate_lambdas),
-             "fingerprint": info["fingerprint"], "heldout": rows, "regression": regression_reference(target)}
+             "fingerprint": info["fingerprint"], "heldout": rows, "regression": regression_reference(target),
+             **({"distilled_from": member.init_from} if member.distil_rounds else {})}
     results["members"][member.name] = entry
     print(f"[family] {member.name}: {target} ({size_mb:.1f} MB) " + "; ".join(
         f"{r['steps']} steps γ={r['gamma']:g}: {r['bpp']:.4f} bpp {r['psnr-rgb']:.2f} dB (JPEG "
@@ -369,6 +440,18 @@ def ship(member: Member, work: Path, images, curves, results: dict) -> dict:
     if size_mb > MAX_MB:
         raise SystemExit(f"{target}: {size_mb:.1f} MB, over the {MAX_MB} MB limit of a shipped model")
     return entry
+
+
+def record_decode(name: str, steps: int, gamma: float) -> None:
+    """Write a shipped model's default decode into ``decodes.json`` (its CPU time, when the decode is unchanged,
+    stays: ``benchmarks/shipped_decode.py`` measures it)."""
+    from cdc.zoo.pretrained import DECODES as SHIPPED
+
+    decodes = json.loads(SHIPPED.read_text())
+    entry = decodes.get(name, {})
+    if (entry.get("steps"), entry.get("gamma")) != (steps, gamma):
+        decodes[name] = {"steps": steps, "gamma": gamma}
+        SHIPPED.write_text(json.dumps(decodes, indent=2, ensure_ascii=False) + "\n")
 
 
 def family_table(results: dict) -> str:
@@ -458,7 +541,8 @@ def gallery(results: dict, images, out: Path, target: float = 0.15, crop: int = 
         data = min(coded, key=lambda d: abs(8 * len(d) / pixels - target))
         panels.append((f"{codec_name.upper()} {8 * len(data) / pixels:.3f} bpp", codec.decode(data)))
     for rho, steps, gamma in ((0.0, 1, 0.0), (0.9, 9, 0.8)):
-        members = [m for m in results["members"].values() if m["rho"] == rho and not m.get("rate_lambdas")]
+        members = [m for m in results["members"].values()
+                   if m["rho"] == rho and not m.get("rate_lambdas") and not m.get("distilled_from")]
         if not members:
             continue
         member = min(members, key=lambda m: abs(m["heldout"][0]["bpp"] - target))

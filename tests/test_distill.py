@@ -60,7 +60,8 @@ def test_the_student_learns_its_teachers_decode_and_keeps_its_bitstream():
 
 
 @pytest.mark.parametrize(("flag", "message"), [("--crop=100", "multiple of 64"), ("--teacher-steps=1", ">= 2 steps"),
-                                               ("--teacher=nowhere", "no such model checkpoint")])
+                                               ("--teacher=nowhere", "no such model checkpoint"),
+                                               ("--init=small-q1", "not a student of small-q1-perceptual")])
 def test_bad_arguments_are_refused_in_one_line(flag, message, capsys, tmp_path):
     args = ["--teacher", "small-q1-perceptual", "--shards", str(tmp_path), "--output", str(tmp_path / "s"), flag]
     with pytest.raises(SystemExit) as exc:
@@ -81,3 +82,24 @@ def test_a_noise_conditioned_student_decodes_from_its_teachers_start_noise():
     student, _ = distil(codec, y_hat, targets, cfg, log_every=1)
     assert (student.config.sampler.steps, student.config.sampler.gamma) == (1, 0.8)
     assert student_noise(codec, y_hat, DistillConfig(crops=2, batch=2)) is None
+
+
+def test_a_second_round_continues_the_student_and_refuses_another_teachers():
+    codec, images = teacher(), crops()[:2]
+    cfg = DistillConfig(teacher_steps=3, crops=2, crop=64, batch=2, steps=2, lr=1e-3)
+    y_hat, targets = teacher_targets(codec, images, cfg)
+    first, _ = distil(codec, y_hat, targets, cfg, log_every=1)
+    second, _ = distil(codec, y_hat, targets, DistillConfig(**{**cfg.__dict__, "steps": 1, "lr": 1e-12}),
+                       log_every=1, init=first)
+    for name, value in first.state_dict().items():  # a negligible step from the first round, not from the teacher
+        assert torch.allclose(second.state_dict()[name], value, atol=1e-6), name
+    assert not torch.equal(first.unet.head[-1].weight, codec.unet.head[-1].weight)
+    with pytest.raises(ValueError, match="another encoder or entropy model"):
+        distil(teacher_with_other_encoder(), y_hat, targets, cfg, init=first)
+
+
+def teacher_with_other_encoder():
+    codec = teacher()
+    with torch.no_grad():
+        next(codec.g_a.parameters()).add_(0.1)
+    return codec

@@ -172,3 +172,10 @@ def test_the_readmes_model_commands_run_as_written(tmp_path):
         if server is not None:
             server.terminate()
             server.wait(timeout=60)
+
+
+def test_the_model_cards_page_includes_every_shipped_models_card():
+    from cdc.zoo.pretrained import available
+
+    page = (REPO / "docs" / "models.md").read_text()
+    assert [n for n in available() if f'--8<-- "cdc/zoo/weights/{n}.md"' not in page] == []

@@ -4,6 +4,7 @@ outlives it."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -11,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -206,3 +209,32 @@ def test_family_fine_tune_on_a_budget_returns_members_and_compares_them(tmp_path
     row = result["members"][0]
     assert row["name"] == "small-q0" and row["shipped"]["bpp"] > 0 and row["tuned"]["psnr-rgb"] > 10
     assert "| `small-q0` | 0.09 | 4 |" in r.stdout
+
+
+def test_the_family_ships_a_one_step_student_in_rounds_each_from_the_last(tmp_path, monkeypatch):
+    """``train_family.py``'s student member: its distillation commands (each round continues the last, from
+    the shipped teacher), its card decode and recipe, and its wall clock from the distillation records."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    family = importlib.import_module("train_family")
+    student = next(m for m in family.FAMILY if m.distil_rounds)
+    assert student.decodes == ((1, student.student_gamma),) and family.DECODES[0.9][0] == (1, 0.0)
+    dirs = family.distil_dirs(student, tmp_path)
+    assert dirs[-1] == tmp_path / student.name and len(dirs) == len(student.distil_rounds)
+    commands = []
+
+    def fake_run(cmd, check):  # records the rounds, writes what a finished round leaves
+        commands.append(cmd)
+        out = Path(cmd[cmd.index("--output") + 1])
+        out.mkdir()
+        (out / "distill.json").write_text(json.dumps({"target_seconds": 60.0, "curve": [{"seconds": 540.0}]}))
+
+    monkeypatch.setattr(family, "subprocess", types.SimpleNamespace(run=fake_run))
+    family.train(student, tmp_path)
+    assert [c[c.index("--teacher") + 1] for c in commands] == [student.init_from] * len(dirs)
+    assert [c[c.index("--init") + 1] if "--init" in c else None for c in commands] == [None, *map(str, dirs[:-1])]
+    assert [int(c[c.index("--seed") + 1]) for c in commands] == [seed for *_, seed in student.distil_rounds]
+    family.train(student, tmp_path)  # finished rounds are not run again
+    assert len(commands) == len(dirs)
+    assert sum(family.training_minutes(d) for d in dirs) == pytest.approx(10.0 * len(dirs))
+    recipe = family.distil_recipe(student, 30.0)
+    assert f"in {len(dirs)} rounds, each from the last" in recipe and "30 min" in recipe

@@ -14,10 +14,13 @@ sampler into fewer steps (Salimans & Ho 2022, "Progressive distillation for fast
 models"); the student regresses the teacher's samples, not the original photos.
 
 The teacher's decode of a training crop costs ``steps`` student steps, so the targets are computed once,
-for a fixed set of crops of the training split, and the student trains over them for several epochs.
+for a fixed set of crops of the training split, and the student trains over them for several epochs. A
+further round (``--init``, a student of the same teacher) trains it on new crops (another ``--seed``).
 
     python -m cdc.training.distill --teacher small-q1-perceptual --shards runs/photos/shards \\
-        --output runs/distil/small-q1-perceptual --steps 1500
+        --output runs/distil/round1 --student-gamma 0.8 --steps 1500
+    python -m cdc.training.distill --teacher small-q1-perceptual --shards runs/photos/shards \\
+        --output runs/distil/round2 --init runs/distil/round1 --student-gamma 0.8 --seed 1 --steps 1000 --lr 5e-5
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from cdc.config import with_updates
 from cdc.models.codec import CDCCodec
 from cdc.models.perceptual import build_perceptual
 from cdc.models.sampler import DDIMSampler
+
+DECODER = ("g_s.", "context.", "unet.")  # the parameters a student trains: the rest is the teacher's
 
 
 @dataclass(frozen=True)
@@ -151,20 +156,30 @@ def training_crops(shards: str, cfg: DistillConfig) -> Tensor:
     return torch.cat(batches)[: cfg.crops]
 
 
+def same_encoder(teacher: CDCCodec, student: CDCCodec) -> bool:
+    """Whether ``student`` has ``teacher``'s analysis transform and entropy model (and so its bitstreams)."""
+    mine = {k: v for k, v in student.state_dict().items() if not k.startswith(DECODER)}
+    theirs = {k: v for k, v in teacher.state_dict().items() if not k.startswith(DECODER)}
+    return mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k]) for k, v in mine.items())
+
+
 def distil(teacher: CDCCodec, y_hat: Tensor, targets: Tensor, cfg: DistillConfig,
-           log_every: int = 100) -> tuple[CDCCodec, list[dict]]:
+           log_every: int = 100, init: CDCCodec | None = None) -> tuple[CDCCodec, list[dict]]:
     """Train a student (a copy of ``teacher``) whose one-step decode of ``y_hat`` matches ``targets``.
 
     Only the decoder trains (``g_s``, ``context``, ``unet``); the analysis transform and the entropy model
-    stay the teacher's, so the student reads and writes the teacher's bitstreams.
+    stay the teacher's, so the student reads and writes the teacher's bitstreams. ``init``, a student of the
+    same teacher, is trained further instead of a fresh copy (new crops: a second round of distillation).
 
     Returns:
         The student (eval mode; its config's default decode is 1 step, γ ``student_gamma``) and the loss
         curve: one dict per ``log_every`` steps (``step``, ``loss``, ``mse``, ``perceptual``, ``seconds``).
     """
-    student = copy.deepcopy(teacher).train()
+    if init is not None and not same_encoder(teacher, init):
+        raise ValueError("the student to continue has another encoder or entropy model than the teacher")
+    student = copy.deepcopy(teacher if init is None else init).train()
     student.requires_grad_(False)
-    decoder = [p for m in (student.g_s, student.context, student.unet) if m is not None for p in m.parameters()]
+    decoder = [p for name, p in student.named_parameters() if name.startswith(DECODER)]
     for p in decoder:
         p.requires_grad_(True)
     distance = build_perceptual(cfg.perceptual)
@@ -210,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", required=True, help="a checkpoint or a shipped model name")
     p.add_argument("--shards", required=True, help="a shard manifest; its training split gives the crops")
     p.add_argument("--output", type=Path, required=True, help="the student's checkpoint directory")
+    p.add_argument("--init", help="a student of the same teacher (checkpoint or shipped name) to train further "
+                   "(default: a copy of the teacher)")
     defaults = DistillConfig()
     for name, kind in (("teacher_steps", int), ("teacher_gamma", float), ("student_gamma", float), ("crops", int),
                        ("crop", int), ("batch", int), ("steps", int), ("lr", float), ("perceptual", str),
@@ -222,20 +239,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = DistillConfig(**{k: getattr(args, k) for k in asdict(defaults)})
         teacher = load_codec(resolve_checkpoint(args.teacher)).eval()
+        teacher.update(force=True)  # the entropy tables compress uses, as the students' checkpoints hold them
+        init = None if args.init is None else load_codec(resolve_checkpoint(args.init))
+        if init is not None and not same_encoder(teacher, init):
+            raise ValueError(f"--init {args.init}: not a student of {args.teacher} (another encoder or entropy model)")
     except (ValueError, OSError) as exc:
         p.error(str(exc))
     if teacher.rate_levels:
         p.error(f"--teacher {args.teacher}: a variable-rate model; distillation takes a fixed-rate one")
     torch.set_num_threads(args.threads)
-    teacher.update(force=True)
     start = time.perf_counter()
     crops = training_crops(args.shards, cfg)
     y_hat, targets = teacher_targets(teacher, crops, cfg)
     target_s = time.perf_counter() - start
     print(f"[distil] {len(crops)} teacher decodes ({cfg.teacher_steps} steps, γ {cfg.teacher_gamma:g}) in "
           f"{target_s:.0f} s", flush=True)
-    student, curve = distil(teacher, y_hat, targets, cfg)
-    provenance = {"distilled_from": str(args.teacher), "distill": asdict(cfg), "shards": args.shards}
+    student, curve = distil(teacher, y_hat, targets, cfg, init=init)
+    provenance = {"distilled_from": str(args.teacher), "distill": asdict(cfg), "shards": args.shards,
+                  "init": args.init}
     save_codec(student, args.output, metadata=provenance)
     (args.output / "distill.json").write_text(json.dumps({**provenance, "target_seconds": target_s,
                                                           "curve": curve}, indent=2) + "\n")
