@@ -20,7 +20,8 @@ crops of the smoothest and the most textured photo of the held-out packages is w
 ``--student`` repeats: students of one teacher (say, one that starts its step from x_T = 0 and one from the
 teacher's start noise, ``--student-gamma``) are measured side by side, each at its own one-step decode.
 
-Writes ``benchmarks/results/distilled-decoder.json`` and ``docs/family/distilled-decoder.png``.
+Writes ``benchmarks/results/distilled-decoder.json`` and ``docs/family/distilled-decoder.png`` for students of
+``small-q1-perceptual``; ``distilled-decoder-TEACHER`` for those of another teacher.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdc.zoo.pretrained import available
 
     shipped = available()
+    stem = "distilled-decoder" + ("" if teacher == "small-q1-perceptual" else f"-{teacher}")
     one_step = {label: (1, r["distill"].get("student_gamma", 0.0)) for label, (_, r) in found.items()}
     multi = {(r["distill"]["teacher_steps"], r["distill"]["teacher_gamma"]) for _, r in found.values()}
     # The teacher also decodes at each student's one-step decode: what one step gives before distillation.
@@ -141,14 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         if label == HELDOUT_PACKAGES:
             best = REFERENCES[teacher][0]
             shown = {k: v for k, v in kept.items() if k[0] != REFERENCES[teacher][1] and (k[0] != best or k[1] > 1)}
-            sheet(photos, shown, order, REPO / "docs" / "family" / "distilled-decoder.png")
-    write_json("distilled-decoder", {"table": markdown(results), "teacher": teacher,
-                                     "students": {label: {"checkpoint": str(path), "distill": r["distill"],
-                                                          "curve": r.get("curve"),
-                                                          "target_seconds": r.get("target_seconds")}
-                                                  for label, (path, r) in found.items()},
-                                     "args": {**vars(args), "student": [str(s) for s in args.student]},
-                                     "sets": results})
+            sheet(photos, shown, order, REPO / "docs" / "family" / f"{stem}.png")
+    write_json(stem, {"table": markdown(results), "teacher": teacher,
+                      "students": {label: {"checkpoint": str(path), "distill": r["distill"], "curve": r.get("curve"),
+                                           "target_seconds": r.get("target_seconds")}
+                                   for label, (path, r) in found.items()},
+                      "args": {**vars(args), "student": [str(s) for s in args.student]}, "sets": results})
     return 0
 
 

@@ -109,9 +109,11 @@ FAMILY = (
     Member("small-q0", 0.09, 0.0, "small-q1", 1500, 0.93, 0.02, refit_steps=REFIT_STEPS),
     Member("small-q1-perceptual", 0.045, 0.9, "small-q1", 200, 0.0, 0.0, batch_size=4, refit_steps=REFIT_STEPS),
     Member("small-q0-perceptual", 0.09, 0.9, "small-q0", 200, 0.0, 0.0, batch_size=4, refit_steps=REFIT_STEPS),
-    # the perceptual member's 9-step decode in one step: 1,024 crops per round, batch 8 (the distillation's defaults)
+    # the perceptual members' 9-step decode in one step: 1,024 crops per round, batch 8 (the distillation's defaults)
     Member("small-q1-perceptual-1step", 0.045, 0.9, "small-q1-perceptual", 3300, 0.0, 0.0,
            distil_rounds=((1500, 1e-4, 0), (1000, 5e-5, 1), (800, 5e-5, 2))),
+    Member("small-q0-perceptual-1step", 0.09, 0.9, "small-q0-perceptual", 1200, 0.0, 0.0,
+           distil_rounds=((1200, 1e-4, 0),)),
     # one model for every rate: gain units over the ρ = 0 members' λ (``cdc.models.gain``), from the middle member
     Member("small-vr", 0.02, 0.0, "small-q2", 10000, 0.9, 0.04, lr_decay_every=2500, refit_steps=REFIT_STEPS,
            rate_lambdas=(0.09, 0.045, 0.02, 0.01, 0.005)),
@@ -363,8 +365,10 @@ def distil_recipe(member: Member, minutes: float) -> str:
     cfg = DistillConfig(student_gamma=member.student_gamma)
     rounds = "; ".join(f"{steps} steps at Adam {lr:g} on {cfg.crops:,} crops of {cfg.crop}² (seed {seed})"
                        for steps, lr, seed in member.distil_rounds)
+    n = len(member.distil_rounds)
+    how = "one round" if n == 1 else f"{n} rounds, each from the last"
     return (f"* **recipe**: `python -m cdc.training.distill --teacher {member.init_from} --student-gamma "
-            f"{member.student_gamma:g}` in {len(member.distil_rounds)} rounds, each from the last: {rounds}; the "
+            f"{member.student_gamma:g}` in {how}: {rounds}; the "
             f"targets are the teacher's {cfg.teacher_steps}-step, γ = {cfg.teacher_gamma:g} decodes of the crops, the "
             f"loss MSE + {cfg.perceptual_weight:g} × {PERCEPTUAL_NAMES[cfg.perceptual]} to them, "
             f"batch {cfg.batch}; only the decoder trains. Distillation wall clock: {minutes:.0f} min on 2 CPU cores.")

@@ -238,3 +238,6 @@ def test_the_family_ships_a_one_step_student_in_rounds_each_from_the_last(tmp_pa
     assert sum(family.training_minutes(d) for d in dirs) == pytest.approx(10.0 * len(dirs))
     recipe = family.distil_recipe(student, 30.0)
     assert f"in {len(dirs)} rounds, each from the last" in recipe and "30 min" in recipe
+    single = next(m for m in family.FAMILY if len(m.distil_rounds) == 1)  # a student of one round says so
+    assert "in one round: " in family.distil_recipe(single, 30.0)
+    assert [m.init_from for m in family.FAMILY if m.distil_rounds] == ["small-q1-perceptual", "small-q0-perceptual"]
