@@ -20,8 +20,7 @@ crops of the smoothest and the most textured photo of the held-out packages is w
 ``--student`` repeats: students of one teacher (say, one that starts its step from x_T = 0 and one from the
 teacher's start noise, ``--student-gamma``) are measured side by side, each at its own one-step decode.
 
-Writes ``benchmarks/results/distilled-decoder.json`` and ``docs/family/distilled-decoder.png`` for students of
-``small-q1-perceptual``; ``distilled-decoder-TEACHER`` for those of another teacher.
+Writes ``benchmarks/results/distilled-decoder-TEACHER.json`` and ``docs/family/distilled-decoder-TEACHER.png``.
 """
 
 from __future__ import annotations
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdc.zoo.pretrained import available
 
     shipped = available()
-    stem = "distilled-decoder" + ("" if teacher == "small-q1-perceptual" else f"-{teacher}")
+    stem = f"distilled-decoder-{teacher}"
     one_step = {label: (1, r["distill"].get("student_gamma", 0.0)) for label, (_, r) in found.items()}
     multi = {(r["distill"]["teacher_steps"], r["distill"]["teacher_gamma"]) for _, r in found.values()}
     # The teacher also decodes at each student's one-step decode: what one step gives before distillation.
