@@ -17,8 +17,10 @@ crops of the smoothest and the most textured photo of the held-out packages is w
         --output runs/distil/small-q1-perceptual --student-gamma 0.8
     python benchmarks/distilled_decoder.py --student runs/distil/small-q1-perceptual
 
-``--student`` repeats: students of one teacher (say, one that starts its step from x_T = 0 and one from the
-teacher's start noise, ``--student-gamma``) are measured side by side, each at its own one-step decode.
+``--student`` takes a student's checkpoint directory or a shipped student's name (``small-q1-perceptual-1step``)
+and repeats: students of one teacher that start their step from different states (x_T = 0, or the
+teacher's start noise at their ``--student-gamma``) are measured side by side, each at its own one-step
+decode, and the teacher at each student's teacher decode.
 
 Writes ``benchmarks/results/distilled-decoder-TEACHER.json`` and ``docs/family/distilled-decoder-TEACHER.png``.
 """
@@ -77,43 +79,49 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def distil_rounds(record: dict) -> int:
-    """How many rounds of distillation made a student: its own, and those of the student it continued."""
-    rounds, init = 1, record.get("init")
-    while init:
-        rounds += 1
-        previous = Path(init) / "distill.json"
-        init = json.loads(previous.read_text()).get("init") if previous.is_file() else None
-    return rounds
+def student_record(ref: str, p: argparse.ArgumentParser) -> tuple[Path, dict]:
+    """A student's checkpoint (a directory or a shipped name) and its distillation record: its
+    ``distill.json`` where there is one (with the loss curve), else its checkpoint's provenance."""
+    from cdc.zoo.layout import read_checkpoint_info
+    from cdc.zoo.pretrained import resolve_checkpoint
 
-
-def students(paths: list[Path], p: argparse.ArgumentParser) -> tuple[str, dict[str, tuple[Path, dict]]]:
-    """The students' common teacher and, per student, its label, checkpoint and distillation record."""
-    found, teachers = {}, set()
-    for path in paths:
+    try:
+        path = resolve_checkpoint(ref)
         info = path / "distill.json"
-        if not info.is_file():
-            p.error(f"--student {path}: no distill.json (not written by python -m cdc.training.distill)")
-        record = json.loads(info.read_text())
-        teachers.add(record["distilled_from"])
-        if record["distilled_from"] not in REFERENCES:
-            p.error(f"--student {path}: its teacher {record['distilled_from']} is not one of {', '.join(REFERENCES)}")
+        record = json.loads(info.read_text()) if info.is_file() else read_checkpoint_info(path)["metadata"]
+    except (OSError, ValueError) as exc:
+        p.error(f"--student {str(exc).splitlines()[0]}")  # the message names the file
+    if "distilled_from" not in record:
+        p.error(f"--student {ref}: no distill.json nor a distillation record in its metadata (not written by "
+                "python -m cdc.training.distill)")
+    return path, record
+
+
+def students(refs: list[str], p: argparse.ArgumentParser) -> tuple[str, dict[str, tuple[Path, dict]]]:
+    """The students' common teacher and, per student, its label (its start state), checkpoint and record."""
+    found, teachers = {}, set()
+    for ref in refs:
+        path, record = student_record(ref, p)
+        teacher = record["distilled_from"]
+        if teacher not in REFERENCES:
+            p.error(f"--student {ref}: its teacher {teacher} is not one of {', '.join(REFERENCES)}")
+        if teachers and teacher not in teachers:
+            p.error(f"--student: the students have different teachers ({', '.join(sorted(teachers | {teacher}))})")
+        teachers.add(teacher)
         gamma = record["distill"].get("student_gamma", 0.0)
-        rounds = distil_rounds(record)
-        label = f"student, x_T = {'γ ε' if gamma else '0'}" + (f", {rounds} rounds" if rounds > 1 else "")
+        state = f"x_T = {f'{gamma:g} ε' if gamma else '0'}"
+        label = f"student, {state}"
         if label in found:
-            p.error(f"--student {path}: two students start from the same state after as many rounds; compare "
-                    "them one at a time")
+            p.error(f"--student {ref}: two students start from the same state ({state}); compare them one at a time")
         found[label] = (path, record)
-    if len(teachers) > 1:
-        p.error(f"--student: the students have different teachers ({', '.join(sorted(teachers))})")
     return teachers.pop(), found
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--student", type=Path, required=True, action="append",
-                   help="a checkpoint from python -m cdc.training.distill (repeat to compare students)")
+    p.add_argument("--student", required=True, action="append",
+                   help="a checkpoint from python -m cdc.training.distill or a shipped student's name (repeat to "
+                        "compare students)")
     p.add_argument("--shards", help="a shard build whose held-out split is the second set (default: packages only)")
     p.add_argument("--limit", type=number(int, 0, 10**6, "an integer"), default=12, help="held-out photos (0: all)")
     p.add_argument("--threads", type=number(int, 1, 1024, "an integer"), default=2)
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                       "students": {label: {"checkpoint": str(path), "distill": r["distill"], "curve": r.get("curve"),
                                            "target_seconds": r.get("target_seconds")}
                                    for label, (path, r) in found.items()},
-                      "args": {**vars(args), "student": [str(s) for s in args.student]}, "sets": results})
+                      "args": vars(args), "sets": results})
     return 0
 
 

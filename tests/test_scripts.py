@@ -48,7 +48,8 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     ("benchmarks/family_heldout.py", ["--models", "small-q1,small-q9"], "--models: small-q9 not in the shipped family"),
     ("benchmarks/family_heldout.py", ["--shards", "tests/assets/nothing"], "tests/assets/nothing: no shard manifest"),
     ("benchmarks/family_heldout.py", ["--limit", "-1"], "argument --limit: -1 is outside"),
-    ("benchmarks/distilled_decoder.py", ["--student", "tests/assets"], "--student tests/assets: no distill.json"),
+    ("benchmarks/distilled_decoder.py", ["--student", "tests/assets"], "--student tests/assets: not a codec"),
+    ("benchmarks/distilled_decoder.py", ["--student", "small-q1"], "--student small-q1: no distill.json nor a"),
     ("benchmarks/variable_rate.py", ["--model", "small-q1"], "--model: small-q1 is a fixed-rate model"),
     ("benchmarks/variable_rate.py", ["--model", "tests/assets/nothing"], "--model: "),
     ("benchmarks/paper_recipe.py", ["--runs", "lr1"], "unknown runs ['lr1']"),
@@ -74,6 +75,11 @@ def test_the_distillation_benchmark_compares_students_of_one_teacher_only(tmp_pa
     assert same.returncode == 2 and "two students start from the same state" in same.stderr, same.stderr
     mixed = _run("benchmarks/distilled_decoder.py", "--student", str(tmp_path / "a"), "--student", str(tmp_path / "c"))
     assert mixed.returncode == 2 and "the students have different teachers" in mixed.stderr, mixed.stderr
+    # shipped students by name: their records come from the checkpoints' metadata
+    shipped = _run("benchmarks/distilled_decoder.py", "--student", "small-q1-perceptual-1step",
+                   "--student", "small-q0-perceptual-1step")
+    assert shipped.returncode == 2, shipped.stderr
+    assert "different teachers (small-q0-perceptual, small-q1-perceptual)" in shipped.stderr, shipped.stderr
 
 
 @pytest.mark.parametrize("script", ["scripts/demo.py", "scripts/train_family.py", "scripts/train_family_gpu.py",

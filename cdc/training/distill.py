@@ -228,13 +228,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", help="a student of the same teacher (checkpoint or shipped name) to train further "
                    "(default: a copy of the teacher)")
     defaults = DistillConfig()
-    for name, kind in (("teacher_steps", int), ("teacher_gamma", float), ("student_gamma", float), ("crops", int),
-                       ("crop", int), ("batch", int), ("steps", int), ("lr", float), ("perceptual", str),
-                       ("perceptual_weight", float), ("seed", int)):
+    for name, kind, meaning in (
+            ("teacher_steps", int, "DDIM steps of the teacher's decode"),
+            ("teacher_gamma", float, "the teacher's start-noise scale γ"),
+            ("student_gamma", float, "the student's γ: the teacher's to start from its noise, 0 for x_T = 0"),
+            ("crops", int, "training crops whose teacher decodes are the targets"),
+            ("crop", int, "their side in pixels (a multiple of 64)"),
+            ("batch", int, "crops per optimizer step"),
+            ("steps", int, "optimizer steps"),
+            ("lr", float, "Adam's learning rate after a 5 %% warm-up"),
+            ("perceptual", str, "the perceptual distance to the teacher's output (stlpips-alex, stlpips-vgg, lpips-*)"),
+            ("perceptual_weight", float, "its weight beside the MSE on [-1, 1] pixels"),
+            ("seed", int, "the crops, the teacher's start noise and the batch order")):
         what = "an integer" if kind is int else "a number"
         p.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name),
-                       type=kind if kind is str else number(kind, 0, 10**9, what))
-    p.add_argument("--threads", type=number(int, 1, 1024, "an integer"), default=2)
+                       type=kind if kind is str else number(kind, 0, 10**9, what),
+                       help=f"{meaning} (default: %(default)s)")
+    p.add_argument("--threads", type=number(int, 1, 1024, "an integer"), default=2,
+                   help="CPU threads for the teacher's decodes and the training (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         cfg = DistillConfig(**{k: getattr(args, k) for k in asdict(defaults)})
